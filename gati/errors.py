@@ -1,0 +1,21 @@
+"""Typed errors. Every user-facing failure is one of these, with a message naming what is wrong."""
+
+
+class GatiError(Exception):
+    """Base class of all GATI errors."""
+
+
+class InvalidInput(GatiError, ValueError):
+    """A request tensor or image that the model cannot take (shape, dtype, NaN, size)."""
+
+
+class DatasetError(GatiError):
+    """A data set that is missing or laid out differently from what was expected."""
+
+
+class CheckpointError(GatiError):
+    """A checkpoint that does not fit the architecture, or whose hash changed."""
+
+
+class BundleError(GatiError):
+    """A bundle folder that is missing, incomplete or corrupt."""
