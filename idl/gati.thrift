@@ -1,0 +1,183 @@
+// GATI's distributed topology (DESIGN.md, "The distributed topology"):
+//
+//   client --predict--> Aggregator --run (oneway)--> Executor --lookup (oneway)--> Predictor[cut]
+//                          ^                            ^                              |
+//                          |                            +-- verdict (oneway) ----------+  hit = cancel
+//                          +---------------- report (oneway) ------------------------- +
+//   Executor --finished (oneway)--> Aggregator --add_samples (oneway)--> Retrainer --deploy--> Predictors
+//   Predictor[knn] <--search/add--> NeighborIndex
+//
+// Every message carries a request id. Messages on the request path are oneway so no hop waits for
+// another; the aggregator decides the answer from what arrives before the request's deadline.
+// Generated Python lives in gati/rpc/gen (make idl); CI regenerates it and fails on a diff.
+
+namespace py gati_idl
+
+// ---- errors a client sees -------------------------------------------------------------------
+
+// The request itself is wrong: shape, dtype, NaN, empty, oversized, undecodable image bytes.
+exception InvalidRequest { 1: string message }
+// The bounded request queue is full; retry later. Never grows without bound.
+exception Overloaded { 1: string message }
+// A service the request needs is down or draining (executor unreachable, SIGTERM received).
+exception Unavailable { 1: string message }
+// No answer arrived within the request's deadline.
+exception DeadlineExceeded { 1: string message }
+
+// ---- payloads -------------------------------------------------------------------------------
+
+// A dense array: numpy bytes in C order. dtype is a numpy name ("uint8", "float32", "int64").
+struct Tensor {
+  1: list<i32> shape,
+  2: string dtype,
+  3: binary data,
+}
+
+// Exactly one of image (PNG/JPEG bytes) or tensor (uint8 HWC pixels, or float32 CHW already
+// normalised) is set. Batch size is 1: a batch is sent as that many requests.
+struct Request {
+  1: optional binary image,
+  2: optional Tensor tensor,
+  3: optional i32 deadline_ms,
+}
+
+struct Prediction {
+  1: i32 label,
+  2: string class_name,
+  3: double confidence,
+  4: i32 exit_cut,          // cut index that answered, -1 when the full model answered
+  5: string exit_name,      // cut name, or "final"
+  6: i32 stages_run,        // stages the answer needed (as the in-process engine counts them)
+  7: double server_ms,      // time inside the aggregator, decode to answer
+  8: i64 request_id,
+}
+
+struct ServiceStatus {
+  1: string role,
+  2: string name,
+  3: string version,
+  4: double uptime_s,
+  5: map<string, i64> counters,
+  6: map<string, double> gauges,
+  7: string bundle_sha256,
+  8: i32 pid,
+}
+
+// ---- messages between services --------------------------------------------------------------
+
+struct RunRequest {
+  1: i64 request_id,
+  2: Tensor input,          // float32 1x3xHxW, preprocessed
+  3: bool sampled,          // finish in the background even after a hit; return features
+  4: double deadline_unix,  // wall clock (time.time()) after which nobody waits for the answer
+}
+
+// What the executor sends a cut's predictor: only what the cache needs (its reduced input).
+struct Features {
+  1: i64 request_id,
+  2: i32 cut,
+  3: Tensor features,
+}
+
+struct Report {
+  1: i64 request_id,
+  2: i32 cut,
+  3: i32 label,
+  4: double confidence,
+  5: bool hit,
+  6: i32 cache_version,
+  7: string predictor,
+}
+
+struct Sample {
+  1: i32 cut,
+  2: Tensor features,       // the cache's reduced input at this cut
+  3: i32 base_label,        // the full model's answer
+}
+
+struct ExecutionResult {
+  1: i64 request_id,
+  2: bool completed,        // all stages ran: label/confidence are the full model's answer
+  3: i32 label,
+  4: double confidence,
+  5: i32 stages_run,        // stages the executor actually ran
+  6: bool cancelled,
+  7: i32 stages_after_hit,  // stages run after the cut that hit (-1: no hit seen)
+  8: list<Sample> samples,  // only for sampled requests
+  9: string error,          // non-empty when the executor failed on this request
+}
+
+struct CacheUpdate {
+  1: i32 cut,
+  2: i32 version,
+  3: binary blob,           // a tar of Cache.save's output
+}
+
+struct CacheInfo {
+  1: i32 cut,
+  2: string cut_name,
+  3: string variant,
+  4: i32 version,
+  5: double threshold,
+}
+
+struct SearchResult {
+  1: Tensor sims,           // float32 [N, k]
+  2: Tensor labels,         // int64 [N, k]
+}
+
+struct RetrainResult {
+  1: i32 cut,
+  2: bool deployed,
+  3: i32 version,           // the version now serving
+  4: double candidate_agreement,
+  5: double deployed_agreement,
+  6: i32 train_samples,
+  7: i32 holdout_samples,
+  8: string message,
+}
+
+// ---- services -------------------------------------------------------------------------------
+
+service Service {
+  bool ping(),
+  ServiceStatus status(),
+}
+
+service Aggregator extends Service {
+  Prediction predict(1: Request request)
+      throws (1: InvalidRequest invalid, 2: Overloaded overloaded, 3: Unavailable unavailable,
+              4: DeadlineExceeded deadline),
+  oneway void report(1: Report report),
+  oneway void finished(1: ExecutionResult result),
+}
+
+service Executor extends Service {
+  oneway void run(1: RunRequest request),
+  // From a predictor after each lookup: a hit stops the request at the next stage boundary.
+  oneway void verdict(1: i64 request_id, 2: i32 cut, 3: bool hit),
+  // From the aggregator: stop now (deadline passed, answer no longer wanted).
+  oneway void cancel(1: i64 request_id),
+}
+
+service Predictor extends Service {
+  oneway void lookup(1: Features features),
+  list<CacheInfo> caches(),
+  // Swap in a new version of a cut's cache atomically; requests in flight finish on the old one.
+  void deploy(1: CacheUpdate update) throws (1: InvalidRequest invalid),
+}
+
+service NeighborIndex extends Service {
+  void add(1: string key, 2: Tensor vectors, 3: Tensor labels) throws (1: InvalidRequest invalid),
+  SearchResult search(1: string key, 2: Tensor queries, 3: i32 k) throws (1: InvalidRequest invalid),
+  i64 size(1: string key),
+  void reset(1: string key),
+}
+
+service Retrainer extends Service {
+  oneway void add_samples(1: list<Sample> samples),
+  // Refit the cut's cache on the samples received, validate on held-back ones, deploy if no worse.
+  RetrainResult retrain(1: i32 cut) throws (1: InvalidRequest invalid),
+  // Validate and deploy a cache built elsewhere (a tar of Cache.save's output).
+  RetrainResult propose(1: i32 cut, 2: binary blob) throws (1: InvalidRequest invalid),
+}
