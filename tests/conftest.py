@@ -1,0 +1,41 @@
+"""Shared fixtures: the read-only shared material, one CPU thread, and a private data cache per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> None:
+    """The test machine's cores are shared; one thread keeps runs short and timings comparable."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Decoded-split caches go to a fresh folder, so tests never read a stale cache nor write to the user's home."""
+    old = os.environ.get("GATI_CACHE_DIR")
+    os.environ["GATI_CACHE_DIR"] = str(tmp_path_factory.mktemp("gati-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GATI_CACHE_DIR", None)
+    else:
+        os.environ["GATI_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared folder ($GATI_SHARED, default ../shared beside the repo); skipped if absent, failed under CI."""
+    path = Path(os.environ.get("GATI_SHARED") or REPO_ROOT.parent / "shared")
+    if not path.is_dir():
+        message = f"shared material not found at {path} (set GATI_SHARED)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
