@@ -1,0 +1,203 @@
+"""`gati build`: from a trained model and unseen data to a served bundle.
+
+    1. extract   run the base model once over the training subset and the calibration images,
+                 keeping each cut's activation only in the reduced (pooled) forms the caches read
+    2. fit       every (cut, variant) cache learns the base model's logits (distillation)
+    3. score     every cache answers the calibration images
+    4. profile   stages and lookups timed on the serving device
+    5. plan      the optimizer picks cuts and variants; calibration picks and certifies thresholds
+    6. write     the bundle, atomically
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .bundle import FORMAT_VERSION, import_factory, write_bundle
+from .cache import VARIANTS, Cache, make_cache, make_reducer, reduced_shape
+from .data import Dataset, Preprocess, ids_hash, load_split, preprocess_for
+from .errors import GatiError
+from .models import build_model, default_cuts, load_checkpoint, sha256_file
+from .models.split import StagedModel, split_model
+from .planning import calibration_arrays, make_plan
+from .profile import profile_model
+
+log = logging.getLogger("gati.build")
+
+MAX_FEATURE_FLOATS = 16384  # larger reduced activations are not worth storing for tens of thousands of images
+
+
+@dataclass
+class BuildConfig:
+    checkpoint: Path
+    dataset: str
+    data_dir: Path
+    out: Path
+    arch: str | None = None
+    model_module: str | None = None   # "pkg.mod:factory" for a user's own model
+    cuts: list[str] | None = None
+    num_classes: int | None = None
+    target: float = 0.97
+    device: str = "cpu"
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    train_limit: int | None = 20000
+    calib_split: str = "test:calib"
+    calib_limit: int | None = None
+    memory_mb: float = float("inf")
+    batch_size: int = 256
+    seed: int = 0
+    force: bool = False
+    cache_hparams: dict = field(default_factory=dict)  # variant -> hparams
+
+
+def build(cfg: BuildConfig) -> Path:
+    started = time.time()
+    torch.manual_seed(cfg.seed)
+    train = load_split(cfg.dataset, cfg.data_dir, "train", limit=cfg.train_limit, seed=cfg.seed)
+    calib = load_split(cfg.dataset, cfg.data_dir, cfg.calib_split, limit=cfg.calib_limit, seed=cfg.seed)
+    num_classes = cfg.num_classes or len(train.classes)
+    model, cuts = _base_model(cfg, num_classes)
+    staged = split_model(model, cuts).to(cfg.device).eval()
+    pre = preprocess_for(cfg.dataset, cfg.data_dir)
+
+    act_shapes = activation_shapes(staged, train.images[0].shape)
+    wanted = _wanted(act_shapes, cfg.variants, num_classes)
+    log.info("extracting %d reduced activations at %d cuts", sum(map(len, wanted.values())), len(cuts))
+    train_feats, train_logits = extract(staged, train, pre, wanted, cfg.device, cfg.batch_size, "train")
+    calib_feats, calib_logits = extract(staged, calib, pre, wanted, cfg.device, cfg.batch_size, "calib")
+
+    caches = fit_caches(act_shapes, wanted, cfg, train_feats, train_logits, num_classes)
+    base_calib = calib_logits.argmax(1).numpy()
+    calibration = calibration_arrays(caches, calib_feats, base_calib, calib.labels)
+    del train_feats, calib_feats
+
+    example = pre(calib.images[:1]).to(cfg.device)
+    profile = profile_model(model, staged, caches, example, cfg.device)
+    nbytes = {key: cache.nbytes() for key, cache in caches.items()}
+    plan, certified, choice = make_plan(calibration, calib.ids, calib.labels, profile, nbytes, cuts,
+                                        cfg.target, cfg.memory_mb)
+    manifest = _manifest(cfg, num_classes, cuts, act_shapes, train, calib, pre, caches, profile,
+                         plan, certified, choice, time.time() - started)
+    write_bundle(cfg.out, manifest, caches, calibration, calib.ids, overwrite=cfg.force)
+    return cfg.out
+
+
+def _base_model(cfg: BuildConfig, num_classes: int) -> tuple[nn.Module, list[str]]:
+    if cfg.model_module:
+        if not cfg.cuts:
+            raise GatiError("a model from --model-module needs --cuts (module names, in forward order)")
+        model = import_factory(cfg.model_module)(num_classes)
+    elif cfg.arch:
+        model = build_model(cfg.arch, num_classes)
+    else:
+        raise GatiError("give --arch (a built-in architecture) or --model-module pkg.mod:factory")
+    load_checkpoint(model, cfg.checkpoint)
+    return model.to(cfg.device).eval(), list(cfg.cuts or default_cuts(cfg.arch))
+
+
+def activation_shapes(staged: StagedModel, image_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Per-sample activation shape at each cut (C, H, W)."""
+    h, w, c = image_shape
+    x = torch.zeros(1, c, h, w, device=next(staged.parameters()).device)
+    shapes = []
+    with torch.inference_mode():
+        for stage in staged.stages[:-1]:
+            x = stage(x)
+            if x.dim() != 4:
+                raise GatiError(f"cut activations must be N x C x H x W feature maps, got shape {tuple(x.shape)}")
+            shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+def _wanted(act_shapes, variants: list[str], num_classes: int) -> dict[int, dict[str, str]]:
+    """cut -> {variant: reducer key}, skipping variants whose input is too large to store."""
+    wanted: dict[int, dict[str, str]] = {}
+    for cut, shape in enumerate(act_shapes):
+        for variant in variants:
+            key = make_cache(variant, shape, num_classes).reducer_key
+            if int(np.prod(reduced_shape(key, shape))) <= MAX_FEATURE_FLOATS:
+                wanted.setdefault(cut, {})[variant] = key
+            else:
+                log.info("cut %d: skipping %s (reduced input %s too large)", cut, variant,
+                         reduced_shape(key, shape))
+    return wanted
+
+
+def extract(staged: StagedModel, data: Dataset, pre: Preprocess, wanted: dict[int, dict[str, str]],
+            device: str, batch_size: int, desc: str) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
+    """One pass of the base model: reduced activations per (cut, reducer key), and final logits.
+
+    Reduced features of the training set are stored as float16 (halves memory; caches fit in
+    float32); calibration features stay float32 because they must score exactly like serving.
+    """
+    keys = {(cut, key) for cut, vs in wanted.items() for key in vs.values()}
+    reducers = {key: make_reducer(key) for _, key in keys}
+    store = torch.float16 if desc == "train" else torch.float32
+    feats: dict[tuple[int, str], list[torch.Tensor]] = {k: [] for k in keys}
+    logits = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(data), batch_size), desc=f"extract {desc}", unit="batch",
+                          leave=False):
+            x = pre(data.images[start:start + batch_size]).to(device)
+            for cut, stage in enumerate(staged.stages):
+                x = stage(x)
+                for key in {k for c, k in keys if c == cut}:
+                    feats[(cut, key)].append(reducers[key](x).to("cpu", store))
+            logits.append(x.float().cpu())
+    return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(logits)
+
+
+def fit_caches(act_shapes, wanted, cfg: BuildConfig, feats, teacher: torch.Tensor,
+               num_classes: int) -> dict[tuple[int, str], Cache]:
+    caches = {}
+    jobs = [(cut, variant, key) for cut, vs in wanted.items() for variant, key in vs.items()]
+    for cut, variant, key in tqdm(jobs, desc="fit caches", unit="cache", leave=False):
+        cache = make_cache(variant, act_shapes[cut], num_classes, **cfg.cache_hparams.get(variant, {}))
+        report = cache.fit(feats[(cut, key)].float(), teacher, seed=cfg.seed)
+        log.info("cut %d %-6s train agreement %.3f (%.1fs)", cut, variant, report.train_agreement, report.seconds)
+        caches[(cut, variant)] = cache
+    return caches
+
+
+def _manifest(cfg, num_classes, cuts, act_shapes, train, calib, pre, caches, profile, plan, certified,
+              choice, seconds) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "arch": cfg.arch,
+        "model_module": cfg.model_module,
+        "num_classes": num_classes,
+        "checkpoint": {"path": str(Path(cfg.checkpoint).resolve()), "sha256": sha256_file(cfg.checkpoint)},
+        "dataset": cfg.dataset,
+        "preprocess": {"mean": list(map(float, pre.mean)), "std": list(map(float, pre.std))},
+        "input_shape": [int(train.images.shape[3]), int(train.images.shape[1]), int(train.images.shape[2])],
+        "classes": list(train.classes),
+        "cuts": list(cuts),
+        "cut_shapes": [list(map(int, s)) for s in act_shapes],
+        "caches": [{"cut": cut, "cut_name": cuts[cut], "variant": variant, "nbytes": int(c.nbytes()),
+                    "reducer": c.reducer_key} for (cut, variant), c in caches.items()],
+        "plan": plan.to_dict(),
+        "target": float(cfg.target),
+        "memory_mb": None if cfg.memory_mb == float("inf") else float(cfg.memory_mb),
+        "certified": certified,
+        "expected": {"latency_ms": choice.latency_ms, "base_ms": profile.base_ms,
+                     "hit_rate": choice.hit_rate, "agreement": choice.agreement},
+        "calibration": {"split": cfg.calib_split, "n": len(calib), "ids_sha256": ids_hash(calib.ids),
+                        "rule": "within each class, ids sorted: even positions select thresholds, odd certify"},
+        "train": {"split": "train", "limit": cfg.train_limit, "n": len(train), "seed": cfg.seed},
+        "profile": profile.to_dict(),
+        "versions": {"gati": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "faiss": faiss.__version__, "python": platform.python_version()},
+        "build_seconds": round(seconds, 1),
+    }
+

@@ -1,0 +1,240 @@
+"""Thresholds that keep the end-to-end agreement promise on unseen data.
+
+The promised quantity is end-to-end agreement with the base model on new requests,
+``A = 1 - wrong hits / requests``: a miss is always right (the base model answers) and a later
+cache only sees the requests every earlier cache missed. Thresholds are therefore chosen for the
+whole cascade at once, never layer by layer.
+
+Two disjoint parts of the calibration images are used (see `split_select_certify`):
+
+1. *select*: a greedy search lowers one cache's threshold at a time, always taking the move that
+   saves the most expected latency per added wrong hit, while the simulated number of wrong hits
+   stays within budget. Repeating it with shrinking safety margins gives a sequence of threshold
+   vectors ordered from conservative to aggressive. The sequence depends on the select part only.
+2. *certify*: fixed-sequence testing (as in Learn-then-Test) walks that sequence in order on the
+   other part and stops at the first vector whose one-sided Clopper-Pearson lower bound on A falls
+   below the target. The last vector that passed is returned with its bound. Because the order was
+   fixed before looking at the certify part, the bound holds (at level `1 - alpha`) despite the
+   many candidates; selecting the best vector on the same images would void it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .plan import PlanEntry
+
+ALPHA = 0.05  # the certified bound holds with 95% confidence
+
+
+@dataclass
+class Scores:
+    """One cache's answers on the calibration images, compared with the base model's."""
+    cut: int
+    variant: str
+    conf: np.ndarray     # float [n] confidence of the cache's label
+    correct: np.ndarray  # bool [n] cache label == base model label
+
+    def subset(self, idx: np.ndarray) -> "Scores":
+        return Scores(self.cut, self.variant, self.conf[idx], self.correct[idx])
+
+
+@dataclass
+class Costs:
+    """Measured latencies (milliseconds) on the serving device, from gati.profile."""
+    stage_ms: list[float]                   # one per stage; the last stage is the head
+    lookup_ms: dict[tuple[int, str], float]  # (cut, variant) -> reduce + predict at batch 1
+
+
+@dataclass
+class Certified:
+    thresholds: np.ndarray
+    lower_bound: float   # one-sided lower confidence bound on agreement, at level 1 - ALPHA
+    agreement: float     # measured on the certify part
+    hit_rate: float      # measured on the certify part
+    n: int               # size of the certify part
+    wrong_hits: int
+    tested: int          # how many vectors of the sequence were tested
+
+
+def exit_costs(entries: list[Scores], costs: Costs, mode: str) -> np.ndarray:
+    """Latency of a request that exits at entry j (index m: a miss), under the plan's mode.
+
+    sync: a lookup runs before the next stage, so exiting at cut c costs the stages up to c plus
+    every lookup so far. async: the lookup at cut c overlaps stage c+1 and is checked after it, so
+    a hit is only seen one stage later, and a lookup costs only what it outlasts that stage.
+    """
+    stage = np.asarray(costs.stage_ms, dtype=np.float64)
+    cum = np.cumsum(stage)
+    lookups = np.array([costs.lookup_ms[(e.cut, e.variant)] for e in entries])
+    if mode == "sync":
+        paid = np.cumsum(lookups)
+        exits = [cum[e.cut] + paid[j] for j, e in enumerate(entries)]
+        return np.array(exits + [cum[-1] + (paid[-1] if len(entries) else 0.0)])
+    overrun = np.array([max(0.0, lookups[j] - stage[e.cut + 1]) for j, e in enumerate(entries)])
+    waited = np.cumsum(overrun)
+    exits = [cum[e.cut + 1] + waited[j] for j, e in enumerate(entries)]
+    return np.array(exits + [cum[-1] + (waited[-1] if len(entries) else 0.0)])
+
+
+def simulate(entries: list[Scores], thresholds: np.ndarray, exit_cost: np.ndarray) -> dict:
+    """Replay the cascade on the scored images: expected latency, agreement, hit rate."""
+    n = len(entries[0].conf) if entries else 0
+    exit_at = _exits(entries, thresholds, n)
+    wrong = _wrong_at(entries, exit_at)
+    return {"latency_ms": float(exit_cost[exit_at].mean()) if n else float(exit_cost[-1]),
+            "agreement": 1.0 - wrong.mean() if n else 1.0,
+            "hit_rate": float((exit_at < len(entries)).mean()) if n else 0.0,
+            "wrong": int(wrong.sum()), "n": n,
+            "hits": [int((exit_at == j).sum()) for j in range(len(entries))]}
+
+
+def _exits(entries: list[Scores], thresholds: np.ndarray, n: int) -> np.ndarray:
+    exit_at = np.full(n, len(entries))
+    for j in reversed(range(len(entries))):  # reversed: the earliest hit wins
+        exit_at[entries[j].conf >= thresholds[j]] = j
+    return exit_at
+
+
+def _wrong_at(entries: list[Scores], exit_at: np.ndarray) -> np.ndarray:
+    wrong = np.zeros(len(exit_at), dtype=bool)
+    for j, e in enumerate(entries):
+        here = exit_at == j
+        wrong[here] = ~e.correct[here]
+    return wrong
+
+
+def search_thresholds(entries: list[Scores], exit_cost: np.ndarray, max_wrong: int) -> np.ndarray:
+    """Greedy cascade search from 'no hits' (all thresholds infinite).
+
+    Each step lowers one threshold so that a band of the next most confident images becomes hits,
+    taking the move with the largest latency saving per added wrong hit that keeps the total
+    number of wrong hits within `max_wrong`. Incremental: a move only touches its band.
+    """
+    m = len(entries)
+    if m == 0:
+        return np.zeros(0)
+    n = len(entries[0].conf)
+    order = [np.argsort(-e.conf, kind="stable") for e in entries]
+    correct = np.stack([e.correct for e in entries] + [np.ones(n, dtype=bool)])  # row m: misses
+    taken = np.zeros(m, dtype=int)
+    exit_at = np.full(n, m)
+    wrong = 0
+    step = max(1, n // 400)
+    while True:
+        best = _best_move(order, taken, exit_at, correct, exit_cost, max_wrong - wrong, step)
+        if best is None:
+            break
+        j, size, moved, added_wrong = best
+        taken[j] += size
+        exit_at[moved] = j
+        wrong += added_wrong
+    return np.array([entries[j].conf[order[j][taken[j] - 1]] if taken[j] else np.inf
+                     for j in range(m)])
+
+
+def _best_move(order, taken, exit_at, correct, exit_cost, wrong_left, step):
+    best, best_ratio = None, 0.0
+    for j in range(len(order)):
+        for size in (step, 4 * step, 16 * step, 64 * step):
+            band = order[j][taken[j]:taken[j] + size]
+            if len(band) == 0:
+                break
+            moved = band[exit_at[band] > j]
+            saving = float((exit_cost[exit_at[moved]] - exit_cost[j]).sum())
+            added = int((~correct[j, moved]).sum() - (~correct[exit_at[moved], moved]).sum())
+            if saving <= 0 or added > wrong_left:
+                continue
+            ratio = saving / max(added, 0.25)  # a free move (no added error) ranks first
+            if ratio > best_ratio:
+                best, best_ratio = (j, len(band), moved, added), ratio
+    return best
+
+
+def max_wrong_for(target: float, n: int) -> int:
+    return int(math.floor((1.0 - target) * n + 1e-9))
+
+
+def agreement_lower_bound(n: int, wrong: int, alpha: float = ALPHA) -> float:
+    """One-sided Clopper-Pearson lower bound on agreement after `wrong` errors in `n` requests.
+
+    The upper bound on the error rate is the p at which seeing `wrong` or fewer errors has
+    probability alpha; found by bisection on the exact binomial CDF.
+    """
+    if n == 0:
+        return 0.0
+    if wrong >= n:
+        return 0.0
+    lo, hi = wrong / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _binom_cdf(wrong, n, mid) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return 1.0 - hi
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0 if k < n else 1.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+            + i * math.log(p) + (n - i) * math.log1p(-p) for i in range(k + 1)]
+    top = max(logs)
+    return math.exp(top) * sum(math.exp(v - top) for v in logs)
+
+
+def threshold_sequence(entries: list[Scores], exit_cost: np.ndarray, target: float,
+                       steps: int = 40) -> list[np.ndarray]:
+    """Threshold vectors from 'no wrong hits allowed' to 'exactly the target', on the select part."""
+    n = len(entries[0].conf) if entries else 0
+    margins = np.linspace(1.0 - target, 0.0, steps)
+    return [search_thresholds(entries, exit_cost, max_wrong_for(target + m, n)) for m in margins]
+
+
+def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
+            alpha: float = ALPHA) -> Certified:
+    """Fixed-sequence test on the certify part; falls back to no hits if the first vector fails."""
+    n = len(entries[0].conf) if entries else 0
+    chosen = Certified(np.full(len(entries), np.inf), agreement_lower_bound(n, 0, alpha), 1.0, 0.0,
+                       n, 0, 0)
+    for tested, thresholds in enumerate(sequence, start=1):
+        exit_at = _exits(entries, thresholds, n)
+        wrong = int(_wrong_at(entries, exit_at).sum())
+        bound = agreement_lower_bound(n, wrong, alpha)
+        if bound < target:
+            chosen.tested = tested
+            break
+        chosen = Certified(thresholds, bound, 1.0 - wrong / n, float((exit_at < len(entries)).mean()),
+                           n, wrong, tested)
+    return chosen
+
+
+def split_select_certify(labels: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration images, halved by a fixed rule: within each class, ids sorted by name,
+    even positions select thresholds and odd positions certify them."""
+    select, cert = [], []
+    ids_arr = np.asarray(ids)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[np.argsort(ids_arr[members], kind="stable")]
+        select.extend(members[0::2])
+        cert.extend(members[1::2])
+    return np.sort(np.array(select, dtype=int)), np.sort(np.array(cert, dtype=int))
+
+
+def calibrate(entries: list[Scores], costs: Costs, mode: str, target: float,
+              select: np.ndarray, cert: np.ndarray) -> tuple[list[float], Certified]:
+    """Thresholds for a fixed set of plan entries: selected on `select`, certified on `cert`."""
+    exit_cost = exit_costs(entries, costs, mode)
+    sequence = threshold_sequence([e.subset(select) for e in entries], exit_cost, target)
+    result = certify([e.subset(cert) for e in entries], sequence, target)
+    return [float(t) for t in result.thresholds], result
+
+
+def entries_with(entries: list[PlanEntry], thresholds: list[float]) -> list[PlanEntry]:
+    return [PlanEntry(e.cut, e.cut_name, e.variant, t) for e, t in zip(entries, thresholds)]

@@ -1,0 +1,83 @@
+"""From scored caches and a profile to a certified plan: shared by build, calibrate and plan.
+
+The bundle keeps every fitted cache's answers on the calibration images (`calibration.npz`), so
+re-targeting (`gati calibrate`) or re-planning for another device (`gati plan`) needs neither the
+data nor a pass of the base model: only the stored scores and a (new) profile.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .calibrate import Costs, Scores, agreement_lower_bound, calibrate, split_select_certify
+from .optimizer import Problem, optimize, summary
+from .plan import Plan, PlanEntry
+from .profile import Profile
+
+
+def calibration_arrays(caches: dict, feats: dict, base: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every cache's label and confidence on the calibration images, next to the base model's."""
+    arrays = {"base": base.astype(np.int64), "labels": np.asarray(labels, dtype=np.int64)}
+    for (cut, variant), cache in caches.items():
+        pred, conf = [], []
+        x = feats[(cut, cache.reducer_key)]
+        for start in range(0, len(x), 1024):
+            p, c = cache.predict(x[start:start + 1024])
+            pred.append(p)
+            conf.append(c)
+        arrays[f"pred_{cut}_{variant}"] = torch.cat(pred).numpy().astype(np.int64)
+        arrays[f"conf_{cut}_{variant}"] = torch.cat(conf).numpy().astype(np.float32)
+    return arrays
+
+
+def scores_from(arrays: dict[str, np.ndarray]) -> dict[tuple[int, str], Scores]:
+    base = arrays["base"]
+    scores = {}
+    for name in arrays:
+        if name.startswith("pred_"):
+            _, cut, variant = name.split("_", 2)
+            key = (int(cut), variant)
+            scores[key] = Scores(key[0], variant, arrays[f"conf_{cut}_{variant}"], arrays[name] == base)
+    return scores
+
+
+def certification_margin(target: float, n_certify: int) -> float:
+    """How far above the target the select part must aim so that the certify part's lower bound
+    can still clear the target (the gap Clopper-Pearson leaves at this sample size)."""
+    for margin in np.arange(0.0, 1.0 - target + 1e-9, 0.0005):
+        wrong = int((1.0 - target - margin) * n_certify)
+        if agreement_lower_bound(n_certify, wrong) >= target:
+            return float(margin)
+    return float(1.0 - target)
+
+
+def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray, profile: Profile,
+              nbytes: dict[tuple[int, str], int], cuts: list[str], target: float,
+              memory_mb: float = float("inf"), modes: tuple[str, ...] = ("sync", "async")):
+    """Optimise the plan on the select part, then calibrate and certify its thresholds."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be in (0, 1), got {target}")
+    select, cert = split_select_certify(np.asarray(labels), ids)
+    scores = scores_from(arrays)
+    costs = Costs(profile.stage_ms, {key: profile.lookup(*key) for key in scores})
+    margin = certification_margin(target, len(cert))
+    problem = Problem({k: s.subset(select) for k, s in scores.items()}, costs, nbytes,
+                      min(target + margin, 1.0), memory_mb * 2**20)
+    choice = optimize(problem, modes)
+    entries = [scores[k] for k in choice.keys]
+    thresholds, cert_result = calibrate(entries, costs, choice.mode, target, select, cert)
+    plan = Plan([PlanEntry(k[0], cuts[k[0]], k[1], t) for k, t in zip(choice.keys, thresholds)
+                 if np.isfinite(t)], choice.mode)
+    certified = {"lower_bound": round(cert_result.lower_bound, 6), "confidence": 0.95,
+                 "method": "fixed-sequence test, one-sided Clopper-Pearson",
+                 "agreement": round(cert_result.agreement, 6), "hit_rate": round(cert_result.hit_rate, 6),
+                 "n": cert_result.n, "wrong_hits": cert_result.wrong_hits,
+                 "vectors_tested": cert_result.tested, "select_n": int(len(select)),
+                 "select_margin": round(margin, 4)}
+    return plan, certified, choice
+
+
+def plan_report(plan: Plan, certified: dict, choice, base_ms: float) -> str:
+    return (f"{plan.describe()}\n{summary(choice, base_ms)}\n"
+            f"certified agreement >= {certified['lower_bound']:.4f} (95% confidence, "
+            f"{certified['n']} held-out calibration images, hit rate {certified['hit_rate']:.1%})")

@@ -1,0 +1,118 @@
+"""`gati train-base`: train a base classifier for users who bring none.
+
+The recipe of the shared checkpoints (SGD with Nesterov momentum, one-cycle learning rate, label
+smoothing 0.1, random crop with 4-pixel reflect padding and horizontal flips), on the GPU when
+there is one. Before a long CPU run it prints an estimate from timing a few batches and asks.
+The checkpoint is a plain float32 state_dict in the layout `gati build --arch` loads.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import load_split, preprocess_for
+from .errors import GatiError
+from .models import build_model
+
+LONG_CPU_RUN_S = 15 * 60
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    dataset: str
+    data_dir: Path
+    out: Path
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.1
+    train_limit: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    yes: bool = False
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 4-pixel reflect-padded crops and horizontal flips, per image."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+def train_base(cfg: TrainConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = load_split(cfg.dataset, cfg.data_dir, "train", limit=cfg.train_limit, seed=cfg.seed)
+    pre = preprocess_for(cfg.dataset, cfg.data_dir)
+    x_all, y_all = pre(data.images), torch.as_tensor(data.labels)
+    model = build_model(cfg.arch, len(data.classes)).to(cfg.device)
+    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    step = _make_step(model, opt, sched, cfg.device)
+    _confirm_duration(cfg, step, x_all, y_all, gen, steps_per_epoch)
+    started, loss = time.time(), float("nan")
+    model.train()
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(data), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        for b in bar:
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            loss = step(augment(x_all[idx], gen), y_all[idx])
+            bar.set_postfix(loss=f"{loss:.3f}")
+    _save(model, cfg.out)
+    return {"out": str(cfg.out), "epochs": cfg.epochs, "images": len(data), "final_loss": loss,
+            "seconds": round(time.time() - started, 1), "device": cfg.device}
+
+
+def _make_step(model, opt, sched, device):
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss)
+    return step
+
+
+def _confirm_duration(cfg, step, x_all, y_all, gen, steps_per_epoch) -> None:
+    """Time two training steps and extrapolate; ask before a long CPU run."""
+    if cfg.device != "cpu":
+        return
+    start = time.time()
+    for _ in range(2):
+        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=gen)
+        step(augment(x_all[idx], gen), y_all[idx])
+    estimate = (time.time() - start) / 2 * steps_per_epoch * cfg.epochs
+    print(f"estimated CPU training time: {estimate / 60:.1f} min "
+          f"({cfg.epochs} epochs x {steps_per_epoch} batches)", file=sys.stderr)
+    if estimate > LONG_CPU_RUN_S and not cfg.yes:
+        if not sys.stdin.isatty() or input("continue? [y/N] ").strip().lower() != "y":
+            raise GatiError("long CPU training run not confirmed (pass --yes, or use a GPU)")
+
+
+def _save(model: torch.nn.Module, out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+             for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+
+
