@@ -39,3 +39,25 @@ def shared_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A synthetic 4-class image folder and a briefly trained TinyNet checkpoint for it."""
+    from tests.tinynet import train_tiny, write_folder
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_folder(root / "data")
+    return data, train_tiny(data, root / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle (fitted, profiled, planned, certified) for the tiny model: built in seconds."""
+    from gati.build import BuildConfig, build
+    from tests.tinynet import CUTS
+    data, checkpoint = tiny_data
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    build(BuildConfig(checkpoint=checkpoint, dataset="imagefolder", data_dir=data, out=out,
+                      model_module="tests.tinynet:factory", cuts=CUTS, target=0.9,
+                      variants=["linear", "mlp", "knn"], train_limit=None))
+    return out

@@ -396,3 +396,17 @@ def test_knn_subsamples_to_max_items():
 
 def test_linear_is_a_registered_variant():
     assert VARIANTS["linear"] is LinearCache and set(VARIANTS) == {"linear", "mlp", "fc", "convfc", "knn"}
+
+
+def test_faiss_searches_leave_torchs_thread_count_alone():
+    """FAISS and torch share one OpenMP runtime: a one-thread search must not pin torch to one thread."""
+    from gati.cache.knn import FaissIndex
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        index = FaissIndex(8)
+        index.add(np.random.rand(50, 8).astype(np.float32), np.arange(50))
+        index.search(np.random.rand(1, 8).astype(np.float32), 3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

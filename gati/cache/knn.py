@@ -18,8 +18,23 @@ from torch import Tensor
 from gati.cache.base import Cache, Params, check_state, require
 from gati.errors import GatiError, InvalidInput
 
-# Per-request searches are tiny: an OpenMP thread team per call costs more than it saves.
-faiss.omp_set_num_threads(1)
+SMALL_SEARCH = 64  # queries; below this a search runs on one OpenMP thread
+
+
+class _OneThread:
+    """Per-request searches are tiny: an OpenMP thread team per call costs more than it saves.
+
+    FAISS and torch share one OpenMP runtime, and its thread count is per calling thread, so it
+    is lowered only around the search and restored after: setting it once at import would also
+    drop torch's own thread count to 1 for the whole process.
+    """
+
+    def __enter__(self) -> None:
+        self.saved = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        faiss.omp_set_num_threads(self.saved)
 
 LOO_SAMPLE = 1000  # stored vectors whose leave-one-out vote estimates the train agreement
 VOTE_FLOOR = 1e-6  # keeps every neighbour's weight positive, so all-negative similarities still vote
@@ -60,7 +75,12 @@ class FaissIndex:
     def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.ntotal == 0:
             raise GatiError("the neighbour index is empty")
-        sims, ids = self._index.search(np.ascontiguousarray(x, dtype=np.float32), min(k, self.ntotal))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) < SMALL_SEARCH:
+            with _OneThread():
+                sims, ids = self._index.search(x, min(k, self.ntotal))
+        else:
+            sims, ids = self._index.search(x, min(k, self.ntotal))
         return sims, np.where(ids >= 0, self._labels[ids], -1)
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,109 @@
+"""Bundles: complete or absent, never half-written; clear errors for every way they go wrong."""
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from gati.bundle import load_bundle, read_manifest, write_bundle
+from gati.cli import main
+from gati.errors import BundleError, CheckpointError
+
+
+@pytest.fixture
+def copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def test_manifest_records_what_serving_and_auditing_need(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    for key in ("checkpoint", "preprocess", "classes", "cuts", "plan", "target", "certified", "calibration",
+                "profile", "versions"):
+        assert key in m
+    assert len(m["checkpoint"]["sha256"]) == 64
+    assert m["calibration"]["split"] == "test:calib" and len(m["calibration"]["ids_sha256"]) == 64
+    assert m["profile"]["device"] == "cpu" and len(m["profile"]["stage_ms"]) == len(m["cuts"]) + 1
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(BundleError, match="manifest.yaml is missing"):
+        load_bundle(tmp_path)
+
+
+def test_corrupt_manifest(copy):
+    (copy / "manifest.yaml").write_text("plan: [unclosed")
+    with pytest.raises(BundleError, match="not valid YAML"):
+        load_bundle(copy)
+
+
+def test_missing_cache_file(copy):
+    for f in (copy / "caches").iterdir():
+        f.unlink()
+    with pytest.raises(BundleError):
+        load_bundle(copy)
+
+
+def test_checkpoint_changed_since_build(copy, tmp_path):
+    m = yaml.safe_load((copy / "manifest.yaml").read_text())
+    ckpt = tmp_path / "changed.pt"
+    state = torch.load(m["checkpoint"]["path"])
+    state["linear.bias"] += 1
+    torch.save(state, ckpt)
+    m["checkpoint"]["path"] = str(ckpt)
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(m))
+    with pytest.raises(CheckpointError, match="changed since the bundle was built"):
+        load_bundle(copy)
+
+
+def test_an_interrupted_write_leaves_nothing_behind(tmp_path):
+    class Exploding:
+        def save(self, path):
+            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        write_bundle(tmp_path / "b", {"format_version": 1}, {(0, "linear"): Exploding()}, {}, [])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_is_not_overwritten_without_force(copy):
+    with pytest.raises(BundleError, match="already exists"):
+        write_bundle(copy, {}, {}, {}, [])
+
+
+def test_eval_json_is_one_object_with_the_promised_fields(tiny_bundle, tiny_data, capsys):
+    assert main(["eval", "--bundle", str(tiny_bundle), "--data-dir", str(tiny_data[0]), "--split", "test:eval",
+                 "--limit", "80", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("requests", "base_acc", "gati_acc", "agreement", "hit_rate", "hits_per_layer", "mean_ms_base",
+                "mean_ms_gati", "p50_ms_base", "p50_ms_gati", "p99_ms_base", "p99_ms_gati", "speedup_mean",
+                "speedup_p50", "target", "device"):
+        assert key in out
+    assert out["requests"] == 80
+    assert out["speedup_mean"] == pytest.approx(out["mean_ms_base"] / out["mean_ms_gati"])
+    assert sum(out["hits_per_layer"].values()) == round(out["hit_rate"] * 80)
+
+
+def test_eval_refuses_the_calibration_split(tiny_bundle, tiny_data, capsys):
+    assert main(["eval", "--bundle", str(tiny_bundle), "--data-dir", str(tiny_data[0]),
+                 "--split", "test:calib", "--limit", "20"]) == 2
+    assert "calibration" in capsys.readouterr().err
+
+
+def test_calibrate_retargets_without_retraining(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "strict"
+    assert main(["calibrate", "--bundle", str(tiny_bundle), "--target", "0.97", "--out", str(out)]) == 0
+    loose, strict = read_manifest(tiny_bundle), read_manifest(out)
+    assert strict["target"] == 0.97 and loose["target"] == 0.9
+    assert strict["certified"]["lower_bound"] >= 0.97 or not strict["plan"]["entries"]
+    assert strict["certified"]["hit_rate"] <= loose["certified"]["hit_rate"]
+    assert sorted(p.name for p in (out / "caches").iterdir()) == sorted(p.name for p in (tiny_bundle / "caches").iterdir())
+
+
+def test_plan_reprofiles_on_a_device(tiny_bundle, tmp_path):
+    out = tmp_path / "replanned"
+    assert main(["plan", "--bundle", str(tiny_bundle), "--device", "cpu", "--out", str(out)]) == 0
+    m = read_manifest(out)
+    assert m["profile"]["device"] == "cpu" and m["target"] == 0.9
+    assert load_bundle(out).plan.entries

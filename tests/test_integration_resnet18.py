@@ -1,0 +1,52 @@
+"""End to end on the shared CIFAR-10 ResNet-18: real checkpoint, real data, small subsets."""
+import numpy as np
+import pytest
+
+from gati.build import BuildConfig, build
+from gati.bundle import load_bundle
+from gati.data import load_split
+from gati.engine import Engine
+from gati.evaluate import evaluate
+
+TARGET = 0.95
+
+
+@pytest.fixture(scope="module")
+def r18_bundle(shared_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("r18") / "bundle"
+    build(BuildConfig(checkpoint=shared_dir / "models" / "cifar10_resnet18.pt", dataset="cifar10",
+                      data_dir=shared_dir / "data", out=out, arch="resnet18", target=TARGET,
+                      variants=["linear", "mlp"], train_limit=2000, calib_limit=2000))
+    return load_bundle(out)
+
+
+@pytest.fixture(scope="module")
+def eval_data(shared_dir):
+    return load_split("cifar10", shared_dir / "data", "test:eval", limit=400, seed=1)
+
+
+def test_checkpoint_accuracy_on_unseen_images(r18_bundle, eval_data):
+    engine = Engine(r18_bundle)
+    preds = [engine.predict_base(r18_bundle.preprocess(eval_data.images[i:i + 1])) for i in range(len(eval_data))]
+    assert np.mean(np.array(preds) == eval_data.labels) >= 0.88
+
+
+def test_certified_agreement_holds_on_held_out_images(r18_bundle, eval_data):
+    certified = r18_bundle.manifest["certified"]
+    assert certified["lower_bound"] >= TARGET
+    result = evaluate(r18_bundle, eval_data, seed=0, progress=False)
+    assert result.hit_rate > 0.3, "caches at the deep cuts of ResNet-18 should answer often at 95%"
+    assert result.agreement >= TARGET - 0.02  # 400 images: sampling slack around a 95%-confident bound
+    assert result.requests == 400 and sum(result.hits_per_layer.values()) == round(result.hit_rate * 400)
+
+
+def test_a_miss_is_exactly_the_base_answer(r18_bundle, eval_data):
+    engine = Engine(r18_bundle)
+    misses = 0
+    for i in range(100):
+        x = r18_bundle.preprocess(eval_data.images[i:i + 1])
+        answer = engine.predict(x)
+        if answer.exit_cut is None:
+            misses += 1
+            assert answer.label == engine.predict_base(x)
+    assert misses > 0
