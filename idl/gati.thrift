@@ -93,6 +93,7 @@ struct Sample {
   1: i32 cut,
   2: Tensor features,       // the cache's reduced input at this cut
   3: i32 base_label,        // the full model's answer
+  4: optional Tensor base_logits,  // float32 [num_classes]: the teacher for distillation
 }
 
 struct ExecutionResult {
@@ -105,6 +106,7 @@ struct ExecutionResult {
   7: i32 stages_after_hit,  // stages run after the cut that hit (-1: no hit seen)
   8: list<Sample> samples,  // only for sampled requests
   9: string error,          // non-empty when the executor failed on this request
+  10: list<Report> reports, // the verdicts the executor saw, so the aggregator never misses one
 }
 
 struct CacheUpdate {
@@ -126,6 +128,11 @@ struct SearchResult {
   2: Tensor labels,         // int64 [N, k]
 }
 
+struct Vectors {
+  1: Tensor vectors,        // float32 [M, d]
+  2: Tensor labels,         // int64 [M]
+}
+
 struct RetrainResult {
   1: i32 cut,
   2: bool deployed,
@@ -135,6 +142,8 @@ struct RetrainResult {
   6: i32 train_samples,
   7: i32 holdout_samples,
   8: string message,
+  9: double candidate_hit_rate,
+  10: double deployed_hit_rate,
 }
 
 // ---- services -------------------------------------------------------------------------------
@@ -154,8 +163,11 @@ service Aggregator extends Service {
 
 service Executor extends Service {
   oneway void run(1: RunRequest request),
-  // From a predictor after each lookup: a hit stops the request at the next stage boundary.
-  oneway void verdict(1: i64 request_id, 2: i32 cut, 3: bool hit),
+  // From a predictor after each lookup (the same report the aggregator gets): a hit stops the
+  // request at the next stage boundary. The executor never runs more than one stage past a cut
+  // whose verdict it has not seen (bounded by timeouts_ms.lookup), so after a hit at most one
+  // further stage runs.
+  oneway void verdict(1: Report report),
   // From the aggregator: stop now (deadline passed, answer no longer wanted).
   oneway void cancel(1: i64 request_id),
 }
@@ -172,6 +184,7 @@ service NeighborIndex extends Service {
   SearchResult search(1: string key, 2: Tensor queries, 3: i32 k) throws (1: InvalidRequest invalid),
   i64 size(1: string key),
   void reset(1: string key),
+  Vectors export(1: string key) throws (1: InvalidRequest invalid),
 }
 
 service Retrainer extends Service {

@@ -28,12 +28,10 @@ class Iface(gati.rpc.gen.gati_idl.Service.Iface):
         """
         pass
 
-    def verdict(self, request_id, cut, hit):
+    def verdict(self, report):
         """
         Parameters:
-         - request_id
-         - cut
-         - hit
+         - report
 
         """
         pass
@@ -67,22 +65,18 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
 
-    def verdict(self, request_id, cut, hit):
+    def verdict(self, report):
         """
         Parameters:
-         - request_id
-         - cut
-         - hit
+         - report
 
         """
-        self.send_verdict(request_id, cut, hit)
+        self.send_verdict(report)
 
-    def send_verdict(self, request_id, cut, hit):
+    def send_verdict(self, report):
         self._oprot.writeMessageBegin('verdict', TMessageType.ONEWAY, self._seqid)
         args = verdict_args()
-        args.request_id = request_id
-        args.cut = cut
-        args.hit = hit
+        args.report = report
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
@@ -148,7 +142,7 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         args.read(iprot)
         iprot.readMessageEnd()
         try:
-            self._handler.verdict(args.request_id, args.cut, args.hit)
+            self._handler.verdict(args.report)
         except TTransport.TTransportException:
             raise
         except Exception:
@@ -234,17 +228,13 @@ run_args.thrift_spec = (
 class verdict_args(object):
     """
     Attributes:
-     - request_id
-     - cut
-     - hit
+     - report
 
     """
 
 
-    def __init__(self, request_id=None, cut=None, hit=None,):
-        self.request_id = request_id
-        self.cut = cut
-        self.hit = hit
+    def __init__(self, report=None,):
+        self.report = report
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -256,18 +246,9 @@ class verdict_args(object):
             if ftype == TType.STOP:
                 break
             if fid == 1:
-                if ftype == TType.I64:
-                    self.request_id = iprot.readI64()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 2:
-                if ftype == TType.I32:
-                    self.cut = iprot.readI32()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 3:
-                if ftype == TType.BOOL:
-                    self.hit = iprot.readBool()
+                if ftype == TType.STRUCT:
+                    self.report = Report()
+                    self.report.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:
@@ -280,17 +261,9 @@ class verdict_args(object):
             oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
             return
         oprot.writeStructBegin('verdict_args')
-        if self.request_id is not None:
-            oprot.writeFieldBegin('request_id', TType.I64, 1)
-            oprot.writeI64(self.request_id)
-            oprot.writeFieldEnd()
-        if self.cut is not None:
-            oprot.writeFieldBegin('cut', TType.I32, 2)
-            oprot.writeI32(self.cut)
-            oprot.writeFieldEnd()
-        if self.hit is not None:
-            oprot.writeFieldBegin('hit', TType.BOOL, 3)
-            oprot.writeBool(self.hit)
+        if self.report is not None:
+            oprot.writeFieldBegin('report', TType.STRUCT, 1)
+            self.report.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -311,9 +284,7 @@ class verdict_args(object):
 all_structs.append(verdict_args)
 verdict_args.thrift_spec = (
     None,  # 0
-    (1, TType.I64, 'request_id', None, None, ),  # 1
-    (2, TType.I32, 'cut', None, None, ),  # 2
-    (3, TType.BOOL, 'hit', None, None, ),  # 3
+    (1, TType.STRUCT, 'report', [Report, None], None, ),  # 1
 )
 
 

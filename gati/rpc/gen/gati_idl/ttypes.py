@@ -1063,14 +1063,16 @@ class Sample(object):
      - cut
      - features
      - base_label
+     - base_logits
 
     """
 
 
-    def __init__(self, cut=None, features=None, base_label=None,):
+    def __init__(self, cut=None, features=None, base_label=None, base_logits=None,):
         self.cut = cut
         self.features = features
         self.base_label = base_label
+        self.base_logits = base_logits
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1097,6 +1099,12 @@ class Sample(object):
                     self.base_label = iprot.readI32()
                 else:
                     iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.base_logits = Tensor()
+                    self.base_logits.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1118,6 +1126,10 @@ class Sample(object):
         if self.base_label is not None:
             oprot.writeFieldBegin('base_label', TType.I32, 3)
             oprot.writeI32(self.base_label)
+            oprot.writeFieldEnd()
+        if self.base_logits is not None:
+            oprot.writeFieldBegin('base_logits', TType.STRUCT, 4)
+            self.base_logits.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1149,11 +1161,12 @@ class ExecutionResult(object):
      - stages_after_hit
      - samples
      - error
+     - reports
 
     """
 
 
-    def __init__(self, request_id=None, completed=None, label=None, confidence=None, stages_run=None, cancelled=None, stages_after_hit=None, samples=None, error=None,):
+    def __init__(self, request_id=None, completed=None, label=None, confidence=None, stages_run=None, cancelled=None, stages_after_hit=None, samples=None, error=None, reports=None,):
         self.request_id = request_id
         self.completed = completed
         self.label = label
@@ -1163,6 +1176,7 @@ class ExecutionResult(object):
         self.stages_after_hit = stages_after_hit
         self.samples = samples
         self.error = error
+        self.reports = reports
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1224,6 +1238,17 @@ class ExecutionResult(object):
                     self.error = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.LIST:
+                    self.reports = []
+                    (_etype34, _size31) = iprot.readListBegin()
+                    for _i35 in range(_size31):
+                        _elem36 = Report()
+                        _elem36.read(iprot)
+                        self.reports.append(_elem36)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1265,13 +1290,20 @@ class ExecutionResult(object):
         if self.samples is not None:
             oprot.writeFieldBegin('samples', TType.LIST, 8)
             oprot.writeListBegin(TType.STRUCT, len(self.samples))
-            for iter31 in self.samples:
-                iter31.write(oprot)
+            for iter37 in self.samples:
+                iter37.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.error is not None:
             oprot.writeFieldBegin('error', TType.STRING, 9)
             oprot.writeString(self.error.encode('utf-8') if sys.version_info[0] == 2 else self.error)
+            oprot.writeFieldEnd()
+        if self.reports is not None:
+            oprot.writeFieldBegin('reports', TType.LIST, 10)
+            oprot.writeListBegin(TType.STRUCT, len(self.reports))
+            for iter38 in self.reports:
+                iter38.write(oprot)
+            oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1541,6 +1573,76 @@ class SearchResult(object):
         return not (self == other)
 
 
+class Vectors(object):
+    """
+    Attributes:
+     - vectors
+     - labels
+
+    """
+
+
+    def __init__(self, vectors=None, labels=None,):
+        self.vectors = vectors
+        self.labels = labels
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.vectors = Tensor()
+                    self.vectors.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.labels = Tensor()
+                    self.labels.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('Vectors')
+        if self.vectors is not None:
+            oprot.writeFieldBegin('vectors', TType.STRUCT, 1)
+            self.vectors.write(oprot)
+            oprot.writeFieldEnd()
+        if self.labels is not None:
+            oprot.writeFieldBegin('labels', TType.STRUCT, 2)
+            self.labels.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class RetrainResult(object):
     """
     Attributes:
@@ -1552,11 +1654,13 @@ class RetrainResult(object):
      - train_samples
      - holdout_samples
      - message
+     - candidate_hit_rate
+     - deployed_hit_rate
 
     """
 
 
-    def __init__(self, cut=None, deployed=None, version=None, candidate_agreement=None, deployed_agreement=None, train_samples=None, holdout_samples=None, message=None,):
+    def __init__(self, cut=None, deployed=None, version=None, candidate_agreement=None, deployed_agreement=None, train_samples=None, holdout_samples=None, message=None, candidate_hit_rate=None, deployed_hit_rate=None,):
         self.cut = cut
         self.deployed = deployed
         self.version = version
@@ -1565,6 +1669,8 @@ class RetrainResult(object):
         self.train_samples = train_samples
         self.holdout_samples = holdout_samples
         self.message = message
+        self.candidate_hit_rate = candidate_hit_rate
+        self.deployed_hit_rate = deployed_hit_rate
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1615,6 +1721,16 @@ class RetrainResult(object):
                     self.message = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.DOUBLE:
+                    self.candidate_hit_rate = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.DOUBLE:
+                    self.deployed_hit_rate = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1656,6 +1772,14 @@ class RetrainResult(object):
         if self.message is not None:
             oprot.writeFieldBegin('message', TType.STRING, 8)
             oprot.writeString(self.message.encode('utf-8') if sys.version_info[0] == 2 else self.message)
+            oprot.writeFieldEnd()
+        if self.candidate_hit_rate is not None:
+            oprot.writeFieldBegin('candidate_hit_rate', TType.DOUBLE, 9)
+            oprot.writeDouble(self.candidate_hit_rate)
+            oprot.writeFieldEnd()
+        if self.deployed_hit_rate is not None:
+            oprot.writeFieldBegin('deployed_hit_rate', TType.DOUBLE, 10)
+            oprot.writeDouble(self.deployed_hit_rate)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1763,6 +1887,7 @@ Sample.thrift_spec = (
     (1, TType.I32, 'cut', None, None, ),  # 1
     (2, TType.STRUCT, 'features', [Tensor, None], None, ),  # 2
     (3, TType.I32, 'base_label', None, None, ),  # 3
+    (4, TType.STRUCT, 'base_logits', [Tensor, None], None, ),  # 4
 )
 all_structs.append(ExecutionResult)
 ExecutionResult.thrift_spec = (
@@ -1776,6 +1901,7 @@ ExecutionResult.thrift_spec = (
     (7, TType.I32, 'stages_after_hit', None, None, ),  # 7
     (8, TType.LIST, 'samples', (TType.STRUCT, [Sample, None], False), None, ),  # 8
     (9, TType.STRING, 'error', 'UTF8', None, ),  # 9
+    (10, TType.LIST, 'reports', (TType.STRUCT, [Report, None], False), None, ),  # 10
 )
 all_structs.append(CacheUpdate)
 CacheUpdate.thrift_spec = (
@@ -1799,6 +1925,12 @@ SearchResult.thrift_spec = (
     (1, TType.STRUCT, 'sims', [Tensor, None], None, ),  # 1
     (2, TType.STRUCT, 'labels', [Tensor, None], None, ),  # 2
 )
+all_structs.append(Vectors)
+Vectors.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'vectors', [Tensor, None], None, ),  # 1
+    (2, TType.STRUCT, 'labels', [Tensor, None], None, ),  # 2
+)
 all_structs.append(RetrainResult)
 RetrainResult.thrift_spec = (
     None,  # 0
@@ -1810,6 +1942,8 @@ RetrainResult.thrift_spec = (
     (6, TType.I32, 'train_samples', None, None, ),  # 6
     (7, TType.I32, 'holdout_samples', None, None, ),  # 7
     (8, TType.STRING, 'message', 'UTF8', None, ),  # 8
+    (9, TType.DOUBLE, 'candidate_hit_rate', None, None, ),  # 9
+    (10, TType.DOUBLE, 'deployed_hit_rate', None, None, ),  # 10
 )
 fix_spec(all_structs)
 del all_structs

@@ -1,0 +1,308 @@
+"""The cluster configuration: one YAML file read by every `gati serve --role R` process.
+
+    bundle: ../bundles/r18     # relative paths are relative to the config file's folder
+    device: cpu
+    log_dir: ../runs/local
+    timeouts_ms: {connect: 1000, call: 2000, request: 5000, lookup: 200}
+    max_message_mb: 64
+    hop_delay_ms: 0.0          # injected before every message a client sends (placement studies)
+    services:
+      aggregator: {host: 127.0.0.1, port: 9090, metrics_port: 9100, queue_size: 64, workers: 4,
+                   sample_rate: 0.05}
+      executor:   {host: 127.0.0.1, port: 9091}
+      predictors:
+        - {name: predictor-0, host: 127.0.0.1, port: 9092, cuts: [layer2.1, layer3.0]}
+        - {name: predictor-1, host: 127.0.0.1, port: 9093, cuts: auto}
+      index:      {host: 127.0.0.1, port: 9094}
+      retrainer:  {host: 127.0.0.1, port: 9095}
+
+Placement (which cuts a predictor serves) is configuration: `placement(plan_cuts)` resolves `auto`
+and checks that every cut of the plan is served by exactly one predictor. Unknown keys are errors,
+so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gati.errors import GatiError
+
+AUTO = "auto"
+
+
+class ConfigError(GatiError):
+    """A cluster configuration that is missing, malformed or inconsistent with the bundle's plan."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_ms: float = 1000.0   # opening a connection
+    call_ms: float = 2000.0      # one two-way call between services
+    request_ms: float = 5000.0   # a client's request end to end (the default deadline)
+    lookup_ms: float = 200.0     # how long the executor waits for a cut's verdict before calling it a miss
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AggregatorConfig(Endpoint):
+    metrics_port: int | None = None   # Prometheus HTTP endpoint; None: no metrics server
+    queue_size: int = 64              # requests admitted (running + waiting); beyond: Overloaded
+    workers: int = 4                  # requests running at once
+    sample_rate: float = 0.05         # share of requests finished in the background (live agreement)
+    max_request_kb: int = 1024        # larger image payloads are refused as InvalidRequest
+
+
+@dataclass(frozen=True)
+class ExecutorConfig(Endpoint):
+    workers: int = 1                  # requests running stages at once
+    threads: int = 0                  # torch intra-op threads; 0 keeps torch's default
+
+
+@dataclass(frozen=True)
+class PredictorConfig(Endpoint):
+    name: str = ""
+    cuts: tuple[str, ...] | str = AUTO   # cut names, or "auto": the plan's cuts placed nowhere else
+
+
+@dataclass(frozen=True)
+class RetrainerConfig(Endpoint):
+    holdout: float = 0.25             # share of samples held back to validate a candidate
+    max_samples: int = 20000          # per cut; the oldest are dropped first
+    min_samples: int = 40             # refuse to retrain a cut with fewer
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: Path                        # the file it came from ("" when built in code)
+    bundle: Path
+    aggregator: AggregatorConfig
+    executor: ExecutorConfig
+    predictors: tuple[PredictorConfig, ...]
+    index: Endpoint | None = None
+    retrainer: RetrainerConfig | None = None
+    device: str = "cpu"
+    log_dir: Path = Path("runs/local")
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_message_mb: float = 64.0
+    hop_delay_ms: float = 0.0
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * 1024 * 1024)
+
+    def predictor(self, name: str) -> PredictorConfig:
+        for p in self.predictors:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.predictors) or "none"
+        raise ConfigError(f"{self.path}: no predictor named {name!r} (configured: {known})")
+
+    def placement(self, plan_cuts: list[str]) -> dict[str, list[str]]:
+        """Predictor name -> the plan's cut names it serves, in plan order."""
+        placed: dict[str, list[str]] = {}
+        owner: dict[str, str] = {}
+        for p in self.predictors:
+            if p.cuts == AUTO:
+                continue
+            for cut in p.cuts:
+                if cut not in plan_cuts:
+                    raise ConfigError(f"{self.path}: predictor {p.name} serves cut {cut!r}, which the "
+                                      f"bundle's plan does not use (plan cuts: {', '.join(plan_cuts) or 'none'})")
+                if cut in owner:
+                    raise ConfigError(f"{self.path}: cut {cut!r} is placed on both {owner[cut]} and {p.name}")
+                owner[cut] = p.name
+            placed[p.name] = [c for c in plan_cuts if c in p.cuts]
+        rest = [c for c in plan_cuts if c not in owner]
+        autos = [p for p in self.predictors if p.cuts == AUTO]
+        for i, p in enumerate(autos):  # several auto predictors share the rest round-robin
+            placed[p.name] = rest[i::len(autos)]
+        if rest and not autos:
+            raise ConfigError(f"{self.path}: the plan's cuts {rest} are placed on no predictor; "
+                              f"list them under a predictor or give one `cuts: auto`")
+        return placed
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        """Every service by its process name (role, or the predictor's name)."""
+        out: dict[str, Endpoint] = {"aggregator": self.aggregator, "executor": self.executor}
+        out.update({p.name: p for p in self.predictors})
+        if self.index is not None:
+            out["index"] = self.index
+        if self.retrainer is not None:
+            out["retrainer"] = self.retrainer
+        return out
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"cluster config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    return parse_config(raw, path)
+
+
+def parse_config(raw: Any, path: Path) -> ClusterConfig:
+    where = str(path)
+    raw = _mapping(raw, where)
+    _known(raw, {"bundle", "device", "log_dir", "timeouts_ms", "max_message_mb", "hop_delay_ms", "services"}, where)
+    if "bundle" not in raw:
+        raise ConfigError(f"{where}: `bundle` (the bundle folder to serve) is required")
+    services = _mapping(raw.get("services"), f"{where}: services")
+    _known(services, {"aggregator", "executor", "predictors", "index", "retrainer"}, f"{where}: services")
+    for required in ("aggregator", "executor", "predictors"):
+        if required not in services:
+            raise ConfigError(f"{where}: services.{required} is required")
+    base = path.parent
+    cfg = ClusterConfig(
+        path=path,
+        bundle=_resolve(base, raw["bundle"], "bundle", where),
+        device=_typed(raw.get("device", "cpu"), str, "device", where),
+        log_dir=_resolve(base, raw.get("log_dir", "runs/local"), "log_dir", where),
+        timeouts=_timeouts(raw.get("timeouts_ms", {}), where),
+        max_message_mb=_positive(raw.get("max_message_mb", 64), "max_message_mb", where),
+        hop_delay_ms=_non_negative(raw.get("hop_delay_ms", 0.0), "hop_delay_ms", where),
+        aggregator=_service(AggregatorConfig, services["aggregator"], f"{where}: services.aggregator"),
+        executor=_service(ExecutorConfig, services["executor"], f"{where}: services.executor"),
+        predictors=_predictors(services["predictors"], where),
+        index=_optional(Endpoint, services.get("index"), f"{where}: services.index"),
+        retrainer=_optional(RetrainerConfig, services.get("retrainer"), f"{where}: services.retrainer"),
+    )
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: ClusterConfig) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for name, ep in cfg.endpoints().items():
+        ports = [ep.port] + ([ep.metrics_port] if isinstance(ep, AggregatorConfig) and ep.metrics_port else [])
+        for port in ports:
+            if (ep.host, port) in seen:
+                raise ConfigError(f"{cfg.path}: {name} and {seen[(ep.host, port)]} both use {ep.host}:{port}")
+            seen[(ep.host, port)] = name
+    a = cfg.aggregator
+    if not 0.0 <= a.sample_rate <= 1.0:
+        raise ConfigError(f"{cfg.path}: services.aggregator.sample_rate must be in [0, 1], got {a.sample_rate}")
+    if a.queue_size < a.workers:
+        raise ConfigError(f"{cfg.path}: services.aggregator.queue_size ({a.queue_size}) must be at least "
+                          f"workers ({a.workers}): it counts running requests too")
+    if cfg.retrainer is not None and not 0.0 < cfg.retrainer.holdout < 1.0:
+        raise ConfigError(f"{cfg.path}: services.retrainer.holdout must be in (0, 1)")
+
+
+def _predictors(raw: Any, where: str) -> tuple[PredictorConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: services.predictors must be a non-empty list")
+    out = []
+    for i, item in enumerate(raw):
+        ctx = f"{where}: services.predictors[{i}]"
+        item = dict(_mapping(item, ctx))
+        item.setdefault("name", f"predictor-{i}")
+        cuts = item.get("cuts", AUTO)
+        if cuts != AUTO:
+            if not isinstance(cuts, list) or not all(isinstance(c, str) and c for c in cuts):
+                raise ConfigError(f"{ctx}: cuts must be a list of cut names or 'auto', got {cuts!r}")
+            item["cuts"] = tuple(cuts)
+        out.append(_service(PredictorConfig, item, ctx))
+    names = [p.name for p in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: predictor names must be unique, repeated: {dupes}")
+    return tuple(out)
+
+
+def _service(cls: type, raw: Any, ctx: str) -> Any:
+    raw = _mapping(raw, ctx)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _known(raw, set(fields), ctx)
+    for required in ("host", "port"):
+        if required not in raw:
+            raise ConfigError(f"{ctx}: `{required}` is required")
+    values = {}
+    for key, value in raw.items():
+        if key in ("host", "name"):
+            values[key] = _typed(value, str, key, ctx)
+        elif key.endswith("port"):
+            values[key] = _port(value, key, ctx) if value is not None else None
+        elif key == "cuts":
+            values[key] = value
+        else:
+            values[key] = _number(value, type(fields[key].default), key, ctx)
+    return cls(**values)
+
+
+def _optional(cls: type, raw: Any, ctx: str) -> Any:
+    return None if raw is None else _service(cls, raw, ctx)
+
+
+def _timeouts(raw: Any, where: str) -> Timeouts:
+    ctx = f"{where}: timeouts_ms"
+    raw = _mapping(raw, ctx)
+    _known(raw, {"connect", "call", "request", "lookup"}, ctx)
+    return Timeouts(**{f"{k}_ms": _positive(v, k, ctx) for k, v in raw.items()})
+
+
+def _mapping(raw: Any, ctx: str) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{ctx} must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _known(raw: dict, allowed: set[str], ctx: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{ctx}: unknown keys {unknown} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _typed(value: Any, kind: type, key: str, ctx: str) -> Any:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{ctx}: {key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _number(value: Any, kind: type, key: str, ctx: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{ctx}: {key} must be {'an int' if kind is int else 'a number'}, got {value!r}")
+    if value < 0 or (kind is int and value == 0 and key != "threads"):
+        raise ConfigError(f"{ctx}: {key} must be positive, got {value!r}")
+    return kind(value)
+
+
+def _positive(value: Any, key: str, ctx: str) -> float:
+    v = _non_negative(value, key, ctx)
+    if v == 0:
+        raise ConfigError(f"{ctx}: {key} must be positive, got {value!r}")
+    return v
+
+
+def _non_negative(value: Any, key: str, ctx: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{ctx}: {key} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _port(value: Any, key: str, ctx: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(f"{ctx}: {key} must be a port number in 1..65535, got {value!r}")
+    return value
+
+
+def _resolve(base: Path, value: Any, key: str, ctx: str) -> Path:
+    p = Path(_typed(value, str, key, ctx))
+    return p if p.is_absolute() else (base / p).resolve()

@@ -1,0 +1,248 @@
+"""The executor: holds the base model and runs each request stage by stage.
+
+After each cut the plan caches, it sends that cache's reduced input (e.g. the pooled vector, not
+the activation) to the cut's predictor without waiting, and keeps running. Predictors answer with
+a verdict (the same report the aggregator gets); a hit stops the request at the next stage
+boundary. Speculation is bounded: before stage i the executor waits for the verdicts of cuts
+sent at stage i-2 or earlier (a predictor that is down or slower than `lookup_s` counts as a
+miss), so after a hit at most one further stage runs.
+
+When a request stops, the executor tells the aggregator (`finished`) what it ran, the full
+model's answer if it got there, the verdicts it saw, and, for sampled requests (finished in the
+background whatever the caches said), the (reduced features, base label) samples the retrainer
+learns from.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gati.bundle import Bundle
+from gati.cache import Cache
+from gati.rpc.gen.gati_idl import Aggregator, Predictor
+from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, Report, RunRequest, Sample
+from gati.rpc.service import ServiceBase
+from gati.rpc.tensors import from_tensor, to_tensor
+from gati.rpc.transport import Limits, PeerUnavailable, Pool
+
+log = logging.getLogger("gati.rpc.executor")
+REMEMBERED_CANCELS = 4096
+
+
+@dataclass
+class Route:
+    """Where the reduced activation of one planned cut goes."""
+    cut: int
+    cache: Cache       # only its reducer runs here
+    pool: Pool         # the predictor serving the cut
+
+
+@dataclass
+class RunState:
+    """One request's cancellation flags and the verdicts seen so far."""
+    request_id: int
+    sampled: bool
+    deadline: float
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    cancelled: bool = False                       # by the aggregator: stop regardless
+    reports: dict[int, Report] = field(default_factory=dict)
+
+    def first_hit(self) -> int | None:
+        hits = [c for c, r in self.reports.items() if r.hit]
+        return min(hits) if hits else None
+
+    def should_stop(self) -> bool:
+        if self.cancelled or time.time() > self.deadline:
+            return True
+        return not self.sampled and self.first_hit() is not None
+
+    def add(self, report: Report) -> None:
+        with self.cond:
+            self.reports.setdefault(report.cut, report)
+            self.cond.notify_all()
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify_all()
+
+    def wait_verdict(self, cut: int, until: float) -> bool:
+        """True if the cut's verdict arrived before `until` (monotonic seconds)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: cut in self.reports or self.cancelled,
+                                      timeout=max(0.0, until - time.monotonic())) and cut in self.reports
+
+
+class ExecutorHandler(ServiceBase):
+    role = "executor"
+
+    def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool, limits: Limits,
+                 lookup_s: float, workers: int = 1, name: str = "executor"):
+        super().__init__(name, bundle.sha256)
+        self.stages = list(bundle.staged.stages)
+        self.device = next(bundle.model.parameters()).device
+        self.routes, self.aggregator, self.limits, self.lookup_s = routes, aggregator, limits, lookup_s
+        self.draining = False
+        self._states: dict[int, RunState] = {}
+        self._early_cancels: OrderedDict[int, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[RunRequest | None] = queue.Queue()
+        self._workers = [threading.Thread(target=self._work, name=f"executor-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._workers:
+            t.start()
+
+    # ---- Thrift interface -----------------------------------------------------------------
+
+    def run(self, request: RunRequest) -> None:
+        if self.draining:  # draining: answer at once so the client gets a typed error, not a timeout
+            self._finish(ExecutionResult(request_id=request.request_id, error="executor is draining"))
+            return
+        self.counters.add("received")
+        self._jobs.put(request)
+
+    def verdict(self, report: Report) -> None:
+        state = self._states.get(report.request_id)
+        if state is not None:
+            state.add(report)
+
+    def cancel(self, request_id: int) -> None:
+        state = self._states.get(request_id)
+        if state is not None:
+            state.cancel()
+            return
+        with self._lock:  # it may still be queued
+            self._early_cancels[request_id] = None
+            while len(self._early_cancels) > REMEMBERED_CANCELS:
+                self._early_cancels.popitem(last=False)
+
+    def gauges(self) -> dict[str, float]:
+        return {"queue_depth": float(self._jobs.qsize()), "running": float(len(self._states))}
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def drain(self, timeout_s: float) -> None:
+        """Refuse new runs, finish the queued and running ones, stop the workers."""
+        self.draining = True
+        for _ in self._workers:  # after the jobs already queued
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout_s
+        for t in self._workers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    # ---- the stage loop -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            request = self._jobs.get()
+            if request is None:
+                return
+            self._finish(self._execute(request))
+
+    def _execute(self, request: RunRequest) -> ExecutionResult:
+        state = RunState(request.request_id, request.sampled, request.deadline_unix)
+        self._states[request.request_id] = state
+        with self._lock:
+            if request.request_id in self._early_cancels:
+                del self._early_cancels[request.request_id]
+                state.cancelled = True
+        try:
+            return self._stage_loop(state, from_tensor(request.input, "run input"))
+        except Exception as e:  # a bad tensor or a model failure: the aggregator gets a typed error
+            log.exception("request %d failed", request.request_id)
+            self.counters.add("errors")
+            return ExecutionResult(request_id=request.request_id, error=f"executor failed: {e}")
+        finally:
+            self._states.pop(request.request_id, None)
+
+    def _stage_loop(self, state: RunState, array: np.ndarray) -> ExecutionResult:
+        x = torch.from_numpy(array.copy()).to(self.device)
+        sent: dict[int, float] = {}              # cut -> monotonic deadline for its verdict
+        samples: list[Sample] = []
+        stages_run, last = 0, len(self.stages) - 1
+        with torch.inference_mode():
+            for i, stage in enumerate(self.stages):
+                if state.should_stop():
+                    break
+                self._await_verdicts(state, sent, upto=i - 2)
+                if state.should_stop():
+                    break
+                x = stage(x)
+                stages_run = i + 1
+                route = self.routes.get(i) if i < last else None
+                if route is not None:
+                    self._send(state, route, x, sent, samples)
+        hit = state.first_hit()
+        # Let the aggregator see every verdict that decides the answer (those before the hit).
+        self._await_verdicts(state, sent, upto=hit - 1 if hit is not None else last)
+        return self._result(state, x, stages_run, hit, samples)
+
+    def _send(self, state: RunState, route: Route, act: torch.Tensor, sent: dict[int, float],
+              samples: list[Sample]) -> None:
+        feats = to_tensor(route.cache.reduce(act).cpu().numpy())
+        if state.sampled:
+            samples.append(Sample(cut=route.cut, features=feats, base_label=-1))
+        sent[route.cut] = time.monotonic() + self.lookup_s
+        try:
+            route.pool.send("lookup", Features(request_id=state.request_id, cut=route.cut, features=feats))
+        except PeerUnavailable as e:  # its cut is a miss; the request goes on
+            log.warning("%s", e)
+            self.counters.add("predictor_unreachable")
+            sent[route.cut] = 0.0
+
+    def _await_verdicts(self, state: RunState, sent: dict[int, float], upto: int) -> None:
+        for cut, until in sent.items():
+            if cut <= upto and cut not in state.reports and until:
+                if not state.wait_verdict(cut, until) and not state.cancelled:
+                    self.counters.add("lookup_timeouts")
+                    sent[cut] = 0.0  # counted once; from now on it is a miss
+
+    def _result(self, state: RunState, x: torch.Tensor, stages_run: int, hit: int | None,
+                samples: list[Sample]) -> ExecutionResult:
+        completed = stages_run == len(self.stages)
+        label, conf = -1, 0.0
+        if completed:
+            probs = torch.softmax(x.float(), dim=1)
+            c, lab = probs.max(dim=1)
+            label, conf = int(lab.item()), float(c.item())
+            logits = to_tensor(x[0].float().cpu().numpy())
+            for s in samples:
+                s.base_label, s.base_logits = label, logits
+        after_hit = stages_run - (hit + 1) if hit is not None else -1
+        self.counters.add("completed" if completed else "cancelled")
+        self.counters.add("stages_run", stages_run)
+        if hit is not None and not state.sampled:
+            self.counters.max("max_stages_after_hit", after_hit)
+        return ExecutionResult(request_id=state.request_id, completed=completed, label=label, confidence=conf,
+                               stages_run=stages_run, cancelled=not completed, stages_after_hit=after_hit,
+                               samples=samples if completed else [], error="",
+                               reports=list(state.reports.values()))
+
+    def _finish(self, result: ExecutionResult) -> None:
+        try:
+            self.aggregator.send("finished", result)
+        except PeerUnavailable as e:
+            log.warning("cannot report request %d: %s", result.request_id, e)
+            self.counters.add("aggregator_unreachable")
+
+
+def make_routes(bundle: Bundle, placement: dict[str, tuple[str, int]], limits: Limits) -> dict[int, Route]:
+    """cut index -> Route, from {cut name: (predictor host, port)}."""
+    pools: dict[tuple[str, int], Pool] = {}
+    routes = {}
+    for entry in bundle.plan.entries:
+        host, port = placement[entry.cut_name]
+        pool = pools.setdefault((host, port), Pool(Predictor.Client, host, port, limits, name=f"predictor@{host}:{port}"))
+        routes[entry.cut] = Route(entry.cut, bundle.caches[entry.cut], pool)
+    return routes
+
+
+def aggregator_pool(host: str, port: int, limits: Limits) -> Pool:
+    return Pool(Aggregator.Client, host, port, limits, name="aggregator")

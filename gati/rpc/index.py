@@ -1,0 +1,157 @@
+"""The neighbour-index tier: FAISS indexes of (unit vector -> base-model label), one per key.
+
+A key names one version of one kNN cache (`<cut name>@v<version>`). At start the service loads the
+bundle's kNN caches itself (version 0), so a restarted index rejoins without the predictors'
+help; predictors add later versions before they swap to them. `RemoteIndex` is the client a
+`KnnCache` searches through (`KnnCache.use_index`).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from gati.bundle import cache_file, read_manifest
+from gati.cache import load_cache
+from gati.cache.knn import FaissIndex, KnnCache
+from gati.errors import GatiError, InvalidInput
+from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, SearchResult, Vectors
+from gati.rpc.service import ServiceBase
+from gati.rpc.tensors import from_tensor, to_tensor
+from gati.rpc.transport import Pool
+
+MAX_K = 1024
+
+
+def index_key(cut_name: str, version: int) -> str:
+    return f"{cut_name}@v{version}"
+
+
+class _Entry:
+    def __init__(self, index: FaissIndex):
+        self.index = index
+        self.lock = threading.Lock()  # FAISS flat indexes are not safe to add to while searching
+
+
+class IndexHandler(ServiceBase):
+    role = "index"
+
+    def __init__(self, bundle_sha256: str = "", name: str = "index"):
+        super().__init__(name, bundle_sha256)
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, vectors, labels) -> None:
+        x, y = _arrays(vectors, labels)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry(FaissIndex(x.shape[1]))
+        with entry.lock:
+            try:
+                entry.index.add(x, y)
+            except InvalidInput as e:
+                raise InvalidRequest(f"index {key}: {e}") from e
+        self.counters.add("added", len(y))
+
+    def search(self, key: str, queries, k: int) -> SearchResult:
+        with self.gate.track():
+            return self._search(key, queries, k)
+
+    def _search(self, key: str, queries, k: int) -> SearchResult:
+        entry = self._entry(key)
+        q = _float_rows(queries, "queries")
+        if not 1 <= k <= MAX_K:
+            raise InvalidRequest(f"k must be in 1..{MAX_K}, got {k}")
+        if q.shape[1] != entry.index.dim:
+            raise InvalidRequest(f"index {key} holds {entry.index.dim}-d vectors, queries are {q.shape[1]}-d")
+        with entry.lock:
+            try:
+                sims, labels = entry.index.search(q, k)
+            except GatiError as e:
+                raise InvalidRequest(f"index {key}: {e}") from e
+        self.counters.add("searches")
+        return SearchResult(sims=to_tensor(sims.astype(np.float32)), labels=to_tensor(labels.astype(np.int64)))
+
+    def size(self, key: str) -> int:
+        entry = self._entries.get(key)
+        return 0 if entry is None else entry.index.ntotal
+
+    def reset(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def export(self, key: str) -> Vectors:
+        entry = self._entry(key)
+        with entry.lock:
+            vectors, labels = entry.index.export()
+        return Vectors(vectors=to_tensor(vectors.astype(np.float32)), labels=to_tensor(labels))
+
+    def gauges(self) -> dict[str, float]:
+        return {f"size.{k}": float(e.index.ntotal) for k, e in list(self._entries.items())}
+
+    def load_bundle_caches(self, bundle: Path) -> list[str]:
+        """Add the plan's kNN caches (version 0) from the bundle folder; returns their keys."""
+        manifest = read_manifest(bundle)
+        keys = []
+        for e in manifest["plan"].get("entries", []):
+            if e["variant"] != KnnCache.variant:
+                continue
+            cache = load_cache(Path(bundle) / cache_file(e["cut"], e["variant"]))
+            vectors, labels = cache.index.export()
+            key = index_key(e["cut_name"], 0)
+            self.reset(key)
+            self.add(key, to_tensor(vectors), to_tensor(labels))
+            keys.append(key)
+        return keys
+
+    def _entry(self, key: str) -> _Entry:
+        entry = self._entries.get(key)
+        if entry is None:
+            raise InvalidRequest(f"no index named {key!r} (known: {', '.join(sorted(self._entries)) or 'none'})")
+        return entry
+
+
+def _float_rows(t, what: str) -> np.ndarray:
+    try:
+        x = from_tensor(t, what)
+    except InvalidInput as e:
+        raise InvalidRequest(str(e)) from e
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise InvalidRequest(f"{what} must be a non-empty float32 N x d array, got {x.dtype} {x.shape}")
+    if not np.isfinite(x).all():
+        raise InvalidRequest(f"{what} contain NaN or infinite values")
+    return x
+
+
+def _arrays(vectors, labels) -> tuple[np.ndarray, np.ndarray]:
+    x = _float_rows(vectors, "vectors")
+    try:
+        y = from_tensor(labels, "labels")
+    except InvalidInput as e:
+        raise InvalidRequest(str(e)) from e
+    if y.dtype != np.int64 or y.shape != (len(x),):
+        raise InvalidRequest(f"labels must be int64 [{len(x)}], got {y.dtype} {y.shape}")
+    return x, y
+
+
+class RemoteIndex:
+    """The NeighborIndex protocol (add, search, export) over Thrift, for `KnnCache.use_index`."""
+
+    def __init__(self, pool: Pool, key: str):
+        self.pool, self.key = pool, key
+
+    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
+        self.pool.call("add", self.key, to_tensor(np.asarray(x, np.float32)), to_tensor(np.asarray(labels, np.int64)))
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        r = self.pool.call("search", self.key, to_tensor(np.asarray(x, np.float32)), k)
+        return from_tensor(r.sims, "sims"), from_tensor(r.labels, "labels")
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        r = self.pool.call("export", self.key)
+        return from_tensor(r.vectors, "vectors").copy(), from_tensor(r.labels, "labels").copy()
+
+    def reset(self) -> None:
+        self.pool.call("reset", self.key)

@@ -1,0 +1,183 @@
+"""Start and stop a whole cluster as local processes (`make deploy-local`, the cluster tests).
+
+Each service runs `gati serve --role R --config FILE` in its own process group, logging to
+`<log_dir>/<name>.log`. `start` waits until every service answers ping and records what it
+started in `<log_dir>/cluster.json`; `stop` signals exactly those processes (SIGTERM, then SIGKILL
+after a grace period), after checking each pid still runs a `gati serve` of this config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gati.errors import GatiError
+from gati.rpc.client import ping
+from gati.rpc.config import ClusterConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PIDFILE = "cluster.json"
+
+
+@dataclass
+class Proc:
+    name: str
+    role: str
+    pid: int
+    host: str
+    port: int
+    log: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def roles(cfg: ClusterConfig) -> list[tuple[str, str]]:
+    """(process name, role) for every configured service."""
+    out = [("aggregator", "aggregator"), ("executor", "executor")]
+    out += [(p.name, "predictor") for p in cfg.predictors]
+    out += [("index", "index")] if cfg.index else []
+    out += [("retrainer", "retrainer")] if cfg.retrainer else []
+    return out
+
+
+def command(cfg: ClusterConfig, role: str, name: str) -> list[str]:
+    cmd = [sys.executable, "-m", "gati.cli", "serve", "--role", role, "--config", str(Path(cfg.path).resolve())]
+    return cmd + (["--name", name] if role == "predictor" else [])
+
+
+def spawn(cfg: ClusterConfig, name: str, role: str) -> Proc:
+    """Start one service process (not waiting for it to be ready)."""
+    log_dir = Path(cfg.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(command(cfg, role, name), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=REPO_ROOT, env=env, start_new_session=True)
+    ep = cfg.endpoints()[name]
+    return Proc(name, role, proc.pid, ep.host, ep.port, str(log))
+
+
+def wait_ready(procs: list[Proc], timeout_s: float = 180.0) -> None:
+    """Until every process answers ping; GatiError naming the one that died or hung, with its log tail."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(procs)
+    while waiting:
+        for p in list(waiting):
+            if not alive(p.pid):
+                raise GatiError(f"{p.name} exited during start-up; last lines of {p.log}:\n{_tail(p.log)}")
+            if ping(p.host, p.port, timeout_s=0.5):
+                waiting.remove(p)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(p.name for p in waiting)
+            raise GatiError(f"{names} did not answer ping within {timeout_s:.0f} s; see {waiting[0].log}:\n"
+                            f"{_tail(waiting[0].log)}")
+        if waiting:
+            time.sleep(0.2)
+
+
+def start(cfg: ClusterConfig, timeout_s: float = 180.0) -> list[Proc]:
+    """Every configured service as its own process; returns once all answer ping."""
+    pidfile = Path(cfg.log_dir) / PIDFILE
+    if pidfile.exists() and any(alive(p.pid) and _is_ours(p.pid, cfg) for p in read_pidfile(pidfile)):
+        raise GatiError(f"a cluster from {cfg.path} is already running (see {pidfile}); stop it first")
+    busy = [f"{n} ({ep.address})" for n, ep in cfg.endpoints().items() if ping(ep.host, ep.port, 0.2)]
+    if busy:
+        raise GatiError(f"something already answers on the configured ports: {', '.join(busy)}")
+    procs = [spawn(cfg, name, role) for name, role in roles(cfg)]
+    write_pidfile(pidfile, procs)
+    try:
+        wait_ready(procs, timeout_s)
+    except BaseException:
+        stop_procs(procs)
+        raise
+    return procs
+
+
+def stop(cfg: ClusterConfig, grace_s: float = 10.0) -> list[Proc]:
+    """Stop the processes `start` recorded for this config; returns those it signalled."""
+    pidfile = Path(cfg.log_dir) / PIDFILE
+    if not pidfile.exists():
+        return []
+    procs = [p for p in read_pidfile(pidfile) if alive(p.pid) and _is_ours(p.pid, cfg)]
+    stop_procs(procs, grace_s)
+    pidfile.unlink()
+    return procs
+
+
+def stop_procs(procs: list[Proc], grace_s: float = 10.0) -> None:
+    """SIGTERM each process group (services drain), SIGKILL what is left after `grace_s`."""
+    for p in procs:
+        _signal_group(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        while alive(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(p.pid):
+            _signal_group(p.pid, signal.SIGKILL)
+        _reap(p.pid)
+
+
+def alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive; /proc tells (Linux), elsewhere trust kill(0)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def read_pidfile(path: Path) -> list[Proc]:
+    try:
+        return [Proc(**p) for p in json.loads(Path(path).read_text())["processes"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GatiError(f"{path} is not a pid file written by deploy-local: {e}") from e
+
+
+def write_pidfile(path: Path, procs: list[Proc]) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"processes": [asdict(p) for p in procs]}, indent=2))
+    tmp.replace(path)
+
+
+def _is_ours(pid: int, cfg: ClusterConfig) -> bool:
+    """The pid still runs `gati serve` with this config (pids get reused)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid file
+    return b"serve" in args and str(Path(cfg.path).resolve()).encode() in args
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # each service leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,144 @@
+"""A cache predictor: serves the learned caches of the cuts placed on it.
+
+For each `lookup` (reduced features from the executor) it runs the cut's cache and sends the same
+report to the aggregator (which answers on the first confident hit) and to the executor (which
+stops at the next stage boundary on a hit, and bounds its speculation on the verdicts). The
+aggregator's report goes first: it is the one the client waits for.
+
+`deploy` swaps in a new version of a cut's cache atomically: the served caches are one immutable
+mapping replaced as a whole, so a lookup in flight finishes on the version it started with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from gati.bundle import Bundle
+from gati.cache import Cache
+from gati.cache.knn import KnnCache
+from gati.errors import GatiError
+from gati.rpc.cachefile import cache_from_bytes
+from gati.rpc.gen.gati_idl import NeighborIndex
+from gati.rpc.gen.gati_idl.ttypes import CacheInfo, CacheUpdate, Features, InvalidRequest, Report
+from gati.rpc.index import RemoteIndex, index_key
+from gati.rpc.service import ServiceBase
+from gati.rpc.tensors import from_tensor
+from gati.rpc.transport import Limits, PeerUnavailable, Pool
+
+log = logging.getLogger("gati.rpc.predictor")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One served cut: its cache, the plan's threshold, and the version serving."""
+    cut: int
+    cut_name: str
+    variant: str
+    threshold: float
+    cache: Cache
+    version: int = 0
+
+
+class PredictorHandler(ServiceBase):
+    role = "predictor"
+
+    def __init__(self, name: str, slots: dict[int, Slot], aggregator: Pool, executor: Pool,
+                 index: Pool | None = None, bundle_sha256: str = ""):
+        super().__init__(name, bundle_sha256)
+        self.aggregator, self.executor, self.index = aggregator, executor, index
+        self._deploy_lock = threading.Lock()
+        self.slots: dict[int, Slot] = {}
+        for slot in slots.values():
+            self._attach_index(slot, populate=False)  # the index service loads version 0 itself
+        self.slots = dict(slots)
+
+    # ---- request path ---------------------------------------------------------------------
+
+    def lookup(self, features: Features) -> None:
+        with self.gate.track():  # served while draining: the executor's requests still need it
+            self._lookup(features)
+
+    def _lookup(self, features: Features) -> None:
+        slot = self.slots.get(features.cut)
+        try:
+            if slot is None:
+                raise GatiError(f"cut {features.cut} is not served by {self.name}")
+            x = torch.from_numpy(from_tensor(features.features, "features").copy())
+            label, conf = slot.cache.predict(x)
+            confidence = float(conf[0])
+            report = Report(features.request_id, slot.cut, int(label[0]), confidence,
+                            confidence >= slot.threshold, slot.version, self.name)
+        except Exception as e:  # a broken lookup is a miss, never a lost request
+            log.warning("lookup for request %d at cut %d failed: %s", features.request_id, features.cut, e)
+            self.counters.add("errors")
+            report = Report(features.request_id, features.cut, -1, 0.0, False,
+                            slot.version if slot else -1, self.name)
+        if slot is not None:
+            self.counters.add(f"lookups.{slot.cut_name}")
+            if report.hit:
+                self.counters.add(f"hits.{slot.cut_name}")
+        self._send(self.aggregator, "report", report)
+        self._send(self.executor, "verdict", report)
+
+    def _send(self, pool: Pool, method: str, report: Report) -> None:
+        try:
+            pool.send(method, report)
+        except PeerUnavailable as e:
+            log.warning("%s", e)
+            self.counters.add(f"unreachable.{pool.name}")
+
+    # ---- management -----------------------------------------------------------------------
+
+    def caches(self) -> list[CacheInfo]:
+        return [CacheInfo(s.cut, s.cut_name, s.variant, s.version, s.threshold) for s in self.slots.values()]
+
+    def deploy(self, update: CacheUpdate) -> None:
+        with self._deploy_lock:
+            slot = self.slots.get(update.cut)
+            if slot is None:
+                raise InvalidRequest(f"cut {update.cut} is not served by {self.name}")
+            if update.version <= slot.version:
+                raise InvalidRequest(f"cut {slot.cut_name} already serves version {slot.version}; "
+                                     f"refusing version {update.version}")
+            try:
+                cache = cache_from_bytes(update.blob)
+            except GatiError as e:
+                raise InvalidRequest(f"version {update.version} of cut {slot.cut_name} is not a cache: {e}") from e
+            if cache.variant != slot.variant or cache.in_shape != slot.cache.in_shape \
+                    or cache.num_classes != slot.cache.num_classes:
+                raise InvalidRequest(f"version {update.version} is a {cache!r}, cut {slot.cut_name} serves "
+                                     f"a {slot.cache!r}")
+            new = dataclasses.replace(slot, cache=cache, version=update.version)
+            try:
+                self._attach_index(new, populate=True)
+            except PeerUnavailable as e:
+                raise InvalidRequest(f"cannot load version {update.version} into the neighbour index: {e}") from e
+            self.slots = {**self.slots, new.cut: new}  # one reference swap: atomic for readers
+        self.counters.add("deployed")
+        log.info("cut %s now serves version %d", slot.cut_name, update.version)
+
+    def gauges(self) -> dict[str, float]:
+        return {f"version.{s.cut_name}": float(s.version) for s in self.slots.values()}
+
+    def _attach_index(self, slot: Slot, populate: bool) -> None:
+        """kNN caches search the index service when one is configured."""
+        if self.index is None or not isinstance(slot.cache, KnnCache):
+            return
+        remote = RemoteIndex(self.index, index_key(slot.cut_name, slot.version))
+        if populate:
+            remote.reset()
+        slot.cache.use_index(remote, populate=populate)
+
+
+def make_slots(bundle: Bundle, cut_names: list[str]) -> dict[int, Slot]:
+    entries = {e.cut_name: e for e in bundle.plan.entries}
+    return {entries[n].cut: Slot(entries[n].cut, n, entries[n].variant, entries[n].threshold,
+                                 bundle.caches[entries[n].cut]) for n in cut_names}
+
+
+def index_pool(host: str, port: int, limits: Limits) -> Pool:
+    return Pool(NeighborIndex.Client, host, port, limits, name="index")

@@ -1,0 +1,165 @@
+"""The retrainer: refits caches on live samples and deploys a new version only if it is no worse.
+
+Samples (a cut's reduced features, the full model's label and logits) arrive from the aggregator
+for the requests it sampled. `retrain(cut)` fits a fresh copy of the deployed cache (same variant
+and hyper-parameters) on the training share of the samples, then compares candidate and deployed
+cache on the held-back share at the plan's threshold:
+
+    agreement = share of held-back samples that miss (confidence < threshold) or hit with the
+                full model's label: the cut's contribution to end-to-end agreement
+
+A candidate is deployed (pushed as version N+1 to the predictor serving the cut, which swaps it in
+atomically) only if its agreement is at least the deployed cache's. `propose(cut, blob)` runs a
+cache built elsewhere through the same gate. A candidate that fails is never pushed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gati.cache import Cache, make_cache
+from gati.errors import GatiError, InvalidInput
+from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes
+from gati.rpc.config import RetrainerConfig
+from gati.rpc.gen.gati_idl.ttypes import CacheUpdate, InvalidRequest, RetrainResult, Sample
+from gati.rpc.service import ServiceBase
+from gati.rpc.tensors import from_tensor
+from gati.rpc.transport import PeerUnavailable, Pool
+
+log = logging.getLogger("gati.rpc.retrainer")
+ONE_HOT_LOGIT = 4.0  # teacher logit margin when a sample carries only the label
+
+
+@dataclass
+class Score:
+    agreement: float
+    hit_rate: float
+
+
+def score(cache: Cache, feats: torch.Tensor, labels: torch.Tensor, threshold: float) -> Score:
+    """Agreement (misses count as right) and hit rate of `cache` on samples at `threshold`."""
+    predicted, conf = cache.predict(feats)
+    hit = conf >= threshold
+    return Score(float((~hit | (predicted == labels)).float().mean()), float(hit.float().mean()))
+
+
+@dataclass
+class CutState:
+    cut: int
+    cut_name: str
+    threshold: float
+    cache: Cache                      # the version deployed
+    version: int
+    predictor: Pool                   # where the cut is served
+    samples: deque = field(default_factory=deque)  # (features, label, logits or None)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RetrainerHandler(ServiceBase):
+    role = "retrainer"
+
+    def __init__(self, cuts: dict[int, CutState], cfg: RetrainerConfig, num_classes: int, bundle_sha256: str = ""):
+        super().__init__("retrainer", bundle_sha256)
+        self.cuts, self.cfg, self.num_classes = cuts, cfg, num_classes
+        for st in cuts.values():
+            st.samples = deque(maxlen=cfg.max_samples)
+
+    def add_samples(self, samples: list[Sample]) -> None:
+        for s in samples:
+            st = self.cuts.get(s.cut)
+            try:
+                if st is None:
+                    raise InvalidInput(f"cut {s.cut} has no cache in the plan")
+                feats = from_tensor(s.features, "sample features").reshape(st.cache.feat_shape).copy()
+                logits = from_tensor(s.base_logits, "sample logits").copy() if s.base_logits else None
+                if not 0 <= s.base_label < self.num_classes:
+                    raise InvalidInput(f"base label {s.base_label} is not a class")
+            except (InvalidInput, ValueError) as e:
+                log.warning("dropped a sample: %s", e)
+                self.counters.add("samples_dropped")
+                continue
+            st.samples.append((feats, s.base_label, logits))
+            self.counters.add(f"samples.{st.cut_name}")
+
+    def retrain(self, cut: int) -> RetrainResult:
+        with self.gate.enter(lambda: InvalidRequest("the retrainer is shutting down")):
+            st = self._state(cut)
+            with st.lock:
+                feats, labels, teacher = self._arrays(st)
+                hold = np.arange(len(labels)) % round(1 / self.cfg.holdout) == 0
+                train = ~hold
+                candidate = make_cache(**st.cache.config())
+                try:
+                    candidate.fit(feats[train], teacher[train])
+                except GatiError as e:
+                    raise InvalidRequest(f"refitting cut {st.cut_name} failed: {e}") from e
+                return self._gate_and_deploy(st, candidate, feats[hold], labels[hold], int(train.sum()))
+
+    def propose(self, cut: int, blob: bytes) -> RetrainResult:
+        with self.gate.enter(lambda: InvalidRequest("the retrainer is shutting down")):
+            st = self._state(cut)
+            try:
+                candidate = cache_from_bytes(blob)
+            except GatiError as e:
+                raise InvalidRequest(f"the proposed cache is not readable: {e}") from e
+            if candidate.config() != st.cache.config():
+                raise InvalidRequest(f"the proposed cache is a {candidate!r}; cut {st.cut_name} serves {st.cache!r}")
+            with st.lock:
+                feats, labels, _ = self._arrays(st)  # none of them fitted the candidate: all are held back
+                return self._gate_and_deploy(st, candidate, feats, labels, 0)
+
+    def gauges(self) -> dict[str, float]:
+        return {f"version.{st.cut_name}": float(st.version) for st in self.cuts.values()}
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _state(self, cut: int) -> CutState:
+        st = self.cuts.get(cut)
+        if st is None:
+            raise InvalidRequest(f"cut {cut} has no cache in the plan (cuts: {sorted(self.cuts)})")
+        return st
+
+    def _arrays(self, st: CutState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        samples = list(st.samples)
+        if len(samples) < self.cfg.min_samples:
+            raise InvalidRequest(f"cut {st.cut_name} has {len(samples)} samples; retraining needs "
+                                 f"{self.cfg.min_samples}")
+        feats = torch.from_numpy(np.stack([s[0] for s in samples]))
+        labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        one_hot = torch.nn.functional.one_hot(labels, self.num_classes).float() * ONE_HOT_LOGIT
+        teacher = torch.stack([torch.from_numpy(s[2]) if s[2] is not None else one_hot[i]
+                               for i, s in enumerate(samples)])
+        return feats, labels, teacher
+
+    def _gate_and_deploy(self, st: CutState, candidate: Cache, feats: torch.Tensor, labels: torch.Tensor,
+                         n_train: int) -> RetrainResult:
+        new, old = (score(c, feats, labels, st.threshold) for c in (candidate, st.cache))
+        result = RetrainResult(cut=st.cut, deployed=False, version=st.version, candidate_agreement=new.agreement,
+                               deployed_agreement=old.agreement, train_samples=n_train,
+                               holdout_samples=len(labels), candidate_hit_rate=new.hit_rate,
+                               deployed_hit_rate=old.hit_rate)
+        if new.agreement < old.agreement:
+            self.counters.add("rejected")
+            result.message = (f"rejected: agreement {new.agreement:.4f} on {len(labels)} held-back samples is "
+                              f"below the deployed version's {old.agreement:.4f}")
+            log.info("cut %s: %s", st.cut_name, result.message)
+            return result
+        version = st.version + 1
+        try:
+            st.predictor.call("deploy", CacheUpdate(st.cut, version, cache_to_bytes(candidate)))
+        except (PeerUnavailable, InvalidRequest) as e:
+            self.counters.add("deploy_failed")
+            result.message = f"validated but not deployed: {getattr(e, 'message', None) or e}"
+            return result
+        st.cache, st.version = candidate, version
+        self.counters.add("deployed")
+        result.deployed, result.version = True, version
+        result.message = (f"deployed version {version}: agreement {new.agreement:.4f} >= {old.agreement:.4f}, "
+                          f"hit rate {new.hit_rate:.3f} (was {old.hit_rate:.3f})")
+        log.info("cut %s: %s", st.cut_name, result.message)
+        return result
