@@ -1,0 +1,101 @@
+"""Which instances a deployment has, which services each runs, and each one's cluster config.
+
+The config follows the cluster config schema read by `gati serve --role ROLE --config FILE`:
+the same services block on every instance (hosts are the instances' private addresses), with
+`device` set to what that instance has (cuda only on a GPU executor).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from gati.cloud.prices import default_device, hourly_usd
+from gati.cloud.spec import AUTO, DeployError, DeploySpec
+
+REMOTE_ROOT = "/opt/gati"           # where user data installs everything on an instance
+REMOTE_BUNDLE = f"{REMOTE_ROOT}/bundle"
+REMOTE_CONFIG = f"{REMOTE_ROOT}/config.yaml"
+REMOTE_LOGS = "/var/log/gati"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One instance: its name inside the deployment and the services (`gati serve` roles) on it."""
+
+    name: str                       # "aggregator", "executor", "predictor-0", ...
+    roles: tuple[str, ...]
+    instance_type: str
+    device: str
+    hourly_usd: float | None
+    cuts: tuple[str, ...] | str | None = None   # predictors only
+
+    @property
+    def is_gpu_executor(self) -> bool:
+        return "executor" in self.roles and self.device == "cuda"
+
+
+def nodes(spec: DeploySpec) -> tuple[Node, ...]:
+    """The instances, in launch order; index/retrainer either get their own or share one."""
+    own: dict[str, list[str]] = {"aggregator": ["aggregator"], "executor": ["executor"]}
+    for role in ("index", "retrainer"):
+        r = getattr(spec, role)
+        if r.colocate:
+            own[r.colocate].append(role)
+        elif r.count:
+            own[role] = [role]
+    out = []
+    for name, roles in own.items():
+        r = getattr(spec, name)
+        device = (r.device or default_device(r.type)) if name == "executor" else "cpu"
+        out.append(Node(name, tuple(roles), r.type, device, hourly_usd(r.type, r.hourly_usd)))
+    p = spec.predictors
+    for i, cuts in enumerate(p.placement):
+        out.append(Node(f"predictor-{i}", ("predictor",), p.type, "cpu",
+                        hourly_usd(p.type, p.hourly_usd), cuts))
+    _check_ports(spec, out)
+    return tuple(out)
+
+
+def service_ports(spec: DeploySpec, node: Node) -> dict[str, int]:
+    """Ports the node listens on, by role (the aggregator also serves its metrics)."""
+    ports = {role: getattr(spec.ports, role) for role in node.roles}
+    if "aggregator" in node.roles:
+        ports["metrics"] = spec.ports.metrics
+    return ports
+
+
+def _check_ports(spec: DeploySpec, all_nodes: list[Node]) -> None:
+    for node in all_nodes:
+        ports = service_ports(spec, node)
+        if len(set(ports.values())) != len(ports) or spec.ports.ssh in ports.values():
+            raise DeployError(f"ports: services sharing instance {node.name} need distinct "
+                              f"ports (and not the SSH port), got {ports}")
+
+
+def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping[str, str],
+                   node: Node) -> dict[str, Any]:
+    """The config file written on `node`; `hosts` maps node names to private addresses."""
+    c, ports = spec.cluster, spec.ports
+    where = {role: n.name for n in all_nodes for role in n.roles if role != "predictor"}
+    services: dict[str, Any] = {
+        "aggregator": {"host": hosts[where["aggregator"]], "port": ports.aggregator,
+                       "metrics_port": ports.metrics, "queue_size": c.queue_size,
+                       "workers": c.workers, "sample_rate": c.sample_rate},
+        "executor": {"host": hosts[where["executor"]], "port": ports.executor},
+        "predictors": [
+            {"name": n.name, "host": hosts[n.name], "port": ports.predictor,
+             "cuts": n.cuts if n.cuts == AUTO else list(n.cuts or ())}
+            for n in all_nodes if "predictor" in n.roles],
+    }
+    for role in ("index", "retrainer"):
+        if role in where:
+            services[role] = {"host": hosts[where[role]], "port": getattr(ports, role)}
+    return {
+        "bundle": REMOTE_BUNDLE,
+        "device": node.device,
+        "log_dir": REMOTE_LOGS,
+        "timeouts_ms": dict(c.timeouts_ms),
+        "max_message_mb": c.max_message_mb,
+        "hop_delay_ms": 0.0,        # real network hops: nothing to inject
+        "services": services,
+    }
