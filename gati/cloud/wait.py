@@ -1,0 +1,42 @@
+"""Waiting until the aggregator answers `ping` (the real waiter; tests inject their own)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from gati.errors import GatiError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def ping_once(endpoint: Endpoint, timeout_s: float) -> bool:
+    # Imported here: the Thrift client is written separately and only this path needs it.
+    try:
+        from gati.rpc.client import ping
+    except ImportError as exc:
+        raise GatiError(f"cannot ping the aggregator: gati.rpc.client.ping missing ({exc})") from exc
+    return bool(ping(endpoint.host, endpoint.port, timeout_s))
+
+
+def wait_for_ping(endpoint: Endpoint, timeout_s: float,
+                  ping: Callable[[Endpoint, float], bool] = ping_once,
+                  sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic,
+                  interval_s: float = 10.0, ping_timeout_s: float = 3.0) -> bool:
+    """True once `ping` succeeds; False when `timeout_s` passes first. Instances install
+    PyTorch on first boot, so several minutes of failed pings are normal."""
+    deadline = clock() + timeout_s
+    while True:
+        if ping(endpoint, ping_timeout_s):
+            return True
+        if clock() + interval_s > deadline:
+            return False
+        sleep(interval_s)
