@@ -11,10 +11,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 if str(PROJECT) not in sys.path:   # run as a script from a checkout without installing
     sys.path.insert(0, str(PROJECT))
 
-from gati.cloud.aws import Hooks, deploy, forget_inventory, session_for, status  # noqa: E402
-from gati.cloud.destroy import destroy  # noqa: E402
+from gati.cloud.hooks import Hooks  # noqa: E402
 from gati.cloud.plan import build_plan, placeholders, render  # noqa: E402
-from gati.cloud.spec import load_spec  # noqa: E402
+from gati.cloud.spec import DeploySpec, load_spec  # noqa: E402
 from gati.errors import GatiError  # noqa: E402
 
 
@@ -37,7 +36,11 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
     args = parser().parse_args(argv)
     hooks = hooks or Hooks()
     try:
-        return _run(args, hooks)
+        spec = load_spec(args.config, args.name)
+        if args.command == "deploy" and args.dry_run:   # no AWS, not even boto3
+            hooks.echo(render(build_plan(spec, placeholders(spec))))
+            return 0
+        return _with_aws(args, spec, hooks)
     except GatiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if args.command == "deploy" and not args.dry_run:
@@ -46,11 +49,20 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace, hooks: Hooks) -> int:
-    spec = load_spec(args.config, args.name)
-    if args.command == "deploy" and args.dry_run:
-        hooks.echo(render(build_plan(spec, placeholders(spec))))
-        return 0
+def _with_aws(args: argparse.Namespace, spec: DeploySpec, hooks: Hooks) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return _run(args, spec, hooks)
+    except (BotoCoreError, ClientError) as exc:   # botocore's messages carry no secrets
+        print(f"error: AWS: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, spec: DeploySpec, hooks: Hooks) -> int:
+    from gati.cloud.aws import deploy, forget_inventory, session_for, status
+    from gati.cloud.destroy import destroy
+
     session = session_for(spec)
     if args.command == "deploy":
         result = deploy(spec, Path(args.bundle), PROJECT, session, hooks,
@@ -58,10 +70,10 @@ def _run(args: argparse.Namespace, hooks: Hooks) -> int:
         return 0 if result.ready else 1
     if args.command == "status":
         return 0 if status(spec, session, hooks) else 1
-    found = destroy(spec, session, hooks.sleep, dry_run=args.dry_run)
+    found = destroy(spec, session, hooks.sleep, args.dry_run, hooks.waiter_delay_s)
     verb = "would remove" if args.dry_run else "removed"
-    for line in found.describe() or ["nothing: no resource carries this deployment's tags"]:
-        hooks.echo(f"{verb} {line}" if not found.empty() else line)
+    for line in found.describe() or ["nothing carries this deployment's tags"]:
+        hooks.echo(line if found.empty() else f"{verb} {line}")
     if not args.dry_run:
         forget_inventory(spec, Path(args.inventory_dir))
     return 0

@@ -5,36 +5,22 @@ prints or writes them.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gati.cloud import resources
-from gati.cloud.artifacts import build_wheel, check_bundle, pack_bundle
+from gati.cloud.artifacts import check_bundle, pack_bundle
+from gati.cloud.hooks import Hooks
 from gati.cloud.inventory import Entry, Inventory, aggregator_endpoint, inventory_path, \
     write_inventory
 from gati.cloud.layout import REMOTE_BUNDLE, nodes, service_ports
-from gati.cloud.network import find_subnet, free_addresses, this_machine_cidr, used_addresses
+from gati.cloud.network import find_subnet, free_addresses, used_addresses
 from gati.cloud.plan import Plan, Resolved, build_plan, deployment_tags
 from gati.cloud.spec import AUTO, DeployError, DeploySpec
 from gati.cloud.tagged import find, tag
 from gati.cloud.userdata import BUNDLE_KEY
-from gati.cloud.wait import Endpoint, ping_once, wait_for_ping
-
-
-@dataclass
-class Hooks:
-    """The steps that tests replace: building the wheel, finding this machine's address,
-    waiting for and pinging the aggregator, sleeping between retries, printing."""
-
-    build_wheel: Callable[[Path, Path], Path] = build_wheel          # (project, out dir)
-    wait_ready: Callable[[Endpoint, float], bool] = wait_for_ping    # (endpoint, timeout s)
-    ping: Callable[[Endpoint, float], bool] = ping_once
-    my_cidr: Callable[[], str] = this_machine_cidr
-    sleep: Callable[[float], None] = time.sleep
-    echo: Callable[[str], None] = print
-    waiter_delay_s: int = 5
+from gati.cloud.wait import Endpoint
 
 
 @dataclass

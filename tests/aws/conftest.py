@@ -14,7 +14,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from gati.cloud.aws import Hooks
+from gati.cloud.hooks import Hooks
 from gati.cloud.spec import DeploySpec, parse_spec
 from gati.cloud.wait import Endpoint
 
