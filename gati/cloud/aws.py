@@ -15,7 +15,7 @@ from gati.cloud.hooks import Hooks
 from gati.cloud.inventory import Entry, Inventory, aggregator_endpoint, inventory_path, \
     write_inventory
 from gati.cloud.layout import REMOTE_BUNDLE, nodes, service_ports
-from gati.cloud.network import find_subnet, free_addresses, used_addresses
+from gati.cloud.network import Subnet, find_subnet, free_addresses, used_addresses
 from gati.cloud.plan import Plan, Resolved, build_plan, deployment_tags
 from gati.cloud.spec import AUTO, DeployError, DeploySpec
 from gati.cloud.tagged import find, tag
@@ -45,25 +45,14 @@ def resolve_ami(session: Any, spec: DeploySpec) -> str:
 def deploy(spec: DeploySpec, bundle: Path, project: Path, session: Any, hooks: Hooks,
            inventory_dir: Path, ready_timeout_s: float = 1800.0) -> Result:
     check_bundle(bundle)
-    existing = find(session, deployment_tags(spec))
-    if not existing.empty():
-        raise DeployError(
-            f"deployment {spec.name!r} already exists in {spec.region} ("
-            + "; ".join(existing.describe()) + "): run `make destroy-aws` first or pick "
-            "another name (--name)")
+    _refuse_existing(session, spec)
     if spec.allowed_cidr == AUTO:
         spec = replace(spec, allowed_cidr=hooks.my_cidr())
         hooks.echo(f"allowed_cidr auto: {spec.allowed_cidr}")
-    ec2, s3, iam = (session.client(s) for s in ("ec2", "s3", "iam"))
-    with tempfile.TemporaryDirectory(prefix="gati-deploy-") as tmp:
-        wheel = hooks.build_wheel(project, Path(tmp))
-        packed = pack_bundle(bundle, Path(tmp) / BUNDLE_KEY, REMOTE_BUNDLE)
-        subnet = find_subnet(ec2, spec)
-        plan = _plan(spec, session, subnet, wheel.name)
-        hooks.echo(f"deploying {spec.name} to {spec.region} ({subnet.availability_zone}), "
-                   f"{len(plan.instances)} instances, {plan.cost.describe()}")
-        resources.create_bucket(s3, plan, {wheel.name: wheel, BUNDLE_KEY: packed})
-    profile = resources.create_instance_role(iam, plan)
+    ec2 = session.client("ec2")
+    subnet = find_subnet(ec2, spec)
+    plan = _stage(spec, bundle, project, session, subnet, hooks)
+    profile = resources.create_instance_role(session.client("iam"), plan)
     group = resources.create_security_group(ec2, plan, subnet.vpc_id)
     ids = resources.launch(ec2, plan, subnet, group, profile, hooks.sleep)
     ec2.get_waiter("instance_running").wait(
@@ -80,7 +69,30 @@ def deploy(spec: DeploySpec, bundle: Path, project: Path, session: Any, hooks: H
     return Result(inv, path, ready, plan)
 
 
-def _plan(spec: DeploySpec, session: Any, subnet: Any, wheel_key: str) -> Plan:
+def _refuse_existing(session: Any, spec: DeploySpec) -> None:
+    existing = find(session, deployment_tags(spec))
+    if not existing.empty():
+        raise DeployError(
+            f"deployment {spec.name!r} already exists in {spec.region} ("
+            + "; ".join(existing.describe()) + "): run `make destroy-aws` first or pick "
+            "another name (--name)")
+
+
+def _stage(spec: DeploySpec, bundle: Path, project: Path, session: Any, subnet: Subnet,
+           hooks: Hooks) -> Plan:
+    """Build the wheel, pack the bundle, plan, and put both into the new bucket."""
+    with tempfile.TemporaryDirectory(prefix="gati-deploy-") as tmp:
+        wheel = hooks.build_wheel(project, Path(tmp))
+        packed = pack_bundle(bundle, Path(tmp) / BUNDLE_KEY, REMOTE_BUNDLE)
+        plan = _plan(spec, session, subnet, wheel.name)
+        hooks.echo(f"deploying {spec.name} to {spec.region} ({subnet.availability_zone}), "
+                   f"{len(plan.instances)} instances, {plan.cost.describe()}")
+        resources.create_bucket(session.client("s3"), plan,
+                                {wheel.name: wheel, BUNDLE_KEY: packed})
+    return plan
+
+
+def _plan(spec: DeploySpec, session: Any, subnet: Subnet, wheel_key: str) -> Plan:
     ec2 = session.client("ec2")
     names = [n.name for n in nodes(spec)]
     addresses = free_addresses(subnet, used_addresses(ec2, subnet), len(names))
