@@ -1,6 +1,6 @@
 // GATI's distributed topology (DESIGN.md, "The distributed topology"):
 //
-//   client --predict--> Aggregator --run (oneway)--> Executor --lookup (oneway)--> Predictor[cut]
+//   client --predict--> Aggregator --run (acked)--> Executor --lookup (oneway)--> Predictor[cut]
 //                          ^                            ^                              |
 //                          |                            +-- verdict (oneway) ----------+  hit = cancel
 //                          +---------------- report (oneway) ------------------------- +
@@ -9,20 +9,24 @@
 //
 // Every message carries a request id. Messages on the request path are oneway so no hop waits for
 // another; the aggregator decides the answer from what arrives before the request's deadline.
+// `run` alone is acknowledged (once queued): a oneway message to an executor that just died would
+// vanish, and the client would learn of it only at its deadline.
 // Generated Python lives in gati/rpc/gen (make idl); CI regenerates it and fails on a diff.
 
 namespace py gati_idl
 
 // ---- errors a client sees -------------------------------------------------------------------
+// Mutable in Python: Thrift 0.17 makes exceptions immutable by default, and Python's contextlib
+// (and `raise ... from`) must set __traceback__/__cause__ on exceptions passing through `with`.
 
 // The request itself is wrong: shape, dtype, NaN, empty, oversized, undecodable image bytes.
-exception InvalidRequest { 1: string message }
+exception InvalidRequest { 1: string message } (python.immutable = "false")
 // The bounded request queue is full; retry later. Never grows without bound.
-exception Overloaded { 1: string message }
+exception Overloaded { 1: string message } (python.immutable = "false")
 // A service the request needs is down or draining (executor unreachable, SIGTERM received).
-exception Unavailable { 1: string message }
+exception Unavailable { 1: string message } (python.immutable = "false")
 // No answer arrived within the request's deadline.
-exception DeadlineExceeded { 1: string message }
+exception DeadlineExceeded { 1: string message } (python.immutable = "false")
 
 // ---- payloads -------------------------------------------------------------------------------
 
@@ -162,7 +166,8 @@ service Aggregator extends Service {
 }
 
 service Executor extends Service {
-  oneway void run(1: RunRequest request),
+  // Returns once the request is queued; its outcome comes back as Aggregator.finished.
+  void run(1: RunRequest request) throws (1: Unavailable unavailable),
   // From a predictor after each lookup (the same report the aggregator gets): a hit stops the
   // request at the next stage boundary. The executor never runs more than one stage past a cut
   // whose verdict it has not seen (bounded by timeouts_ms.lookup), so after a hit at most one

@@ -16,6 +16,7 @@ to the retrainer.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -129,10 +130,14 @@ class ClusterBackend:
         self._pending[p.request_id] = p
         remaining = deadline - time.monotonic()
         try:
-            self.executor.send("run", RunRequest(p.request_id, to_tensor(x.numpy()), sampled, time.time() + remaining))
-        except PeerUnavailable as e:
+            self.executor.call("run", RunRequest(p.request_id, to_tensor(x.numpy()), sampled, time.time() + remaining),
+                               timeout_s=max(0.001, remaining))
+        except (PeerUnavailable, Unavailable) as e:
             self._pending.pop(p.request_id, None)
-            raise Unavailable(f"the executor is unreachable: {e}") from e
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"the executor did not take the request within {remaining * 1000:.0f} ms") from e
+            raise Unavailable(f"the executor is unreachable: {getattr(e, 'message', None) or e}") from e
+        remaining = deadline - time.monotonic()
         if not p.done.wait(timeout=max(0.0, remaining)):
             self._pending.pop(p.request_id, None)
             self._cancel(p.request_id)
@@ -169,7 +174,7 @@ class ClusterBackend:
                 try:
                     self.retrainer.send("add_samples", result.samples)
                 except PeerUnavailable as e:
-                    log.warning("%s", e)
+                    self.retrainer.warn(log, e)
                     self.metrics.errors.labels("retrainer_unreachable").inc()
         self._forget_stale()
 
@@ -202,15 +207,14 @@ class EngineBackend:
     def __init__(self, engine: Engine, metrics: ServingMetrics):
         self.engine, self.metrics = engine, metrics
         self._background = ThreadPoolExecutor(1, thread_name_prefix="gati-sample")
-        self._counter = 0
+        self._ids = itertools.count(1)
 
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
         a = self.engine.predict(x)
-        self._counter += 1
         exit_cut = -1 if a.exit_cut is None else a.exit_cut
         if sampled:
             self._background.submit(self._score, x, exit_cut >= 0, a.label)
-        return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, self._counter)
+        return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, next(self._ids))
 
     def _score(self, x: torch.Tensor, hit: bool, label: int) -> None:
         self.metrics.sample(hit, not hit or self.engine.predict_base(x) == label)

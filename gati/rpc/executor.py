@@ -27,7 +27,7 @@ import torch
 from gati.bundle import Bundle
 from gati.cache import Cache
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
-from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, Report, RunRequest, Sample
+from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, Report, RunRequest, Sample, Unavailable
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
 from gati.rpc.transport import Limits, PeerUnavailable, Pool
@@ -102,9 +102,8 @@ class ExecutorHandler(ServiceBase):
     # ---- Thrift interface -----------------------------------------------------------------
 
     def run(self, request: RunRequest) -> None:
-        if self.draining:  # draining: answer at once so the client gets a typed error, not a timeout
-            self._finish(ExecutionResult(request_id=request.request_id, error="executor is draining"))
-            return
+        if self.draining:
+            raise Unavailable("the executor is draining")
         self.counters.add("received")
         self._jobs.put(request)
 
@@ -193,7 +192,7 @@ class ExecutorHandler(ServiceBase):
         try:
             route.pool.send("lookup", Features(request_id=state.request_id, cut=route.cut, features=feats))
         except PeerUnavailable as e:  # its cut is a miss; the request goes on
-            log.warning("%s", e)
+            route.pool.warn(log, e)
             self.counters.add("predictor_unreachable")
             sent[route.cut] = 0.0
 
@@ -229,7 +228,7 @@ class ExecutorHandler(ServiceBase):
         try:
             self.aggregator.send("finished", result)
         except PeerUnavailable as e:
-            log.warning("cannot report request %d: %s", result.request_id, e)
+            self.aggregator.warn(log, e)
             self.counters.add("aggregator_unreachable")
 
 

@@ -27,7 +27,7 @@ from gati.rpc.gen.gati_idl.ttypes import CacheInfo, CacheUpdate, Features, Inval
 from gati.rpc.index import RemoteIndex, index_key
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor
-from gati.rpc.transport import Limits, PeerUnavailable, Pool
+from gati.rpc.transport import Limits, PeerUnavailable, Pool, Throttle
 
 log = logging.getLogger("gati.rpc.predictor")
 
@@ -51,6 +51,7 @@ class PredictorHandler(ServiceBase):
         super().__init__(name, bundle_sha256)
         self.aggregator, self.executor, self.index = aggregator, executor, index
         self._deploy_lock = threading.Lock()
+        self._failures_logged = Throttle()
         self.slots: dict[int, Slot] = {}
         for slot in slots.values():
             self._attach_index(slot, populate=False)  # the index service loads version 0 itself
@@ -73,7 +74,8 @@ class PredictorHandler(ServiceBase):
             report = Report(features.request_id, slot.cut, int(label[0]), confidence,
                             confidence >= slot.threshold, slot.version, self.name)
         except Exception as e:  # a broken lookup is a miss, never a lost request
-            log.warning("lookup for request %d at cut %d failed: %s", features.request_id, features.cut, e)
+            if self._failures_logged.allow():  # e.g. the index is down: every lookup fails alike
+                log.warning("lookup for request %d at cut %d failed: %s", features.request_id, features.cut, e)
             self.counters.add("errors")
             report = Report(features.request_id, features.cut, -1, 0.0, False,
                             slot.version if slot else -1, self.name)
@@ -88,7 +90,7 @@ class PredictorHandler(ServiceBase):
         try:
             pool.send(method, report)
         except PeerUnavailable as e:
-            log.warning("%s", e)
+            pool.warn(log, e)
             self.counters.add(f"unreachable.{pool.name}")
 
     # ---- management -----------------------------------------------------------------------

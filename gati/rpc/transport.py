@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrift.protocol import TBinaryProtocol
-from thrift.Thrift import TApplicationException
+from thrift.protocol.TProtocol import TProtocolException
+from thrift.Thrift import TApplicationException, TException
 from thrift.transport import TSocket, TTransport
 
 from gati.errors import GatiError
@@ -35,6 +36,12 @@ except ImportError:  # pragma: no cover - depends on how thrift was installed
 # TSocket logs every failed connect at ERROR; a refused connect is an expected event here (a
 # predictor down is a miss), reported once by the caller as PeerUnavailable.
 logging.getLogger("thrift.transport.TSocket").setLevel(logging.CRITICAL)
+
+
+WARN_EVERY_S = 10
+
+# Failures after which a connection's stream position is unknown: it must be closed.
+_BROKEN = (TTransport.TTransportException, TProtocolException, TApplicationException, OSError, EOFError)
 
 
 class PeerUnavailable(GatiError):
@@ -64,6 +71,21 @@ def framed(sock: TSocket.TSocket, max_bytes: int) -> TTransport.TFramedTransport
 
 def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Throttle:
+    """allow() is true at most once every `every_s` seconds: for logging failures that repeat per request."""
+
+    def __init__(self, every_s: float = WARN_EVERY_S):
+        self.every_s = every_s
+        self._last = -every_s
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
 
 
 class Connection:
@@ -101,6 +123,7 @@ class Pool:
         self.name = name or f"{host}:{port}"
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
+        self._warnings = Throttle()
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """A two-way call; declared Thrift exceptions pass through, transport failures raise PeerUnavailable."""
@@ -111,16 +134,22 @@ class Pool:
             self._delay()
             result = getattr(conn.client, method)(*args)
             self._delay()
-        except (TTransport.TTransportException, TApplicationException, OSError, EOFError) as e:
+        except _BROKEN as e:
             conn.close()
             raise PeerUnavailable(f"{method} on {self.name} failed: {e}") from e
-        except BaseException:
-            conn.close()  # a declared exception arrived whole, but be safe with anything else
+        except TException:  # a declared exception arrived whole: the connection is still in step
+            self._reset(conn, timeout_s)
             raise
+        except BaseException:
+            conn.close()
+            raise
+        self._reset(conn, timeout_s)
+        return result
+
+    def _reset(self, conn: Connection, timeout_s: float | None) -> None:
         if timeout_s is not None:
             conn.set_timeout(conn.call_s)
         self._checkin(conn)
-        return result
 
     def send(self, method: str, *args: Any) -> None:
         """A oneway message. A connection the peer closed is replaced once before giving up."""
@@ -129,13 +158,18 @@ class Pool:
             conn = self._checkout()
             try:
                 getattr(conn.client, method)(*args)
-            except (TTransport.TTransportException, OSError) as e:
+            except _BROKEN as e:
                 conn.close()
                 if attempt:
                     raise PeerUnavailable(f"{method} to {self.name} failed: {e}") from e
                 continue
             self._checkin(conn)
             return
+
+    def warn(self, log: logging.Logger, error: Exception) -> None:
+        """Log a failure to reach this peer at most every WARN_EVERY_S (a down peer fails every request)."""
+        if self._warnings.allow():
+            log.warning("%s (failures to reach %s are logged once per %d s)", error, self.name, WARN_EVERY_S)
 
     def close(self) -> None:
         with self._lock:

@@ -309,22 +309,26 @@ class predict_result(object):
                     iprot.skip(ftype)
             elif fid == 1:
                 if ftype == TType.STRUCT:
-                    self.invalid = InvalidRequest.read(iprot)
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
                 else:
                     iprot.skip(ftype)
             elif fid == 2:
                 if ftype == TType.STRUCT:
-                    self.overloaded = Overloaded.read(iprot)
+                    self.overloaded = Overloaded()
+                    self.overloaded.read(iprot)
                 else:
                     iprot.skip(ftype)
             elif fid == 3:
                 if ftype == TType.STRUCT:
-                    self.unavailable = Unavailable.read(iprot)
+                    self.unavailable = Unavailable()
+                    self.unavailable.read(iprot)
                 else:
                     iprot.skip(ftype)
             elif fid == 4:
                 if ftype == TType.STRUCT:
-                    self.deadline = DeadlineExceeded.read(iprot)
+                    self.deadline = DeadlineExceeded()
+                    self.deadline.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:

@@ -56,14 +56,30 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
 
         """
         self.send_run(request)
+        self.recv_run()
 
     def send_run(self, request):
-        self._oprot.writeMessageBegin('run', TMessageType.ONEWAY, self._seqid)
+        self._oprot.writeMessageBegin('run', TMessageType.CALL, self._seqid)
         args = run_args()
         args.request = request
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
+
+    def recv_run(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = run_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.unavailable is not None:
+            raise result.unavailable
+        return
 
     def verdict(self, report):
         """
@@ -130,12 +146,27 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         args = run_args()
         args.read(iprot)
         iprot.readMessageEnd()
+        result = run_result()
         try:
             self._handler.run(args.request)
+            msg_type = TMessageType.REPLY
         except TTransport.TTransportException:
             raise
+        except Unavailable as unavailable:
+            msg_type = TMessageType.REPLY
+            result.unavailable = unavailable
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
         except Exception:
-            logging.exception('Exception in oneway handler')
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("run", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
 
     def process_verdict(self, seqid, iprot, oprot):
         args = verdict_args()
@@ -222,6 +253,69 @@ all_structs.append(run_args)
 run_args.thrift_spec = (
     None,  # 0
     (1, TType.STRUCT, 'request', [RunRequest, None], None, ),  # 1
+)
+
+
+class run_result(object):
+    """
+    Attributes:
+     - unavailable
+
+    """
+
+
+    def __init__(self, unavailable=None,):
+        self.unavailable = unavailable
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.unavailable = Unavailable()
+                    self.unavailable.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('run_result')
+        if self.unavailable is not None:
+            oprot.writeFieldBegin('unavailable', TType.STRUCT, 1)
+            self.unavailable.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(run_result)
+run_result.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 1
 )
 
 

@@ -507,7 +507,8 @@ class add_result(object):
                 break
             if fid == 1:
                 if ftype == TType.STRUCT:
-                    self.invalid = InvalidRequest.read(iprot)
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:
@@ -664,7 +665,8 @@ class search_result(object):
                     iprot.skip(ftype)
             elif fid == 1:
                 if ftype == TType.STRUCT:
-                    self.invalid = InvalidRequest.read(iprot)
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:
@@ -1028,7 +1030,8 @@ class export_result(object):
                     iprot.skip(ftype)
             elif fid == 1:
                 if ftype == TType.STRUCT:
-                    self.invalid = InvalidRequest.read(iprot)
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:

@@ -471,7 +471,8 @@ class deploy_result(object):
                 break
             if fid == 1:
                 if ftype == TType.STRUCT:
-                    self.invalid = InvalidRequest.read(iprot)
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:

@@ -394,7 +394,8 @@ class retrain_result(object):
                     iprot.skip(ftype)
             elif fid == 1:
                 if ftype == TType.STRUCT:
-                    self.invalid = InvalidRequest.read(iprot)
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:
@@ -542,7 +543,8 @@ class propose_result(object):
                     iprot.skip(ftype)
             elif fid == 1:
                 if ftype == TType.STRUCT:
-                    self.invalid = InvalidRequest.read(iprot)
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
                 else:
                     iprot.skip(ftype)
             else:

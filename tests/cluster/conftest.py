@@ -1,0 +1,110 @@
+"""Fixtures for the cluster tests: a re-planned tiny bundle, free ports, and clusters of real processes.
+
+Every process a test starts is stopped by a finalizer (its process group is signalled), whatever
+the test's outcome.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.cluster.helpers import Cluster, References
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def cluster_bundle(tiny_bundle: Path, tiny_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with a plan over three cuts: kNN (served through the index), linear, MLP.
+
+    Thresholds come from the calibration images' confidences, so that a share of the requests hits
+    at each cut and the rest reach the full model, whatever the tiny model learned. The kNN cache
+    votes over 150 neighbours (the bundle's votes over 10 and is unanimous on these easy images).
+    """
+    from gati.bundle import cache_file, load_bundle, update_manifest
+    from gati.cache import load_cache
+    from gati.data import load_split
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("cluster-bundle") / "tiny3"
+    update_manifest(tiny_bundle, {}, out=out)
+    edit_cache_file(out / cache_file(0, "knn"), lambda blob: blob["config"].update(k=150))
+    base = load_bundle(out)
+    calib = load_split("imagefolder", tiny_data[0], "test:calib")
+    with torch.inference_mode():
+        acts, x = [], base.preprocess(calib.images)
+        for stage in base.staged.stages[:-1]:
+            x = stage(x)
+            acts.append(x)
+    entries, alive = [], torch.ones(len(calib.images), dtype=torch.bool)
+    for cut, variant, share in ((0, "knn", 0.3), (1, "linear", 0.3), (2, "mlp", 0.4)):
+        cache = load_cache(out / cache_file(cut, variant))
+        _, conf = cache(acts[cut])
+        threshold = float(np.quantile(conf[alive].numpy(), 1 - share))
+        alive &= conf < threshold
+        entries.append({"cut": cut, "cut_name": base.staged.cuts[cut], "variant": variant, "threshold": threshold})
+    update_manifest(out, {"plan": {"mode": "sync", "entries": entries}})
+    return out
+
+
+def edit_cache_file(path: Path, edit) -> None:
+    """Change a saved cache through its file format ({format, config, state}): `edit(blob)` in place."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    edit(blob)
+    torch.save(blob, path)
+
+
+@pytest.fixture(scope="session")
+def eval_images(tiny_data) -> np.ndarray:
+    from gati.data import load_split
+    return load_split("imagefolder", tiny_data[0], "test:eval").images
+
+
+@pytest.fixture(scope="session")
+def references(cluster_bundle: Path, eval_images: np.ndarray) -> References:
+    return References.of(cluster_bundle, eval_images)
+
+
+def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = True, retrainer: bool = True,
+                 sample_rate: float = 0.0, queue_size: int = 16, workers: int = 4, lookup_ms: float = 300,
+                 request_ms: float = 5000, executor_workers: int = 1) -> Path:
+    services = {
+        "aggregator": {"host": "127.0.0.1", "port": ports[0], "metrics_port": ports[1], "queue_size": queue_size,
+                       "workers": workers, "sample_rate": sample_rate},
+        "executor": {"host": "127.0.0.1", "port": ports[2], "workers": executor_workers, "threads": 1},
+        "predictors": [{"name": "predictor-0", "host": "127.0.0.1", "port": ports[3], "cuts": ["stem"]},
+                       {"name": "predictor-1", "host": "127.0.0.1", "port": ports[4], "cuts": "auto"}],
+    }
+    if index:
+        services["index"] = {"host": "127.0.0.1", "port": ports[5]}
+    if retrainer:
+        services["retrainer"] = {"host": "127.0.0.1", "port": ports[6], "min_samples": 20}
+    raw = {"bundle": str(bundle), "log_dir": str(path.parent / "logs"),
+           "timeouts_ms": {"connect": 500, "call": 3000, "request": request_ms, "lookup": lookup_ms},
+           "max_message_mb": 1, "services": services}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def start_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, bundle: Path,
+                  **options) -> Cluster:
+    """A started Cluster of real processes, stopped by a finalizer of the requesting fixture's scope."""
+    folder = tmp_path_factory.mktemp("cluster")
+    cluster = Cluster(write_config(folder / "cluster.yaml", bundle, free_ports(7), **options))
+    request.addfinalizer(cluster.stop)
+    cluster.start()
+    return cluster

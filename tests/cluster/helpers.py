@@ -1,0 +1,128 @@
+"""Test helpers: a cluster of real processes, the in-process engine's reference answers, load threads."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gati.rpc import launch
+from gati.rpc.client import GatiClient, status
+from gati.rpc.config import ClusterConfig, load_config
+from gati.rpc.gen.gati_idl.ttypes import Prediction, ServiceStatus
+
+
+class Cluster:
+    def __init__(self, config_path: Path):
+        self.cfg: ClusterConfig = load_config(config_path)
+        self.procs: dict[str, launch.Proc] = {}
+
+    def start(self) -> "Cluster":
+        self.procs = {p.name: p for p in launch.start(self.cfg, timeout_s=120)}
+        return self
+
+    def stop(self) -> None:
+        launch.stop_procs(list(self.procs.values()), grace_s=5)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.cfg.aggregator.host, self.cfg.aggregator.port
+
+    def client(self, timeout_s: float = 10.0) -> GatiClient:
+        return GatiClient(*self.address, timeout_s=timeout_s)
+
+    def status(self, name: str) -> ServiceStatus:
+        ep = self.cfg.endpoints()[name]
+        return status(ep.host, ep.port)
+
+    def signal(self, name: str, sig: int) -> None:
+        os.killpg(self.procs[name].pid, sig)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: a crash, no draining."""
+        self.signal(name, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while launch.alive(self.procs[name].pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def restart(self, name: str) -> None:
+        """Start one service again on its configured port, alone, and wait until it answers ping."""
+        role = dict(launch.roles(self.cfg))[name]
+        self.procs[name] = launch.spawn(self.cfg, name, role)
+        launch.wait_ready([self.procs[name]], timeout_s=120)
+
+
+@dataclass
+class References:
+    """What the in-process engine (and the full model) answer for each image."""
+    labels: list[int]
+    exits: list[str]
+    base: list[int]
+
+    @classmethod
+    def of(cls, bundle: Path, images: np.ndarray) -> "References":
+        from gati.bundle import load_bundle
+        from gati.engine import Engine
+        torch.set_num_threads(1)
+        b = load_bundle(bundle)
+        engine = Engine(b)
+        x = b.preprocess(images)
+        answers = [engine.predict(x[i:i + 1]) for i in range(len(x))]
+        return cls([a.label for a in answers], [a.exit_name for a in answers],
+                   [engine.predict_base(x[i:i + 1]) for i in range(len(x))])
+
+
+@dataclass
+class Load:
+    """Client threads sending images in a loop until stopped; every outcome is recorded."""
+    cluster: Cluster
+    images: np.ndarray
+    threads: int = 2
+    deadline_ms: int | None = None
+    answers: list[tuple[int, Prediction]] = field(default_factory=list)
+    errors: list[tuple[int, Exception]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> "Load":
+        for k in range(self.threads):
+            t = threading.Thread(target=self._run, args=(k,), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in self._workers), "a client thread hung"
+
+    def wait_for(self, n: int, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.answers) + len(self.errors) < n:
+            assert time.monotonic() < deadline, f"only {len(self.answers)} answers in {timeout_s} s"
+            time.sleep(0.01)
+
+    def _run(self, k: int) -> None:
+        with self.cluster.client() as client:
+            i = k
+            while not self._stop.is_set():
+                idx = i % len(self.images)
+                try:
+                    self.answers.append((idx, client.predict_pixels(self.images[idx], self.deadline_ms)))
+                except Exception as e:  # recorded; the test decides what is acceptable
+                    self.errors.append((idx, e))
+                i += self.threads
+
+
+def until(condition, timeout_s: float = 30.0, every_s: float = 0.05) -> None:
+    """Poll `condition()` until it holds; AssertionError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition still false after {timeout_s} s"
+        time.sleep(every_s)

@@ -1,0 +1,98 @@
+"""The cluster configuration: parsing, relative paths, placement, and the errors a typo gets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gati.rpc.config import AUTO, ConfigError, load_config
+
+BASE = {
+    "bundle": "../bundles/r18",
+    "timeouts_ms": {"connect": 500, "request": 3000},
+    "hop_delay_ms": 0.5,
+    "services": {
+        "aggregator": {"host": "127.0.0.1", "port": 9090, "metrics_port": 9100, "queue_size": 8, "workers": 2},
+        "executor": {"host": "127.0.0.1", "port": 9091},
+        "predictors": [
+            {"name": "p0", "host": "127.0.0.1", "port": 9092, "cuts": ["layer2.1", "layer3.0"]},
+            {"name": "p1", "host": "127.0.0.1", "port": 9093, "cuts": "auto"},
+        ],
+        "index": {"host": "127.0.0.1", "port": 9094},
+    },
+}
+PLAN = ["layer1.0", "layer2.1", "layer3.0", "layer4.1"]
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "conf" / "cluster.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def variant(**changes) -> dict:
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[leaf] = value
+    return raw
+
+
+def test_parses_values_defaults_and_relative_paths(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.bundle == (tmp_path / "bundles" / "r18").resolve()  # relative to the config's folder
+    assert cfg.timeouts.connect_ms == 500 and cfg.timeouts.call_ms == 2000 and cfg.timeouts.request_ms == 3000
+    assert cfg.hop_delay_ms == 0.5 and cfg.max_message_bytes == 64 * 1024 * 1024
+    assert cfg.aggregator.queue_size == 8 and cfg.aggregator.sample_rate == 0.05
+    assert cfg.predictor("p1").cuts == AUTO and cfg.retrainer is None and cfg.index.port == 9094
+    assert set(cfg.endpoints()) == {"aggregator", "executor", "p0", "p1", "index"}
+
+
+def test_placement_resolves_auto_to_the_cuts_placed_nowhere_else(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.placement(PLAN) == {"p0": ["layer2.1", "layer3.0"], "p1": ["layer1.0", "layer4.1"]}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"services__aggregator__prot": 1}, "unknown keys \\['prot'\\]"),
+    ({"services__executor__port": 70000}, "port number"),
+    ({"services__executor__port": 9090}, "both use 127.0.0.1:9090"),
+    ({"services__aggregator__sample_rate": 1.5}, "sample_rate"),
+    ({"services__aggregator__queue_size": 1}, "at least workers"),
+    ({"services__predictors": []}, "non-empty list"),
+    ({"hop_delay_ms": -1}, "hop_delay_ms"),
+    ({"timeouts_ms": {"lookup": 0}}, "lookup must be positive"),
+])
+def test_bad_values_are_named(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, variant(**changes)))
+
+
+def test_placement_errors_name_the_cut(tmp_path):
+    cfg = load_config(write(tmp_path, variant(services__predictors__1__cuts=["layer2.1"])))
+    with pytest.raises(ConfigError, match="layer2.1.*both p0 and p1"):
+        cfg.placement(PLAN)
+    cfg = load_config(write(tmp_path, variant(services__predictors__1__cuts=["layer1.0"])))
+    with pytest.raises(ConfigError, match="layer4.1.*placed on no predictor"):
+        cfg.placement(PLAN)
+    cfg = load_config(write(tmp_path, variant(services__predictors__0__cuts=["layer9"])))
+    with pytest.raises(ConfigError, match="layer9.*does not use"):
+        cfg.placement(PLAN)
+
+
+def test_missing_file_and_missing_predictor(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="no predictor named 'p7'"):
+        load_config(write(tmp_path, BASE)).predictor("p7")
+
+
+def test_the_shipped_local_config_loads():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "local.yaml")
+    assert cfg.aggregator.port == 9090 and cfg.retrainer is not None and cfg.index is not None
+    assert cfg.bundle.name == "r18" and cfg.bundle.parent.name == "bundles"

@@ -1,0 +1,88 @@
+"""`make deploy-local`'s script, `gati serve --role all`, and `gati bench` in process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gati.bench import BenchConfig, run_bench
+from gati.rpc import launch
+from gati.rpc.client import GatiClient, ping, status
+from gati.rpc.config import load_config
+from tests.cluster.conftest import free_ports, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def deploy(action: str, config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "deploy" / "local.py"), action, "--config", str(config)],
+                          capture_output=True, text=True, timeout=240, cwd=REPO)
+
+
+@pytest.fixture
+def config(tmp_path, cluster_bundle, request) -> Path:
+    path = write_config(tmp_path / "local.yaml", cluster_bundle, free_ports(7))
+    request.addfinalizer(lambda: launch.stop(load_config(path), grace_s=5))  # whatever the test left running
+    return path
+
+
+def test_deploy_local_starts_every_service_and_stop_local_stops_exactly_those(config):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        up = deploy("start", config)
+        assert up.returncode == 0, up.stderr
+        cfg = load_config(config)
+        pidfile = Path(cfg.log_dir) / launch.PIDFILE
+        procs = launch.read_pidfile(pidfile)
+        assert {p.name for p in procs} == set(cfg.endpoints())
+        for p in procs:  # endpoints and log paths are printed; every service answers ping
+            assert p.endpoint in up.stdout and p.log in up.stdout
+            assert ping(p.host, p.port) and Path(p.log).exists()
+        assert len({status(p.host, p.port).pid for p in procs}) == len(procs)
+
+        again = deploy("start", config)
+        assert again.returncode == 2 and "already running" in again.stderr
+
+        down = deploy("stop", config)
+        assert down.returncode == 0 and f"stopped {len(procs)} processes" in down.stdout
+        assert not any(launch.alive(p.pid) for p in procs) and not pidfile.exists()
+        assert bystander.poll() is None  # only what deploy-local started was stopped
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_deploy_local_names_a_missing_bundle(tmp_path):
+    path = write_config(tmp_path / "local.yaml", tmp_path / "no-bundle", free_ports(7))
+    out = deploy("start", path)
+    assert out.returncode == 2 and "no-bundle does not exist" in out.stderr and "gati build" in out.stderr
+
+
+def test_role_all_serves_the_engine_behind_the_same_front_door(config, eval_images, references):
+    cfg = load_config(config)
+    proc = launch.spawn(cfg, "aggregator", "all")
+    try:
+        launch.wait_ready([proc], timeout_s=120)
+        with GatiClient(cfg.aggregator.host, cfg.aggregator.port) as client:
+            got = [client.predict_pixels(img) for img in eval_images[:40]]
+            s = client.status()
+        assert [(p.label, p.exit_name) for p in got] == list(zip(references.labels[:40], references.exits[:40]))
+        assert s.role == "aggregator" and s.pid == proc.pid and s.counters["requests.ok"] == 40
+        os.killpg(proc.pid, signal.SIGTERM)  # drains and exits
+        assert os.waitpid(proc.pid, 0)[1] == 0
+    finally:
+        launch.stop_procs([proc], grace_s=5)
+
+
+def test_bench_drives_the_in_process_engine_with_the_same_measurements(cluster_bundle, tiny_data):
+    r = run_bench(BenchConfig(bundle=cluster_bundle, data_dir=tiny_data[0], dataset="imagefolder", limit=40,
+                              concurrency=2, warmup=2))
+    d = r.to_dict()
+    assert r.target == "in-process" and r.completed == 40 and r.errors == 0 and r.agreement == 1.0
+    assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms and r.throughput_rps > 0 and 0 < r.hit_rate <= 1
+    assert json.loads(json.dumps(d))["completed"] == 40

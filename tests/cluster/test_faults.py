@@ -1,0 +1,146 @@
+"""Faults: predictors killed or frozen, the executor down or hung, a full queue, SIGTERM draining.
+
+Every request completes with a right answer or a typed error; services that stay up keep serving;
+a service restarted alone rejoins.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from gati.rpc.gen.gati_idl.ttypes import DeadlineExceeded, Overloaded, Unavailable
+from tests.cluster.conftest import start_cluster
+from tests.cluster.helpers import Cluster, Load, until
+
+QUEUE, WORKERS, LOOKUP_MS = 4, 2, 300
+
+
+@pytest.fixture(scope="module")
+def cluster(request, tmp_path_factory, cluster_bundle) -> Cluster:
+    # No index service: the kNN cut searches its local FAISS index, the embedded default.
+    return start_cluster(request, tmp_path_factory, cluster_bundle, index=False, retrainer=False,
+                         queue_size=QUEUE, workers=WORKERS, lookup_ms=LOOKUP_MS, request_ms=3000)
+
+
+@contextmanager
+def frozen(cluster: Cluster, name: str):
+    """SIGSTOP a service (slow: alive, silent) for the body; SIGCONT whatever happens."""
+    cluster.signal(name, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        cluster.signal(name, signal.SIGCONT)
+
+
+def answers_match(cluster: Cluster, images, references, n: int = 40) -> bool:
+    with cluster.client() as client:
+        got = [client.predict_pixels(images[i]) for i in range(n)]
+    return [(p.label, p.exit_name) for p in got] == list(zip(references.labels[:n], references.exits[:n]))
+
+
+def test_a_killed_predictor_makes_misses_not_failures_and_rejoins_when_restarted(cluster, eval_images, references):
+    with Load(cluster, eval_images, threads=2) as load:
+        load.wait_for(30)
+        cluster.kill("predictor-1")  # serves block1 and block2
+        seen = len(load.answers)
+        load.wait_for(seen + 60)
+        outage = load.answers[seen + 10:]
+    assert not load.errors, load.errors[:3]
+    for idx, p in load.answers:  # right answers: the engine's, or the full model's where a cut missed
+        assert (p.label, p.exit_name) == (references.labels[idx], references.exits[idx]) or \
+            (p.exit_name == "final" and p.label == references.base[idx])
+    assert {p.exit_name for _, p in outage} <= {"stem", "final"}
+    assert any(references.exits[i] in ("block1", "block2") for i, _ in outage)
+    assert cluster.status("executor").counters["predictor_unreachable"] > 0
+
+    cluster.restart("predictor-1")
+    assert answers_match(cluster, eval_images, references)
+    assert cluster.status("predictor-1").counters["hits.block1"] > 0
+
+
+def test_a_frozen_predictor_costs_one_lookup_timeout_and_counts_as_a_miss(cluster, eval_images, references):
+    with frozen(cluster, "predictor-0"), cluster.client() as client:  # serves the first cut (kNN)
+        for i in range(4):
+            started = time.monotonic()
+            p = client.predict_pixels(eval_images[i])
+            assert time.monotonic() - started < LOOKUP_MS / 1000 + 1.5
+            assert p.exit_name != "stem"
+            assert p.label == (references.labels[i] if p.exit_name == references.exits[i] else references.base[i])
+    assert cluster.status("executor").counters["lookup_timeouts"] >= 4
+    until(lambda: answers_match(cluster, eval_images, references, n=20), timeout_s=20)  # back once thawed
+
+
+def test_executor_down_or_hung_is_a_typed_error_within_the_deadline(cluster, eval_images, references):
+    with frozen(cluster, "executor"), cluster.client() as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            client.predict_pixels(eval_images[0], deadline_ms=500)
+        assert 0.45 < time.monotonic() - started < 2.0
+    cluster.kill("executor")
+    with cluster.client() as client:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="executor is unreachable"):
+            client.predict_pixels(eval_images[0], deadline_ms=2000)
+        assert time.monotonic() - started < 2.0
+    cluster.restart("executor")  # alone: the aggregator and predictors were never restarted
+    assert answers_match(cluster, eval_images, references)
+    assert cluster.status("aggregator").counters["requests.ok"] > 0
+
+
+def test_a_full_queue_answers_overloaded_at_once(cluster, eval_images):
+    outcomes: list[object] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        with cluster.client() as client:
+            try:
+                result: object = client.predict_pixels(eval_images[i], deadline_ms=2000)
+            except (Overloaded, DeadlineExceeded) as e:
+                result = e
+            with lock:
+                outcomes.append((time.monotonic(), result))
+
+    with frozen(cluster, "executor"):  # nothing completes: admitted requests wait, the rest are refused
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(QUEUE + 3)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        until(lambda: len(outcomes) >= 3, timeout_s=10)
+        for t in threads:
+            t.join(timeout=10)
+    kinds = [type(r).__name__ for _, r in outcomes]
+    assert kinds.count("Overloaded") == 3 and kinds.count("DeadlineExceeded") == QUEUE
+    assert all(t - started < 1.5 for t, r in outcomes if isinstance(r, Overloaded))  # refused, not queued
+    assert cluster.status("aggregator").counters["requests.Overloaded"] == 3
+    with cluster.client() as client:
+        assert client.predict_pixels(eval_images[0]).label >= 0  # serving again
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(cluster, eval_images, references):
+    results: list[object] = []
+
+    def in_flight(i: int) -> None:
+        with cluster.client() as client:
+            try:
+                results.append((i, client.predict_pixels(eval_images[i], deadline_ms=8000)))
+            except Exception as e:  # recorded: the test asserts there are none
+                results.append((i, e))
+
+    with frozen(cluster, "executor"):
+        threads = [threading.Thread(target=in_flight, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        until(lambda: cluster.status("aggregator").gauges["in_flight"] == 2)
+        cluster.signal("aggregator", signal.SIGTERM)
+        time.sleep(0.3)
+        with cluster.client() as client, pytest.raises(Unavailable, match="draining"):
+            client.predict_pixels(eval_images[5])
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted((i, p.label) for i, p in results) == [(0, references.labels[0]), (1, references.labels[1])]
+    until(lambda: not cluster.procs["aggregator"].pid or not __import__("gati.rpc.launch").rpc.launch.alive(
+        cluster.procs["aggregator"].pid), timeout_s=10)  # it exits once drained

@@ -1,0 +1,146 @@
+"""The request path's pieces without processes: tensors, request decoding, admission, the decision rule."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gati.data import Preprocess
+from gati.errors import InvalidInput
+from gati.rpc.admission import Admission
+from gati.rpc.aggregator import Pending
+from gati.rpc.gen.gati_idl.ttypes import (DeadlineExceeded, ExecutionResult, Overloaded, Report, Request,
+                                          Tensor)
+from gati.rpc.inputs import InputSpec
+from gati.rpc.tensors import from_tensor, to_tensor
+
+PRE = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+SPEC = InputSpec((3, 32, 32), PRE, max_bytes=64 * 1024)
+PIXELS = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_tensor_round_trip_and_byte_count_check():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert np.array_equal(from_tensor(to_tensor(a)), a)
+    with pytest.raises(InvalidInput, match="needs 48 bytes, got 44"):
+        from_tensor(Tensor(shape=[3, 4], dtype="float32", data=b"\0" * 44))
+    with pytest.raises(InvalidInput, match="dtype 'complex64'"):
+        from_tensor(Tensor(shape=[1], dtype="complex64", data=b"\0" * 8))
+
+
+def test_png_pixels_and_float_inputs_decode_to_the_same_model_input():
+    expected = PRE(PIXELS[None])
+    from_png = SPEC.decode(Request(image=png(PIXELS)))
+    from_pixels = SPEC.decode(Request(tensor=to_tensor(PIXELS)))
+    from_float = SPEC.decode(Request(tensor=to_tensor(expected.numpy())))
+    for x in (from_png, from_pixels, from_float):
+        assert x.shape == (1, 3, 32, 32) and x.dtype == torch.float32
+        assert torch.equal(x, expected)
+
+
+@pytest.mark.parametrize("request_, message", [
+    (Request(), "exactly one of"),
+    (Request(image=b"x", tensor=to_tensor(PIXELS)), "exactly one of"),
+    (Request(image=b""), "empty"),
+    (Request(image=b"\x89PNG" + b"\0" * 100), "cannot be decoded"),
+    (Request(image=png(PIXELS)[:60]), "cannot be decoded"),
+    (Request(image=b"\0" * (64 * 1024 + 1)), "exceeds the limit"),
+    (Request(image=png(np.zeros((16, 16, 3), np.uint8))), "16x16 pixels, the model takes 32x32"),
+    (Request(tensor=to_tensor(np.zeros((32, 32, 4), np.uint8))), "uint8 H x W x C"),
+    (Request(tensor=to_tensor(np.zeros((2, 32, 32, 3), np.uint8))), "batch size must be 1"),
+    (Request(tensor=to_tensor(np.zeros((0, 32, 3), np.uint8))), "empty"),
+    (Request(tensor=to_tensor(np.zeros((32, 32, 3), np.int64))), "dtype must be uint8"),
+    (Request(tensor=to_tensor(np.full((3, 32, 32), np.nan, np.float32))), "NaN"),
+    (Request(tensor=Tensor(shape=[32, 32, 3], dtype="uint8", data=b"\0" * 10)), "needs 3072 bytes"),
+])
+def test_bad_requests_are_invalid_input_with_a_message(request_, message):
+    with pytest.raises(InvalidInput, match=message):
+        SPEC.decode(request_)
+
+
+def test_admission_refuses_beyond_capacity_and_times_out_waiting_for_a_worker():
+    depths: list[int] = []
+    adm = Admission(capacity=2, workers=1, on_depth=depths.append)
+    release = threading.Event()
+
+    def hold() -> None:
+        with adm.slot(time.monotonic() + 5):
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while adm.running == 0:
+        time.sleep(0.001)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):  # admitted (1 waiting), but no worker frees up in time
+        with adm.slot(time.monotonic() + 0.05):
+            pass
+    assert 0.04 < time.monotonic() - started < 1.0
+    waiter = threading.Thread(target=hold)
+    waiter.start()
+    while adm.admitted < 2:
+        time.sleep(0.001)
+    with pytest.raises(Overloaded, match="queue_size 2"):  # full: refused at once, never queued
+        with adm.slot(time.monotonic() + 5):
+            pass
+    release.set()
+    holder.join()
+    waiter.join()
+    assert (adm.admitted, adm.running) == (0, 0) and max(depths) == 1 and depths[-1] == 0
+
+
+def report(cut: int, hit: bool, label: int = 3) -> Report:
+    return Report(request_id=7, cut=cut, label=label, confidence=0.9 if hit else 0.2, hit=hit)
+
+
+def pending() -> Pending:
+    return Pending(7, False, [0, 2, 5], {0: "a", 2: "b", 5: "c"}, n_stages=8)
+
+
+def test_a_later_hit_waits_for_the_earlier_cuts_reports():
+    p = pending()
+    p.add_report(report(2, True, label=4))
+    assert not p.done.is_set()       # cut 0 may still hit first: the engine would answer from it
+    p.add_report(report(0, False))
+    assert p.done.is_set() and (p.outcome.exit_cut, p.outcome.label, p.outcome.stages_run) == (2, 4, 3)
+
+
+def test_the_first_hit_in_cut_order_wins():
+    p = pending()
+    p.add_report(report(2, True, label=4))
+    p.add_report(report(0, True, label=1))
+    assert (p.outcome.exit_cut, p.outcome.exit_name, p.outcome.label) == (0, "a", 1)
+
+
+def test_unreported_cuts_are_misses_once_the_executor_stopped():
+    p = pending()
+    p.add_report(report(2, True, label=4))
+    p.add_result(ExecutionResult(request_id=7, completed=False, cancelled=True, reports=[]))
+    assert p.outcome.exit_cut == 2  # cut 0's predictor never answered: a miss
+
+
+def test_reports_relayed_by_the_executor_count_and_a_full_run_answers_final():
+    p = pending()
+    p.add_result(ExecutionResult(request_id=7, completed=False, cancelled=True, reports=[report(0, True, 9)]))
+    assert (p.outcome.exit_cut, p.outcome.label) == (0, 9)
+    q = pending()
+    q.add_result(ExecutionResult(request_id=7, completed=True, label=6, confidence=0.7, stages_run=8,
+                                 reports=[report(0, False), report(2, False), report(5, False)]))
+    assert (q.outcome.exit_cut, q.outcome.exit_name, q.outcome.label, q.outcome.stages_run) == (-1, "final", 6, 8)
+
+
+def test_an_executor_error_becomes_the_request_error():
+    p = pending()
+    p.add_result(ExecutionResult(request_id=7, error="executor is draining"))
+    assert p.done.is_set() and p.outcome is None and p.error == "executor is draining"
