@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 SHARED ?= ../shared
 DEMO   ?= bundles/r18-demo
 
-.PHONY: install test demo idl deploy-local stop-local deploy-aws status-aws destroy-aws clean
+.PHONY: install test demo clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,10 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The generated Thrift code must match idl/gati.thrift (checked where the compiler is installed).
 test: install
+	@if command -v $(THRIFT) >/dev/null; then $(MAKE) --no-print-directory idl-check; \
+	 else echo "note: thrift compiler not found, skipping idl-check (apt-get install thrift-compiler)"; fi
 	$(PY) -m pytest -q tests
 
 # Build caches for the shared ResNet-18 (a class-balanced subset of the training split keeps this
@@ -25,6 +28,9 @@ demo: install
 	    --dataset cifar10 --data-dir $(SHARED)/data --target 0.97 --device cpu \
 	    --train-limit 10000 --out $(DEMO)
 	$(VENV)/bin/gati eval --bundle $(DEMO) --data-dir $(SHARED)/data --split test:eval --limit 2000
+
+include deploy/local.mk
+include deploy/aws.mk
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -63,8 +63,8 @@ def train_base(cfg: TrainConfig) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     step = _make_step(model, opt, sched, cfg.device)
-    _confirm_duration(cfg, step, x_all, y_all, gen, steps_per_epoch)
-    started, loss = time.time(), float("nan")
+    _confirm_duration(cfg, model, x_all, y_all, gen, steps_per_epoch)
+    started, loss, first = time.time(), float("nan"), None
     model.train()
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(data), generator=gen)
@@ -72,9 +72,10 @@ def train_base(cfg: TrainConfig) -> dict:
         for b in bar:
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             loss = step(augment(x_all[idx], gen), y_all[idx])
+            first = loss if first is None else first
             bar.set_postfix(loss=f"{loss:.3f}")
     _save(model, cfg.out)
-    return {"out": str(cfg.out), "epochs": cfg.epochs, "images": len(data), "final_loss": loss,
+    return {"out": str(cfg.out), "epochs": cfg.epochs, "images": len(data), "first_loss": first, "final_loss": loss,
             "seconds": round(time.time() - started, 1), "device": cfg.device}
 
 
@@ -89,14 +90,15 @@ def _make_step(model, opt, sched, device):
     return step
 
 
-def _confirm_duration(cfg, step, x_all, y_all, gen, steps_per_epoch) -> None:
-    """Time two training steps and extrapolate; ask before a long CPU run."""
+def _confirm_duration(cfg, model, x_all, y_all, gen, steps_per_epoch) -> None:
+    """Time two forward/backward passes (no optimiser step) and extrapolate; ask before a long CPU run."""
     if cfg.device != "cpu":
         return
     start = time.time()
     for _ in range(2):
         idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=gen)
-        step(augment(x_all[idx], gen), y_all[idx])
+        F.cross_entropy(model(augment(x_all[idx], gen)), y_all[idx]).backward()
+    model.zero_grad(set_to_none=True)
     estimate = (time.time() - start) / 2 * steps_per_epoch * cfg.epochs
     print(f"estimated CPU training time: {estimate / 60:.1f} min "
           f"({cfg.epochs} epochs x {steps_per_epoch} batches)", file=sys.stderr)
