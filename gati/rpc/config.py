@@ -69,6 +69,7 @@ class AggregatorConfig(Endpoint):
 class ExecutorConfig(Endpoint):
     workers: int = 1                  # requests running stages at once
     threads: int = 0                  # torch intra-op threads; 0 keeps torch's default
+    lookahead: int = -1               # stages run past an unanswered lookup; -1: the plan's mode (sync 0, async 1)
 
 
 @dataclass(frozen=True)
@@ -276,11 +277,15 @@ def _typed(value: Any, kind: type, key: str, ctx: str) -> Any:
     return value
 
 
+MINIMUM = {"threads": 0, "lookahead": -1}  # other ints are counts (>= 1), other floats >= 0
+
+
 def _number(value: Any, kind: type, key: str, ctx: str) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise ConfigError(f"{ctx}: {key} must be {'an int' if kind is int else 'a number'}, got {value!r}")
-    if value < 0 or (kind is int and value == 0 and key != "threads"):
-        raise ConfigError(f"{ctx}: {key} must be positive, got {value!r}")
+    lowest = MINIMUM.get(key, 1 if kind is int else 0)
+    if value < lowest:
+        raise ConfigError(f"{ctx}: {key} must be at least {lowest}, got {value!r}")
     return kind(value)
 
 

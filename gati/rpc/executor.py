@@ -1,11 +1,14 @@
 """The executor: holds the base model and runs each request stage by stage.
 
 After each cut the plan caches, it sends that cache's reduced input (e.g. the pooled vector, not
-the activation) to the cut's predictor without waiting, and keeps running. Predictors answer with
-a verdict (the same report the aggregator gets); a hit stops the request at the next stage
-boundary. Speculation is bounded: before stage i the executor waits for the verdicts of cuts
-sent at stage i-2 or earlier (a predictor that is down or slower than `lookup_s` counts as a
-miss), so after a hit at most one further stage runs.
+the activation) to the cut's predictor without waiting. Predictors answer with a verdict (the
+same report the aggregator gets); a hit stops the request at the next stage boundary. How far
+the stages run ahead of the verdicts is bounded by `lookahead`: before stage i the executor
+waits for the verdicts of cuts sent at stage i-1-lookahead or earlier (a predictor that is down
+or slower than `lookup_s` counts as a miss), so after a hit at most `lookahead` further stages
+run. lookahead 1 overlaps each lookup with the next stage (the plan's async mode, right when the
+predictors have cores of their own); lookahead 0 leaves the cores to the lookup (sync mode: on a
+small CPU host the speculative stage would compete with the lookup it waits for).
 
 When a request stops, the executor tells the aggregator (`finished`) what it ran, the full
 model's answer if it got there, the verdicts it saw, and, for sampled requests (finished in the
@@ -84,11 +87,12 @@ class ExecutorHandler(ServiceBase):
     role = "executor"
 
     def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool, limits: Limits,
-                 lookup_s: float, workers: int = 1, name: str = "executor"):
+                 lookup_s: float, workers: int = 1, lookahead: int = 1, name: str = "executor"):
         super().__init__(name, bundle.sha256)
         self.stages = list(bundle.staged.stages)
         self.device = next(bundle.model.parameters()).device
         self.routes, self.aggregator, self.limits, self.lookup_s = routes, aggregator, limits, lookup_s
+        self.lookahead = lookahead
         self.draining = False
         self._states: dict[int, RunState] = {}
         self._early_cancels: OrderedDict[int, None] = OrderedDict()
@@ -170,7 +174,7 @@ class ExecutorHandler(ServiceBase):
             for i, stage in enumerate(self.stages):
                 if state.should_stop():
                     break
-                self._await_verdicts(state, sent, upto=i - 2)
+                self._await_verdicts(state, sent, upto=i - 1 - self.lookahead)
                 if state.should_stop():
                     break
                 x = stage(x)

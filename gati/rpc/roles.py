@@ -154,9 +154,16 @@ def _executor(cfg: ClusterConfig) -> Service:
              for cut in cfg.placement([e.cut_name for e in bundle.plan.entries])[p.name]}
     handler = ExecutorHandler(bundle, make_routes(bundle, where, limits),
                               aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits), limits,
-                              cfg.timeouts.lookup_ms / 1000, cfg.executor.workers)
+                              cfg.timeouts.lookup_ms / 1000, cfg.executor.workers, lookahead(cfg, bundle.plan))
     server = _server(Executor.Processor(handler), cfg.executor, cfg, "executor")
     return Service("executor", handler, server, before_close=handler.drain)
+
+
+def lookahead(cfg: ClusterConfig, plan: Plan) -> int:
+    """Configured, or the plan's mode: sync plans wait for each verdict, async ones run one stage ahead."""
+    if cfg.executor.lookahead >= 0:
+        return cfg.executor.lookahead
+    return 0 if plan.mode == "sync" else 1
 
 
 def _predictor(cfg: ClusterConfig, name: str) -> Service:

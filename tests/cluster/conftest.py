@@ -81,11 +81,12 @@ def references(cluster_bundle: Path, eval_images: np.ndarray) -> References:
 
 def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = True, retrainer: bool = True,
                  sample_rate: float = 0.0, queue_size: int = 16, workers: int = 4, lookup_ms: float = 300,
-                 request_ms: float = 5000, executor_workers: int = 1) -> Path:
+                 request_ms: float = 5000, executor_workers: int = 1, lookahead: int = -1) -> Path:
     services = {
         "aggregator": {"host": "127.0.0.1", "port": ports[0], "metrics_port": ports[1], "queue_size": queue_size,
                        "workers": workers, "sample_rate": sample_rate},
-        "executor": {"host": "127.0.0.1", "port": ports[2], "workers": executor_workers, "threads": 1},
+        "executor": {"host": "127.0.0.1", "port": ports[2], "workers": executor_workers, "threads": 1,
+                     "lookahead": lookahead},
         "predictors": [{"name": "predictor-0", "host": "127.0.0.1", "port": ports[3], "cuts": ["stem"]},
                        {"name": "predictor-1", "host": "127.0.0.1", "port": ports[4], "cuts": "auto"}],
     }

@@ -50,6 +50,7 @@ def test_a_killed_predictor_makes_misses_not_failures_and_rejoins_when_restarted
         load.wait_for(seen + 60)
         outage = load.answers[seen + 10:]
     assert not load.errors, load.errors[:3]
+    assert cluster.status("executor").counters["max_stages_after_hit"] == 0  # sync plan: no stage past a hit
     for idx, p in load.answers:  # right answers: the engine's, or the full model's where a cut missed
         assert (p.label, p.exit_name) == (references.labels[idx], references.exits[idx]) or \
             (p.exit_name == "final" and p.label == references.base[idx])
