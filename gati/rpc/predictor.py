@@ -2,8 +2,7 @@
 
 For each `lookup` (reduced features from the executor) it runs the cut's cache and sends the same
 report to the aggregator (which answers on the first confident hit) and to the executor (which
-stops at the next stage boundary on a hit, and bounds its speculation on the verdicts). The
-aggregator's report goes first: it is the one the client waits for.
+stops at the next stage boundary on a hit, and bounds its speculation on the verdicts).
 
 `deploy` swaps in a new version of a cut's cache atomically: the served caches are one immutable
 mapping replaced as a whole, so a lookup in flight finishes on the version it started with.
@@ -83,8 +82,11 @@ class PredictorHandler(ServiceBase):
             self.counters.add(f"lookups.{slot.cut_name}")
             if report.hit:
                 self.counters.add(f"hits.{slot.cut_name}")
-        self._send(self.aggregator, "report", report)
-        self._send(self.executor, "verdict", report)
+        # Whoever acts on it first: on a hit the aggregator answers the client; on a miss the
+        # executor may be waiting for the verdict before its next stage.
+        first, second = ((self.aggregator, "report"), (self.executor, "verdict"))[::1 if report.hit else -1]
+        self._send(*first, report)
+        self._send(*second, report)
 
     def _send(self, pool: Pool, method: str, report: Report) -> None:
         try:

@@ -13,6 +13,7 @@ A connection whose peer sends a frame over the size limit is dropped; the server
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import socket
 import threading
@@ -86,6 +87,7 @@ class RpcServer:
         self.host, self.port = self._listener.getsockname()[:2]
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._working = Gate()  # messages being processed, reply included
         self._accepting = True
         self._thread: threading.Thread | None = None
 
@@ -103,9 +105,11 @@ class RpcServer:
             pass
         self._listener.close()
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 2.0) -> None:
+        """Stop accepting, let messages being processed finish (replies written), drop every connection."""
         if self._accepting:
             self.stop_accepting()
+        self._working.wait_idle(grace_s)
         with self._lock:
             conns, self._conns = list(self._conns), set()
         for sock in conns:
@@ -134,7 +138,10 @@ class RpcServer:
         prot = protocol(trans, self.max_bytes)
         try:
             while True:
-                self.processor.process(prot, prot)
+                # Wait for a message outside the busy count, so close() knows replies are written.
+                select.select([sock], [], [])
+                with self._working.track():
+                    self.processor.process(prot, prot)
         except TTransport.TTransportException as e:
             if e.type not in (TTransport.TTransportException.END_OF_FILE,):
                 log.warning("%s: dropped a connection: %s", self.name, e)
