@@ -117,12 +117,12 @@ class ExecutorHandler(ServiceBase):
             state.add(report)
 
     def cancel(self, request_id: int) -> None:
-        state = self._states.get(request_id)
-        if state is not None:
-            state.cancel()
-            return
-        with self._lock:  # it may still be queued
-            self._early_cancels[request_id] = None
+        with self._lock:  # with _execute's registration: a cancel is never lost between the two
+            state = self._states.get(request_id)
+            if state is not None:
+                state.cancel()
+                return
+            self._early_cancels[request_id] = None  # it may still be queued
             while len(self._early_cancels) > REMEMBERED_CANCELS:
                 self._early_cancels.popitem(last=False)
 
@@ -151,8 +151,8 @@ class ExecutorHandler(ServiceBase):
 
     def _execute(self, request: RunRequest) -> ExecutionResult:
         state = RunState(request.request_id, request.sampled, request.deadline_unix)
-        self._states[request.request_id] = state
         with self._lock:
+            self._states[request.request_id] = state
             if request.request_id in self._early_cancels:
                 del self._early_cancels[request.request_id]
                 state.cancelled = True

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from gati.rpc.transport import PeerUnavailable
 from tests.cluster.conftest import edit_cache_file, start_cluster
 from tests.cluster.helpers import Cluster, Load, until
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

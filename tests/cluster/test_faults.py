@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from gati.rpc import launch
 from gati.rpc.gen.gati_idl.ttypes import DeadlineExceeded, Overloaded, Unavailable
 from tests.cluster.conftest import start_cluster
 from tests.cluster.helpers import Cluster, Load, until
@@ -121,7 +122,8 @@ def test_a_full_queue_answers_overloaded_at_once(cluster, eval_images):
         assert client.predict_pixels(eval_images[0]).label >= 0  # serving again
 
 
-def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(cluster, eval_images, references):
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_a_restart_rejoins(cluster, eval_images,
+                                                                                   references):
     results: list[object] = []
 
     def in_flight(i: int) -> None:
@@ -143,5 +145,6 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(cluster, eval_im
     for t in threads:
         t.join(timeout=10)
     assert sorted((i, p.label) for i, p in results) == [(0, references.labels[0]), (1, references.labels[1])]
-    until(lambda: not cluster.procs["aggregator"].pid or not __import__("gati.rpc.launch").rpc.launch.alive(
-        cluster.procs["aggregator"].pid), timeout_s=10)  # it exits once drained
+    until(lambda: not launch.alive(cluster.procs["aggregator"].pid), timeout_s=10)  # it exits once drained
+    cluster.restart("aggregator")  # the executor and predictors reconnect to the new one by themselves
+    assert answers_match(cluster, eval_images, references)
