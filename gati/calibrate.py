@@ -107,15 +107,21 @@ def _wrong_at(entries: list[Scores], exit_at: np.ndarray) -> np.ndarray:
 
 
 def search_thresholds(entries: list[Scores], exit_cost: np.ndarray, max_wrong: int) -> np.ndarray:
-    """Greedy cascade search from 'no hits' (all thresholds infinite).
+    """Greedy cascade search from 'no hits' (all thresholds infinite); the end of `greedy_path`."""
+    return greedy_path(entries, exit_cost, max_wrong)[-1][1]
+
+
+def greedy_path(entries: list[Scores], exit_cost: np.ndarray, max_wrong: int) -> list[tuple[int, np.ndarray]]:
+    """Every step of the greedy search, as (wrong hits so far, thresholds), from 'no hits' on.
 
     Each step lowers one threshold so that a band of the next most confident images becomes hits,
     taking the move with the largest latency saving per added wrong hit that keeps the total
-    number of wrong hits within `max_wrong`. Incremental: a move only touches its band.
+    number of wrong hits within `max_wrong`. Incremental: a move only touches its band. The path
+    is nested (thresholds only ever go down), which is what fixed-sequence testing wants.
     """
     m = len(entries)
     if m == 0:
-        return np.zeros(0)
+        return [(0, np.zeros(0))]
     n = len(entries[0].conf)
     order = [np.argsort(-e.conf, kind="stable") for e in entries]
     correct = np.stack([e.correct for e in entries] + [np.ones(n, dtype=bool)])  # row m: misses
@@ -123,16 +129,21 @@ def search_thresholds(entries: list[Scores], exit_cost: np.ndarray, max_wrong: i
     exit_at = np.full(n, m)
     wrong = 0
     step = max(1, n // 400)
+    path = [(0, _thresholds(entries, order, taken))]
     while True:
         best = _best_move(order, taken, exit_at, correct, exit_cost, max_wrong - wrong, step)
         if best is None:
-            break
+            return path
         j, size, moved, added_wrong = best
         taken[j] += size
         exit_at[moved] = j
         wrong += added_wrong
+        path.append((wrong, _thresholds(entries, order, taken)))
+
+
+def _thresholds(entries: list[Scores], order: list[np.ndarray], taken: np.ndarray) -> np.ndarray:
     return np.array([entries[j].conf[order[j][taken[j] - 1]] if taken[j] else np.inf
-                     for j in range(m)])
+                     for j in range(len(entries))])
 
 
 def _best_move(order, taken, exit_at, correct, exit_cost, wrong_left, step):
@@ -189,11 +200,17 @@ def _binom_cdf(k: int, n: int, p: float) -> float:
 
 
 def threshold_sequence(entries: list[Scores], exit_cost: np.ndarray, target: float,
-                       steps: int = 40) -> list[np.ndarray]:
-    """Threshold vectors from 'no wrong hits allowed' to 'exactly the target', on the select part."""
+                       steps: int = 60) -> list[np.ndarray]:
+    """Vectors along one greedy path on the select part, from no hits to exactly the target there.
+
+    One nested path (rather than independent searches per margin) makes each vector more aggressive
+    than the one before, so the fixed-sequence test does not stop early on a vector that happens
+    to be an outlier of its own search.
+    """
     n = len(entries[0].conf) if entries else 0
-    margins = np.linspace(1.0 - target, 0.0, steps)
-    return [search_thresholds(entries, exit_cost, max_wrong_for(target + m, n)) for m in margins]
+    path = greedy_path(entries, exit_cost, max_wrong_for(target, n))
+    picks = np.unique(np.linspace(0, len(path) - 1, min(steps, len(path))).round().astype(int))
+    return [path[i][1] for i in picks[1:]]  # the first snapshot is 'no hits', certify's fallback
 
 
 def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
