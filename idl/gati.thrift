@@ -1,16 +1,17 @@
 // GATI's distributed topology (DESIGN.md, "The distributed topology"):
 //
-//   client --predict--> Aggregator --run (acked)--> Executor --lookup (oneway)--> Predictor[cut]
-//                          ^                            ^                              |
-//                          |                            +-- verdict (oneway) ----------+  hit = cancel
-//                          +---------------- report (oneway) ------------------------- +
+//   client --predict--> Aggregator --run (acked)--> Executor --lookup--> Predictor[cut]
+//                          ^                          ^  <--- verdict (the reply) ----+
+//                          |                                                          |
+//                          +------------------ report (oneway) ------------------------+
 //   Executor --finished (oneway)--> Aggregator --add_samples (oneway)--> Retrainer --deploy--> Predictors
 //   Predictor[knn] <--search/add--> NeighborIndex
 //
-// Every message carries a request id. Messages on the request path are oneway so no hop waits for
-// another; the aggregator decides the answer from what arrives before the request's deadline.
-// `run` alone is acknowledged (once queued): a oneway message to an executor that just died would
-// vanish, and the client would learn of it only at its deadline.
+// Every message carries a request id. The executor sends a cut's features and runs on without
+// waiting for the reply (it reads the verdict when it must, at most `lookahead` stages later); a
+// predictor reports a hit to the aggregator before it replies, so the client's answer never waits
+// for the executor. `run` is acknowledged once queued: a oneway message to an executor that just
+// died would vanish, and the client would learn of it only at its deadline.
 // Generated Python lives in gati/rpc/gen (make idl); CI regenerates it and fails on a diff.
 
 namespace py gati_idl
@@ -110,7 +111,7 @@ struct ExecutionResult {
   7: i32 stages_after_hit,  // stages run after the cut that hit (-1: no hit seen)
   8: list<Sample> samples,  // only for sampled requests
   9: string error,          // non-empty when the executor failed on this request
-  10: list<Report> reports, // the verdicts the executor saw, so the aggregator never misses one
+  10: list<Report> reports, // the verdicts the executor read, so the aggregator never misses one
 }
 
 struct CacheUpdate {
@@ -168,17 +169,13 @@ service Aggregator extends Service {
 service Executor extends Service {
   // Returns once the request is queued; its outcome comes back as Aggregator.finished.
   void run(1: RunRequest request) throws (1: Unavailable unavailable),
-  // From a predictor after each lookup (the same report the aggregator gets): a hit stops the
-  // request at the next stage boundary. The executor never runs more than one stage past a cut
-  // whose verdict it has not seen (bounded by timeouts_ms.lookup), so after a hit at most one
-  // further stage runs.
-  oneway void verdict(1: Report report),
   // From the aggregator: stop now (deadline passed, answer no longer wanted).
   oneway void cancel(1: i64 request_id),
 }
 
 service Predictor extends Service {
-  oneway void lookup(1: Features features),
+  // The cache's verdict on a cut's features; a hit is reported to the aggregator first.
+  Report lookup(1: Features features),
   list<CacheInfo> caches(),
   // Swap in a new version of a cut's cache atomically; requests in flight finish on the old one.
   void deploy(1: CacheUpdate update) throws (1: InvalidRequest invalid),

@@ -1,17 +1,17 @@
 """The executor: holds the base model and runs each request stage by stage.
 
 After each cut the plan caches, it sends that cache's reduced input (e.g. the pooled vector, not
-the activation) to the cut's predictor without waiting. Predictors answer with a verdict (the
-same report the aggregator gets); a hit stops the request at the next stage boundary. How far
-the stages run ahead of the verdicts is bounded by `lookahead`: before stage i the executor
-waits for the verdicts of cuts sent at stage i-1-lookahead or earlier (a predictor that is down
-or slower than `lookup_s` counts as a miss), so after a hit at most `lookahead` further stages
-run. lookahead 1 overlaps each lookup with the next stage (the plan's async mode, right when the
-predictors have cores of their own); lookahead 0 leaves the cores to the lookup (sync mode: on a
-small CPU host the speculative stage would compete with the lookup it waits for).
+the activation) to the cut's predictor and runs on without waiting for the reply, the verdict.
+How far the stages run ahead of the verdicts is bounded by `lookahead`: before stage i the
+executor reads the verdicts of cuts sent at stage i-1-lookahead or earlier (a predictor that is
+down or slower than `lookup_s` counts as a miss), and a hit stops the request there, so after a
+hit at most `lookahead` further stages run. lookahead 1 overlaps each lookup with the next stage
+(the plan's async mode, right when the predictors have cores of their own); lookahead 0 leaves
+the cores to the lookup (sync mode: on a small CPU host the speculative stage would compete with
+the lookup it waits for).
 
 When a request stops, the executor tells the aggregator (`finished`) what it ran, the full
-model's answer if it got there, the verdicts it saw, and, for sampled requests (finished in the
+model's answer if it got there, the verdicts it read, and, for sampled requests (finished in the
 background whatever the caches said), the (reduced features, base label) samples the retrainer
 learns from.
 """
@@ -33,7 +33,7 @@ from gati.rpc.gen.gati_idl import Aggregator, Predictor
 from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, Report, RunRequest, Sample, Unavailable
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
-from gati.rpc.transport import Limits, PeerUnavailable, Pool
+from gati.rpc.transport import Call, Limits, PeerUnavailable, Pool
 
 log = logging.getLogger("gati.rpc.executor")
 REMEMBERED_CANCELS = 4096
@@ -49,11 +49,10 @@ class Route:
 
 @dataclass
 class RunState:
-    """One request's cancellation flags and the verdicts seen so far."""
+    """One request's cancellation flag and the verdicts read so far."""
     request_id: int
     sampled: bool
     deadline: float
-    cond: threading.Condition = field(default_factory=threading.Condition)
     cancelled: bool = False                       # by the aggregator: stop regardless
     reports: dict[int, Report] = field(default_factory=dict)
 
@@ -66,21 +65,13 @@ class RunState:
             return True
         return not self.sampled and self.first_hit() is not None
 
-    def add(self, report: Report) -> None:
-        with self.cond:
-            self.reports.setdefault(report.cut, report)
-            self.cond.notify_all()
 
-    def cancel(self) -> None:
-        with self.cond:
-            self.cancelled = True
-            self.cond.notify_all()
-
-    def wait_verdict(self, cut: int, until: float) -> bool:
-        """True if the cut's verdict arrived before `until` (monotonic seconds)."""
-        with self.cond:
-            return self.cond.wait_for(lambda: cut in self.reports or self.cancelled,
-                                      timeout=max(0.0, until - time.monotonic())) and cut in self.reports
+@dataclass
+class Lookup:
+    """A cut's features sent to its predictor, verdict not read yet."""
+    cut: int
+    call: Call | None      # None: the predictor could not be reached (a miss)
+    until: float           # time.monotonic() by which the verdict must arrive
 
 
 class ExecutorHandler(ServiceBase):
@@ -111,16 +102,11 @@ class ExecutorHandler(ServiceBase):
         self.counters.add("received")
         self._jobs.put(request)
 
-    def verdict(self, report: Report) -> None:
-        state = self._states.get(report.request_id)
-        if state is not None:
-            state.add(report)
-
     def cancel(self, request_id: int) -> None:
         with self._lock:  # with _execute's registration: a cancel is never lost between the two
             state = self._states.get(request_id)
             if state is not None:
-                state.cancel()
+                state.cancelled = True
                 return
             self._early_cancels[request_id] = None  # it may still be queued
             while len(self._early_cancels) > REMEMBERED_CANCELS:
@@ -167,45 +153,52 @@ class ExecutorHandler(ServiceBase):
 
     def _stage_loop(self, state: RunState, array: np.ndarray) -> ExecutionResult:
         x = torch.from_numpy(array.copy()).to(self.device)
-        sent: dict[int, float] = {}              # cut -> monotonic deadline for its verdict
+        pending: list[Lookup] = []               # in cut order
         samples: list[Sample] = []
         stages_run, last = 0, len(self.stages) - 1
         with torch.inference_mode():
             for i, stage in enumerate(self.stages):
                 if state.should_stop():
                     break
-                self._await_verdicts(state, sent, upto=i - 1 - self.lookahead)
+                self._read_verdicts(state, pending, upto=i - 1 - self.lookahead)
                 if state.should_stop():
                     break
                 x = stage(x)
                 stages_run = i + 1
                 route = self.routes.get(i) if i < last else None
                 if route is not None:
-                    self._send(state, route, x, sent, samples)
-        hit = state.first_hit()
-        # Let the aggregator see every verdict that decides the answer (those before the hit).
-        self._await_verdicts(state, sent, upto=hit - 1 if hit is not None else last)
-        return self._result(state, x, stages_run, hit, samples)
+                    pending.append(self._send(state, route, x, samples))
+        # Every verdict still out is read: the aggregator learns those before a hit from us, and a
+        # connection is reusable only once its reply is read.
+        self._read_verdicts(state, pending, upto=last)
+        return self._result(state, x, stages_run, state.first_hit(), samples)
 
-    def _send(self, state: RunState, route: Route, act: torch.Tensor, sent: dict[int, float],
-              samples: list[Sample]) -> None:
+    def _send(self, state: RunState, route: Route, act: torch.Tensor, samples: list[Sample]) -> Lookup:
         feats = to_tensor(route.cache.reduce(act).cpu().numpy())
         if state.sampled:
             samples.append(Sample(cut=route.cut, features=feats, base_label=-1))
-        sent[route.cut] = time.monotonic() + self.lookup_s
+        until = time.monotonic() + self.lookup_s
         try:
-            route.pool.send("lookup", Features(request_id=state.request_id, cut=route.cut, features=feats))
+            call = route.pool.start("lookup", Features(request_id=state.request_id, cut=route.cut, features=feats))
         except PeerUnavailable as e:  # its cut is a miss; the request goes on
             route.pool.warn(log, e)
             self.counters.add("predictor_unreachable")
-            sent[route.cut] = 0.0
+            call = None
+        return Lookup(route.cut, call, until)
 
-    def _await_verdicts(self, state: RunState, sent: dict[int, float], upto: int) -> None:
-        for cut, until in sent.items():
-            if cut <= upto and cut not in state.reports and until:
-                if not state.wait_verdict(cut, until) and not state.cancelled:
-                    self.counters.add("lookup_timeouts")
-                    sent[cut] = 0.0  # counted once; from now on it is a miss
+    def _read_verdicts(self, state: RunState, pending: list[Lookup], upto: int) -> None:
+        while pending and pending[0].cut <= upto:
+            lookup = pending.pop(0)
+            if lookup.call is None:
+                continue
+            try:
+                report = lookup.call.result(lookup.until - time.monotonic())
+            except PeerUnavailable as e:  # slow or crashed: a miss
+                late = time.monotonic() >= lookup.until
+                self.counters.add("lookup_timeouts" if late else "predictor_unreachable")
+                lookup.call.pool.warn(log, e)
+                continue
+            state.reports.setdefault(report.cut, report)
 
     def _result(self, state: RunState, x: torch.Tensor, stages_run: int, hit: int | None,
                 samples: list[Sample]) -> ExecutionResult:

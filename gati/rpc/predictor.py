@@ -1,8 +1,9 @@
 """A cache predictor: serves the learned caches of the cuts placed on it.
 
-For each `lookup` (reduced features from the executor) it runs the cut's cache and sends the same
-report to the aggregator (which answers on the first confident hit) and to the executor (which
-stops at the next stage boundary on a hit, and bounds its speculation on the verdicts).
+`lookup` (a cut's reduced features from the executor) runs the cut's cache and returns the
+verdict to the executor, which stops at the next stage boundary on a hit and bounds its
+speculation on the verdicts. The aggregator gets the same report: before the reply on a hit (the
+client's answer waits on it), after the reply on a miss (the executor may be waiting on it).
 
 `deploy` swaps in a new version of a cut's cache atomically: the served caches are one immutable
 mapping replaced as a whole, so a lookup in flight finishes on the version it started with.
@@ -24,6 +25,7 @@ from gati.rpc.cachefile import cache_from_bytes
 from gati.rpc.gen.gati_idl import NeighborIndex
 from gati.rpc.gen.gati_idl.ttypes import CacheInfo, CacheUpdate, Features, InvalidRequest, Report
 from gati.rpc.index import RemoteIndex, index_key
+from gati.rpc.server import after_reply
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor
 from gati.rpc.transport import Limits, PeerUnavailable, Pool, Throttle
@@ -45,10 +47,10 @@ class Slot:
 class PredictorHandler(ServiceBase):
     role = "predictor"
 
-    def __init__(self, name: str, slots: dict[int, Slot], aggregator: Pool, executor: Pool,
-                 index: Pool | None = None, bundle_sha256: str = ""):
+    def __init__(self, name: str, slots: dict[int, Slot], aggregator: Pool, index: Pool | None = None,
+                 bundle_sha256: str = ""):
         super().__init__(name, bundle_sha256)
-        self.aggregator, self.executor, self.index = aggregator, executor, index
+        self.aggregator, self.index = aggregator, index
         self._deploy_lock = threading.Lock()
         self._failures_logged = Throttle()
         self.slots: dict[int, Slot] = {}
@@ -58,11 +60,16 @@ class PredictorHandler(ServiceBase):
 
     # ---- request path ---------------------------------------------------------------------
 
-    def lookup(self, features: Features) -> None:
+    def lookup(self, features: Features) -> Report:
         with self.gate.track():  # served while draining: the executor's requests still need it
-            self._lookup(features)
+            report = self._lookup(features)
+        if report.hit:
+            self._report(report)
+        else:
+            after_reply(lambda: self._report(report))
+        return report
 
-    def _lookup(self, features: Features) -> None:
+    def _lookup(self, features: Features) -> Report:
         slot = self.slots.get(features.cut)
         try:
             if slot is None:
@@ -82,18 +89,14 @@ class PredictorHandler(ServiceBase):
             self.counters.add(f"lookups.{slot.cut_name}")
             if report.hit:
                 self.counters.add(f"hits.{slot.cut_name}")
-        # Whoever acts on it first: on a hit the aggregator answers the client; on a miss the
-        # executor may be waiting for the verdict before its next stage.
-        first, second = ((self.aggregator, "report"), (self.executor, "verdict"))[::1 if report.hit else -1]
-        self._send(*first, report)
-        self._send(*second, report)
+        return report
 
-    def _send(self, pool: Pool, method: str, report: Report) -> None:
+    def _report(self, report: Report) -> None:
         try:
-            pool.send(method, report)
+            self.aggregator.send("report", report)
         except PeerUnavailable as e:
-            pool.warn(log, e)
-            self.counters.add(f"unreachable.{pool.name}")
+            self.aggregator.warn(log, e)
+            self.counters.add("aggregator_unreachable")
 
     # ---- management -----------------------------------------------------------------------
 

@@ -177,7 +177,6 @@ def _predictor(cfg: ClusterConfig, name: str) -> Service:
     limits = Limits.from_config(cfg)
     index = index_pool(cfg.index.host, cfg.index.port, limits) if cfg.index else None
     handler = PredictorHandler(name, slots, aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
-                               Pool(Executor.Client, cfg.executor.host, cfg.executor.port, limits, name="executor"),
                                index, info.sha256)
     return Service(name, handler, _server(Predictor.Processor(handler), pc, cfg, name))
 

@@ -75,6 +75,19 @@ class Gate:
             return self._cond.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
 
 
+_after_reply = threading.local()
+
+
+def after_reply(action: Callable[[], None]) -> None:
+    """Run `action` once the reply to the call being handled is written (at once outside a server
+    thread): work the caller does not wait for, kept off its critical path."""
+    pending = getattr(_after_reply, "actions", None)
+    if pending is None:
+        action()
+    else:
+        pending.append(action)
+
+
 class RpcServer:
     """Serves one Thrift processor on host:port (port 0 picks a free one; see `.port`)."""
 
@@ -131,17 +144,27 @@ class RpcServer:
                 self._conns.add(sock)
             threading.Thread(target=self._serve, args=(sock,), name=f"{self.name}-conn", daemon=True).start()
 
+    def _run_after_reply(self) -> None:
+        actions, _after_reply.actions = _after_reply.actions, []
+        for action in actions:
+            try:
+                action()
+            except Exception:  # the reply is out; a failed follow-up must not drop the connection
+                log.exception("%s: an after-reply action failed", self.name)
+
     def _serve(self, sock: socket.socket) -> None:
         tsock = TSocket.TSocket()
         tsock.setHandle(sock)
         trans = framed(tsock, self.max_bytes)
         prot = protocol(trans, self.max_bytes)
+        _after_reply.actions = []
         try:
             while True:
                 # Wait for a message outside the busy count, so close() knows replies are written.
                 select.select([sock], [], [])
                 with self._working.track():
                     self.processor.process(prot, prot)
+                    self._run_after_reply()
         except TTransport.TTransportException as e:
             if e.type not in (TTransport.TTransportException.END_OF_FILE,):
                 log.warning("%s: dropped a connection: %s", self.name, e)

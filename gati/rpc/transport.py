@@ -115,6 +115,29 @@ class Connection:
         self.transport.close()
 
 
+class Call:
+    """A two-way call whose request is sent; `result` reads the reply (once)."""
+
+    def __init__(self, pool: "Pool", conn: Connection, method: str):
+        self.pool, self.conn, self.method = pool, conn, method
+
+    def result(self, timeout_s: float) -> Any:
+        """The reply within `timeout_s`, else PeerUnavailable (and the connection is dropped:
+        a late reply would arrive out of step)."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            raise PeerUnavailable(f"the reply to {self.method} on {self.pool.name} was already read")
+        conn.set_timeout(max(timeout_s, 0.0005))
+        try:
+            result = getattr(conn.client, f"recv_{self.method}")()
+        except _BROKEN as e:
+            conn.close()
+            raise PeerUnavailable(f"{self.method} on {self.pool.name} failed: {e}") from e
+        self.pool._delay()
+        self.pool._reset(conn, timeout_s)
+        return result
+
+
 class Pool:
     """Connections to one peer, reused; at most `size` kept idle, more opened under load."""
 
@@ -150,6 +173,22 @@ class Pool:
         if timeout_s is not None:
             conn.set_timeout(conn.call_s)
         self._checkin(conn)
+
+    def start(self, method: str, *args: Any) -> "Call":
+        """Send a two-way call's request now and read its reply later (`Call.result`); the
+        connection stays with the call until then."""
+        self._delay()
+        for attempt in (0, 1):  # nothing was processed if the send itself failed: one retry is safe
+            conn = self._checkout()
+            try:
+                getattr(conn.client, f"send_{method}")(*args)
+            except _BROKEN as e:
+                conn.close()
+                if attempt:
+                    raise PeerUnavailable(f"{method} to {self.name} failed: {e}") from e
+                continue
+            return Call(self, conn, method)
+        raise AssertionError("unreachable")
 
     def send(self, method: str, *args: Any) -> None:
         """A oneway message. A connection the peer closed is replaced once before giving up."""

@@ -83,6 +83,24 @@ def test_a_restarted_peer_is_reached_again_on_the_same_pool():
         server.close()
 
 
+def test_a_started_call_is_read_later_once_and_a_late_reply_is_a_failure(index):
+    handler, server = index
+    pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, Limits())
+    pool.call("add", "k", to_tensor(unit_rows(4, 8)), to_tensor(np.zeros(4, np.int64)))
+    call = pool.start("size", "k")  # the request is out; the caller works on meanwhile
+    assert call.result(timeout_s=2.0) == 4
+    with pytest.raises(PeerUnavailable, match="already read"):
+        call.result(timeout_s=2.0)
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    late = Pool(NeighborIndex.Client, "127.0.0.1", silent.getsockname()[1], Limits()).start("size", "k")
+    with pytest.raises(PeerUnavailable):
+        late.result(timeout_s=0.05)
+    silent.close()
+
+
 def test_hop_delay_is_injected_before_each_message(index):
     _, server = index
     pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, Limits(hop_delay_s=0.02))

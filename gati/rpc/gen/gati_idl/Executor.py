@@ -28,14 +28,6 @@ class Iface(gati.rpc.gen.gati_idl.Service.Iface):
         """
         pass
 
-    def verdict(self, report):
-        """
-        Parameters:
-         - report
-
-        """
-        pass
-
     def cancel(self, request_id):
         """
         Parameters:
@@ -81,22 +73,6 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
             raise result.unavailable
         return
 
-    def verdict(self, report):
-        """
-        Parameters:
-         - report
-
-        """
-        self.send_verdict(report)
-
-    def send_verdict(self, report):
-        self._oprot.writeMessageBegin('verdict', TMessageType.ONEWAY, self._seqid)
-        args = verdict_args()
-        args.report = report
-        args.write(self._oprot)
-        self._oprot.writeMessageEnd()
-        self._oprot.trans.flush()
-
     def cancel(self, request_id):
         """
         Parameters:
@@ -118,7 +94,6 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
     def __init__(self, handler):
         gati.rpc.gen.gati_idl.Service.Processor.__init__(self, handler)
         self._processMap["run"] = Processor.process_run
-        self._processMap["verdict"] = Processor.process_verdict
         self._processMap["cancel"] = Processor.process_cancel
         self._on_message_begin = None
 
@@ -167,17 +142,6 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
-
-    def process_verdict(self, seqid, iprot, oprot):
-        args = verdict_args()
-        args.read(iprot)
-        iprot.readMessageEnd()
-        try:
-            self._handler.verdict(args.report)
-        except TTransport.TTransportException:
-            raise
-        except Exception:
-            logging.exception('Exception in oneway handler')
 
     def process_cancel(self, seqid, iprot, oprot):
         args = cancel_args()
@@ -316,69 +280,6 @@ all_structs.append(run_result)
 run_result.thrift_spec = (
     None,  # 0
     (1, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 1
-)
-
-
-class verdict_args(object):
-    """
-    Attributes:
-     - report
-
-    """
-
-
-    def __init__(self, report=None,):
-        self.report = report
-
-    def read(self, iprot):
-        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
-            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
-            return
-        iprot.readStructBegin()
-        while True:
-            (fname, ftype, fid) = iprot.readFieldBegin()
-            if ftype == TType.STOP:
-                break
-            if fid == 1:
-                if ftype == TType.STRUCT:
-                    self.report = Report()
-                    self.report.read(iprot)
-                else:
-                    iprot.skip(ftype)
-            else:
-                iprot.skip(ftype)
-            iprot.readFieldEnd()
-        iprot.readStructEnd()
-
-    def write(self, oprot):
-        if oprot._fast_encode is not None and self.thrift_spec is not None:
-            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
-            return
-        oprot.writeStructBegin('verdict_args')
-        if self.report is not None:
-            oprot.writeFieldBegin('report', TType.STRUCT, 1)
-            self.report.write(oprot)
-            oprot.writeFieldEnd()
-        oprot.writeFieldStop()
-        oprot.writeStructEnd()
-
-    def validate(self):
-        return
-
-    def __repr__(self):
-        L = ['%s=%r' % (key, value)
-             for key, value in self.__dict__.items()]
-        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
-
-    def __eq__(self, other):
-        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
-
-    def __ne__(self, other):
-        return not (self == other)
-all_structs.append(verdict_args)
-verdict_args.thrift_spec = (
-    None,  # 0
-    (1, TType.STRUCT, 'report', [Report, None], None, ),  # 1
 )
 
 

@@ -51,14 +51,30 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
 
         """
         self.send_lookup(features)
+        return self.recv_lookup()
 
     def send_lookup(self, features):
-        self._oprot.writeMessageBegin('lookup', TMessageType.ONEWAY, self._seqid)
+        self._oprot.writeMessageBegin('lookup', TMessageType.CALL, self._seqid)
         args = lookup_args()
         args.features = features
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
+
+    def recv_lookup(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = lookup_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "lookup failed: unknown result")
 
     def caches(self):
         self.send_caches()
@@ -151,12 +167,24 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         args = lookup_args()
         args.read(iprot)
         iprot.readMessageEnd()
+        result = lookup_result()
         try:
-            self._handler.lookup(args.features)
+            result.success = self._handler.lookup(args.features)
+            msg_type = TMessageType.REPLY
         except TTransport.TTransportException:
             raise
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
         except Exception:
-            logging.exception('Exception in oneway handler')
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("lookup", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
 
     def process_caches(self, seqid, iprot, oprot):
         args = caches_args()
@@ -270,6 +298,68 @@ all_structs.append(lookup_args)
 lookup_args.thrift_spec = (
     None,  # 0
     (1, TType.STRUCT, 'features', [Features, None], None, ),  # 1
+)
+
+
+class lookup_result(object):
+    """
+    Attributes:
+     - success
+
+    """
+
+
+    def __init__(self, success=None,):
+        self.success = success
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = Report()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('lookup_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(lookup_result)
+lookup_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [Report, None], None, ),  # 0
 )
 
 
