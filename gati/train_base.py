@@ -86,7 +86,7 @@ def _make_step(model, opt, sched, device):
         loss.backward()
         opt.step()
         sched.step()
-        return float(loss)
+        return float(loss.detach())
     return step
 
 

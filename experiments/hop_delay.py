@@ -1,0 +1,73 @@
+"""Where cross-machine placement stops paying off: the local cluster with an injected per-hop delay.
+
+For each delay, writes a copy of deploy/local.yaml with `hop_delay_ms` set (the transport sleeps
+that long before every message a client sends and before reading a reply, i.e. one network hop
+each way), starts the cluster as local processes, replays `--limit` test:eval images through
+`gati bench` at concurrency 1, and stops it. The in-process engine is measured by the same tool
+in the same run, so rows compare side by side.
+
+    python experiments/hop_delay.py --bundle bundles/r18 --data-dir ../shared/data --delays 0 0.2 1.0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GATI = [sys.executable, "-m", "gati.cli"]
+
+
+def bench(bundle: str, data_dir: str, limit: int, endpoint: str | None) -> dict:
+    cmd = GATI + ["bench", "--bundle", bundle, "--data-dir", data_dir, "--limit", str(limit), "--concurrency", "1",
+                  "--json"] + (["--endpoint", endpoint] if endpoint else [])
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout)
+
+
+def cluster_config(bundle: str, delay_ms: float, folder: Path, base_port: int) -> Path:
+    cfg = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
+    cfg["bundle"] = str(Path(bundle).resolve())
+    cfg["log_dir"] = str(folder / "logs")
+    cfg["hop_delay_ms"] = delay_ms
+    services = cfg["services"]
+    ports = iter(range(base_port, base_port + 20))
+    for name in ("aggregator", "executor", "index", "retrainer"):
+        services[name]["port"] = next(ports)
+    services["aggregator"]["metrics_port"] = next(ports)
+    for p in services["predictors"]:
+        p["port"] = next(ports)
+    path = folder / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--bundle", default="bundles/r18")
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--limit", type=int, default=300)
+    p.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.2, 1.0])
+    p.add_argument("--base-port", type=int, default=29400)
+    a = p.parse_args()
+    rows = [{"placement": "in-process", "hop_delay_ms": None, **bench(a.bundle, a.data_dir, a.limit, None)}]
+    for delay in a.delays:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = cluster_config(a.bundle, delay, Path(tmp), a.base_port)
+            local = [sys.executable, str(REPO / "deploy" / "local.py")]
+            subprocess.run(local + ["start", "--config", str(config)], check=True, capture_output=True, cwd=REPO)
+            try:
+                endpoint = f"127.0.0.1:{a.base_port}"
+                rows.append({"placement": "cluster", "hop_delay_ms": delay,
+                             **bench(a.bundle, a.data_dir, a.limit, endpoint)})
+            finally:
+                subprocess.run(local + ["stop", "--config", str(config)], capture_output=True, cwd=REPO)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
