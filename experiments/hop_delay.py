@@ -3,10 +3,11 @@
 For each delay, writes a copy of deploy/local.yaml with `hop_delay_ms` set (the transport sleeps
 that long before every message a client sends and before reading a reply, i.e. one network hop
 each way), starts the cluster as local processes, replays `--limit` test:eval images through
-`gati bench` at concurrency 1, and stops it. The in-process engine is measured by the same tool
+`gati bench` at each `--concurrency`, and stops it. The in-process engine is measured by the same tool
 in the same run, so rows compare side by side.
 
     python experiments/hop_delay.py --bundle bundles/r18 --data-dir ../shared/data --delays 0 0.2 1.0
+    python experiments/hop_delay.py --delays 0 --concurrency 1 8      # in-process vs cluster
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 GATI = [sys.executable, "-m", "gati.cli"]
 
 
-def bench(bundle: str, data_dir: str, limit: int, endpoint: str | None) -> dict:
-    cmd = GATI + ["bench", "--bundle", bundle, "--data-dir", data_dir, "--limit", str(limit), "--concurrency", "1",
-                  "--json"] + (["--endpoint", endpoint] if endpoint else [])
+def bench(bundle: str, data_dir: str, limit: int, endpoint: str | None, concurrency: int) -> dict:
+    cmd = GATI + ["bench", "--bundle", bundle, "--data-dir", data_dir, "--limit", str(limit), "--concurrency",
+                  str(concurrency), "--json"] + (["--endpoint", endpoint] if endpoint else [])
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout)
 
 
@@ -52,9 +53,11 @@ def main() -> None:
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--limit", type=int, default=300)
     p.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.2, 1.0])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1])
     p.add_argument("--base-port", type=int, default=29400)
     a = p.parse_args()
-    rows = [{"placement": "in-process", "hop_delay_ms": None, **bench(a.bundle, a.data_dir, a.limit, None)}]
+    rows = [{"placement": "in-process", "hop_delay_ms": None, **bench(a.bundle, a.data_dir, a.limit, None, c)}
+            for c in a.concurrency]
     for delay in a.delays:
         with tempfile.TemporaryDirectory() as tmp:
             config = cluster_config(a.bundle, delay, Path(tmp), a.base_port)
@@ -62,8 +65,8 @@ def main() -> None:
             subprocess.run(local + ["start", "--config", str(config)], check=True, capture_output=True, cwd=REPO)
             try:
                 endpoint = f"127.0.0.1:{a.base_port}"
-                rows.append({"placement": "cluster", "hop_delay_ms": delay,
-                             **bench(a.bundle, a.data_dir, a.limit, endpoint)})
+                rows += [{"placement": "cluster", "hop_delay_ms": delay,
+                          **bench(a.bundle, a.data_dir, a.limit, endpoint, c)} for c in a.concurrency]
             finally:
                 subprocess.run(local + ["stop", "--config", str(config)], capture_output=True, cwd=REPO)
     print(json.dumps(rows))
