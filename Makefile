@@ -26,7 +26,7 @@ test: install
 demo: install
 	$(VENV)/bin/gati build --arch resnet18 --checkpoint $(SHARED)/models/cifar10_resnet18.pt \
 	    --dataset cifar10 --data-dir $(SHARED)/data --target 0.97 --device cpu \
-	    --train-limit 10000 --out $(DEMO)
+	    --train-limit 10000 --variants linear,mlp,fc --force --out $(DEMO)
 	$(VENV)/bin/gati eval --bundle $(DEMO) --data-dir $(SHARED)/data --split test:eval --limit 2000
 
 include deploy/local.mk

@@ -18,9 +18,10 @@ import importlib
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -81,19 +82,13 @@ def write_bundle(out: Path, manifest: dict, caches: dict[tuple[int, str], Cache]
     out = Path(out)
     if out.exists() and not overwrite:
         raise BundleError(f"{out} already exists (pass --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with _staged(out) as tmp:
         (tmp / "caches").mkdir()
         for (cut, variant), cache in caches.items():
             cache.save(tmp / cache_file(cut, variant))
         np.savez_compressed(tmp / "calibration.npz", **calibration)
         (tmp / "calibration_ids.txt").write_text("\n".join(calibration_ids) + "\n")
         (tmp / MANIFEST).write_text(_dump(manifest))
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -102,15 +97,23 @@ def update_manifest(path: Path, changes: dict, out: Path | None = None) -> Path:
     path, out = Path(path), Path(out or path)
     manifest = read_manifest(path)
     manifest.update(changes)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with _staged(out) as tmp:
         shutil.copytree(path, tmp, dirs_exist_ok=True)
         (tmp / MANIFEST).write_text(_dump(manifest))
+    return out
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A temporary sibling folder that replaces `out` when the block succeeds, and vanishes if not."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _replace(tmp: Path, out: Path) -> None:
