@@ -67,7 +67,7 @@ class AggregatorConfig(Endpoint):
 
 @dataclass(frozen=True)
 class ExecutorConfig(Endpoint):
-    workers: int = 1                  # requests running stages at once
+    workers: int = 4                  # requests in the stage loop at once (one computes while another waits)
     threads: int = 0                  # torch intra-op threads; 0 keeps torch's default
     lookahead: int = -1               # stages run past an unanswered lookup; -1: the plan's mode (sync 0, async 1)
 
