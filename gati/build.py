@@ -140,10 +140,10 @@ def extract(staged: StagedModel, data: Dataset, pre: Preprocess, wanted: dict[in
     Reduced features of the training set are stored as float16 (halves memory; caches fit in
     float32); calibration features stay float32 because they must score exactly like serving.
     """
-    keys = {(cut, key) for cut, vs in wanted.items() for key in vs.values()}
-    reducers = {key: make_reducer(key) for _, key in keys}
+    keys_at = {cut: sorted(set(vs.values())) for cut, vs in wanted.items()}  # distinct reducers per cut
+    reducers = {key: make_reducer(key) for keys in keys_at.values() for key in keys}
     store = torch.float16 if desc == "train" else torch.float32
-    feats: dict[tuple[int, str], list[torch.Tensor]] = {k: [] for k in keys}
+    feats: dict[tuple[int, str], list[torch.Tensor]] = {(c, k): [] for c, ks in keys_at.items() for k in ks}
     logits = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(data), batch_size), desc=f"extract {desc}", unit="batch",
@@ -151,7 +151,7 @@ def extract(staged: StagedModel, data: Dataset, pre: Preprocess, wanted: dict[in
             x = pre(data.images[start:start + batch_size]).to(device)
             for cut, stage in enumerate(staged.stages):
                 x = stage(x)
-                for key in {k for c, k in keys if c == cut}:
+                for key in keys_at.get(cut, ()):
                     feats[(cut, key)].append(reducers[key](x).to("cpu", store))
             logits.append(x.float().cpu())
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(logits)
