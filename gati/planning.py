@@ -59,7 +59,8 @@ def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray,
         raise ValueError(f"target must be in (0, 1), got {target}")
     select, cert = split_select_certify(np.asarray(labels), ids)
     scores = scores_from(arrays)
-    costs = Costs(profile.stage_ms, {key: profile.lookup(*key) for key in scores})
+    costs = Costs(profile.stage_ms, {key: profile.lookup(*key) for key in scores},
+                  {key: profile.overlap(*key) for key in scores if profile.overlap(*key) is not None})
     margin = certification_margin(target, len(cert))
     problem = Problem({k: s.subset(select) for k, s in scores.items()}, costs, nbytes,
                       min(target + margin, 1.0), memory_mb * 2**20)

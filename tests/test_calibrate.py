@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from gati.calibrate import (Costs, Scores, agreement_lower_bound, calibrate, certify, exit_costs,
+from gati.calibrate import (Costs, Scores, agreement_lower_bound, calibrate, certify, exit_costs, greedy_path,
                             search_thresholds, simulate, split_select_certify)
 
 
@@ -89,3 +89,39 @@ def test_select_and_certify_halves_are_disjoint_and_balanced():
     assert len(set(select) & set(cert)) == 0 and len(select) + len(cert) == 200
     assert all((labels[select] == c).sum() == 25 for c in range(4))
     assert math.isclose(len(select), len(cert))
+
+
+def test_measured_overlap_replaces_the_naive_async_model():
+    entries = synthetic_scores(10)
+    costs = Costs(COSTS.stage_ms, COSTS.lookup_ms, {(0, "mlp"): 0.5, (1, "mlp"): 0.5, (2, "mlp"): 0.5})
+    # the lookup at cut 0 slows stage 1 by 0.5 ms although it is shorter than the stage
+    assert exit_costs(entries, costs, "async").tolist() == pytest.approx([2.5, 4.0, 5.5, 5.5])
+
+
+def _early_trap_and_late_free_hits(n_free=300):
+    """Cut 0's confident band saves the most per wrong hit (one in eight is wrong); cut 2 has many
+    confident, right answers that save less each."""
+    n = 600
+    conf0 = np.zeros(n)
+    conf0[:60] = 0.99              # the band a one-shot greedy search spends its errors on
+    correct0 = np.ones(n, dtype=bool)
+    correct0[:60:8] = False
+    conf2 = np.zeros(n)
+    conf2[100:100 + n_free] = 0.95
+    return [Scores(0, "mlp", conf0, correct0), Scores(2, "mlp", conf2, conf2 > 0)]
+
+
+def test_the_ramped_search_takes_free_hits_before_spending_errors():
+    entries = _early_trap_and_late_free_hits()
+    cost = exit_costs(entries, Costs([1.0, 10.0, 10.0, 1.0], {(0, "mlp"): 0.05, (2, "mlp"): 0.05}), "sync")
+    one_shot = greedy_path(entries, cost, max_wrong=30, levels=1)
+    ramped = greedy_path(entries, cost, max_wrong=30, levels=16)
+    first_error = next(i for i, (wrong, _) in enumerate(ramped) if wrong > 0)
+    # every free hit at cut 2 is on the path before the first wrong hit
+    assert simulate(entries, ramped[first_error - 1][1], cost)["hits"] == [0, 300]
+    assert simulate(entries, one_shot[1][1], cost)["hits"][0] > 0  # the trap comes first otherwise
+    # so a certify part on which the trap is worse still certifies the free hits
+    worse = [Scores(0, "mlp", entries[0].conf, np.arange(600) >= 60), entries[1]]  # all 60 wrong
+    for path, hits in ((ramped, 300), (one_shot, 0)):
+        result = certify(worse, [t for _, t in path[1:]], target=0.97)
+        assert simulate(worse, result.thresholds, cost)["hits"][1] == hits
