@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 from torch import nn
@@ -197,7 +196,14 @@ def _manifest(cfg, num_classes, cuts, act_shapes, train, calib, pre, caches, pro
         "train": {"split": "train", "limit": cfg.train_limit, "n": len(train), "seed": cfg.seed},
         "profile": profile.to_dict(),
         "versions": {"gati": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "faiss": faiss.__version__, "python": platform.python_version()},
+                     "faiss": _faiss_version(), "python": platform.python_version()},
         "build_seconds": round(seconds, 1),
     }
 
+
+def _faiss_version() -> str | None:
+    try:
+        import faiss
+    except ImportError:  # only the knn variant needs it
+        return None
+    return faiss.__version__

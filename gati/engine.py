@@ -7,23 +7,25 @@ Two modes, both measured by `gati eval` and modelled by the optimizer:
 - async: hand the lookup to a worker thread and run the next stage meanwhile; the answer is checked
   once that stage is done. The lookup is hidden, but a hit is only acted on one stage later.
 
+On CUDA, sync mode runs as CUDA graphs (`gati.graphs`): one graph per segment between planned
+cuts, and the baseline as one graph of the whole model, because at batch 1 a GPU is bound by
+kernel launches and eager stages would compare a slow GATI with a slow baseline.
+
 Cancellation is cooperative: `predict(..., cancel=event)` checks the event between stages and
 raises `Cancelled`, leaving no state behind (the engine holds none per request).
 """
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from .bundle import Bundle
-from .errors import GatiError, InvalidInput
-
-
-class Cancelled(GatiError):
-    """The request was cancelled between two stages."""
+from .errors import Cancelled, GatiError, InvalidInput
+from .graphs import GraphedCascade, graphed_argmax
 
 
 @dataclass
@@ -46,6 +48,13 @@ class Engine:
         # cut index -> (cache, threshold): the only per-cut work the hot loop looks up
         self.lookups = {e.cut: (bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="gati-lookup") if self.mode == "async" else None
+        self._graphs: GraphedCascade | None = None
+        self._base: Callable[[torch.Tensor], int] | None = None
+        if self.device.type == "cuda" and self.mode == "sync":
+            example = torch.zeros(1, *bundle.input_shape, device=self.device)
+            entries = [(e.cut, bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries]
+            self._graphs = GraphedCascade(self.stages, entries, example)
+            self._base = graphed_argmax(bundle.model, example)
 
     def validate(self, x: torch.Tensor) -> torch.Tensor:
         """A single preprocessed image as 1 x C x H x W float32 on the engine's device."""
@@ -60,17 +69,21 @@ class Engine:
         if not x.dtype.is_floating_point:
             raise InvalidInput(f"expected a floating-point tensor (preprocessed image), got {x.dtype}")
         x = x.to(self.device, torch.float32)
-        if not torch.isfinite(x).all():
+        if self._graphs is None and not torch.isfinite(x).all():  # graphs check it on the device
             raise InvalidInput("input contains NaN or infinite values")
         return x
 
     def predict_base(self, x: torch.Tensor) -> int:
         """The baseline: the unsplit model, same dtype, device and threads as the stages."""
+        if self._base is not None:
+            return self._base(x)
         with torch.inference_mode():
             return int(self.bundle.model(x).argmax(1).item())
 
     def predict(self, x: torch.Tensor, cancel: threading.Event | None = None) -> Answer:
         x = self.validate(x)
+        if self._graphs is not None:
+            return self._run_graphs(x, cancel)
         with torch.inference_mode():
             if self._pool is not None:
                 return self._run_async(x, cancel)
@@ -84,7 +97,7 @@ class Engine:
             x = stage(x)
             lookup = self.lookups.get(i) if i < last else None
             if lookup is not None:
-                label, conf = lookup[0](x)
+                label, conf = lookup[0].lookup(x)
                 confidence = float(conf[0])
                 if confidence >= lookup[1]:
                     return Answer(int(label[0]), confidence, i, self.bundle.staged.cuts[i], i + 1)
@@ -107,6 +120,13 @@ class Engine:
                 pending = (i, self._pool.submit(_lookup_in_inference_mode, lookup[0], x))
         return self._final(x)
 
+    def _run_graphs(self, x: torch.Tensor, cancel: threading.Event | None) -> Answer:
+        out = self._graphs(x, cancel)
+        if out.entry is None:
+            return Answer(out.label, out.confidence, None, "final", len(self.stages))
+        cut = self._graphs.cuts[out.entry]
+        return Answer(out.label, out.confidence, cut, self.bundle.staged.cuts[cut], cut + 1)
+
     def _check(self, pending: tuple[int, Future], stages_run: int) -> Answer | None:
         cut, future = pending
         label, conf = future.result()
@@ -127,4 +147,4 @@ class Engine:
 
 def _lookup_in_inference_mode(cache, act: torch.Tensor):
     with torch.inference_mode():  # inference mode is thread-local
-        return cache(act)
+        return cache.lookup(act)

@@ -19,3 +19,7 @@ class CheckpointError(GatiError):
 
 class BundleError(GatiError):
     """A bundle folder that is missing, incomplete or corrupt."""
+
+
+class Cancelled(GatiError):
+    """The request was cancelled between two stages."""

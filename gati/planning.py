@@ -58,7 +58,10 @@ def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray,
     if not 0.0 < target < 1.0:
         raise ValueError(f"target must be in (0, 1), got {target}")
     select, cert = split_select_certify(np.asarray(labels), ids)
-    scores = scores_from(arrays)
+    # only caches the profile could time on this device are candidates (kNN has no CUDA graph)
+    scores = {k: s for k, s in scores_from(arrays).items() if f"{k[0]}:{k[1]}" in profile.lookup_ms}
+    if profile.device.startswith("cuda"):
+        modes = ("sync",)  # the CUDA engine runs graphs; it has no async mode
     costs = Costs(profile.stage_ms, {key: profile.lookup(*key) for key in scores},
                   {key: profile.overlap(*key) for key in scores if profile.overlap(*key) is not None})
     margin = certification_margin(target, len(cert))

@@ -1,8 +1,8 @@
 """Measured latencies on the serving device: each stage, each cache lookup, the whole model.
 
 Everything is timed at batch 1 (the serving setting) as the median of repeated runs after a
-warm-up, under `torch.inference_mode()`, with the thread count the engine will use. On CUDA each
-run is synchronised so the time is the device's, not the launch's.
+warm-up, under `torch.inference_mode()`, with the thread count the engine will use, the way the
+engine runs it: on a CPU stage by stage with lookups in between, on CUDA as CUDA graphs.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import GatiError
+from .graphs import Graphed, graphed_argmax
 from .models.split import StagedModel
 
 
@@ -67,106 +69,136 @@ def time_ms(fn: Callable[[], object], device: str, repeats: int = 30, warmup: in
     return statistics.median(samples)
 
 
-def stage_times_ms(staged: StagedModel, x: torch.Tensor, device: str, repeats: int = 30,
-                   warmup: int = 5) -> list[float]:
-    """Median time of each stage *within* whole passes of the staged model.
-
-    Timing one stage in a tight loop keeps its weights in the CPU caches and flatters it (by a
-    third for ResNet-50's middle stages here); inside a real pass the other stages evict them.
-    """
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    samples: list[list[float]] = [[] for _ in staged.stages]
-    with torch.inference_mode():
-        for rep in range(warmup + repeats):
-            h = x
-            for i, stage in enumerate(staged.stages):
-                sync()
-                start = time.perf_counter()
-                h = stage(h)
-                sync()
-                if rep >= warmup:
-                    samples[i].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(s) for s in samples]
-
-
 def _rotation(caches: dict) -> tuple[dict[int, list[tuple[int, str]]], int]:
     """Cut -> its cached variants, and how many passes visit each variant once."""
     by_cut: dict[int, list[tuple[int, str]]] = {}
     for key in sorted(caches):
         by_cut.setdefault(key[0], []).append(key)
-    return by_cut, max((len(keys) for keys in by_cut.values()), default=0)
+    return by_cut, max(1, max((len(keys) for keys in by_cut.values()), default=0))
 
 
-def lookup_times_ms(staged: StagedModel, caches: dict, x: torch.Tensor, device: str,
-                    repeats: int = 30, warmup: int = 5) -> dict[str, float]:
-    """Median time of each cache lookup *within* whole passes, as the sync engine runs it.
+@dataclass
+class _Samples:
+    base: list[float] = field(default_factory=list)
+    stages: dict[int, list[float]] = field(default_factory=dict)
+    sync: dict[tuple[int, str], list[float]] = field(default_factory=dict)    # lookup + next stage
+    beside: dict[tuple[int, str], list[float]] = field(default_factory=dict)  # the same, async
 
-    A lookup timed in a tight loop finds its weights in the CPU caches; after a stage it does not.
-    Measured in a loop, ResNet-50's fc lookups took 0.05-0.18 ms, inside passes 0.2-0.5 ms, and the
-    optimizer, believing the loop, chose ten caches whose lookups ate a sixth of the gain. Each pass
-    looks up one variant per cut (rotating through them), as a plan with a cache at every cut would.
+    def add(self, table: dict, key, ms: float) -> None:
+        table.setdefault(key, []).append(ms)
+
+
+def _timed(fn, *args) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.Tensor,
+                 repeats: int, warmup: int = 5) -> Profile:
+    """Every cost from one interleaved loop, so that all of them see the same machine.
+
+    Each round runs the plain model, a clean staged pass (stage costs), a pass that looks up one
+    variant per cut and times it together with the stage after it, and the same with the lookup
+    beside that stage on a worker thread (async). A lookup's cost is what it adds to the clean
+    stage: its own time plus the weights it evicts from the CPU caches. Timed in a tight loop,
+    ResNet-50's fc lookups took 0.05-0.18 ms, after a stage 0.2-0.5 ms; costs measured minutes
+    apart (stages, then lookups, then the model) disagreed by 15% on this VM. On 2 cores a lookup
+    beside a stage competes with it for the cores and costs more than run before it.
     """
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    stages = list(staged.stages)
     by_cut, rounds = _rotation(caches)
-    samples: dict[tuple[int, str], list[float]] = {key: [] for key in caches}
-    with torch.inference_mode():
-        for rep in range((warmup + repeats) * rounds):
-            h = x
-            for i, stage in enumerate(staged.stages):
-                h = stage(h)
-                keys = by_cut.get(i, [])
-                if rep % rounds < len(keys):
-                    sync()
-                    start = time.perf_counter()
-                    caches[keys[rep % rounds]](h)
-                    sync()
-                    if rep >= warmup * rounds:
-                        samples[keys[rep % rounds]].append((time.perf_counter() - start) * 1e3)
-    return {f"{cut}:{variant}": statistics.median(s) for (cut, variant), s in samples.items()}
-
-
-def overlap_times_ms(staged: StagedModel, caches: dict, x: torch.Tensor, device: str,
-                     stage_ms: list[float], repeats: int = 30, warmup: int = 5) -> dict[str, float]:
-    """What each lookup adds to the next stage when it runs beside it on a worker thread (async).
-
-    Not max(0, lookup - stage): on a CPU the stage already keeps busy, the two compete for cores
-    (on 2 cores, async plans ran 1.7x slower than this model's naive form predicted).
-    """
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    by_cut, rounds = _rotation(caches)
-    samples: dict[tuple[int, str], list[float]] = {key: [] for key in caches}
-    last = len(staged.stages) - 1
+    got = _Samples()
     with ThreadPoolExecutor(1, thread_name_prefix="gati-profile") as pool, torch.inference_mode():
         for rep in range((warmup + repeats) * rounds):
+            keep = rep >= warmup * rounds
+            _, ms = _timed(model, x)
+            if keep:
+                got.base.append(ms)
             h = x
-            for i, stage in enumerate(staged.stages):
-                h = stage(h)
-                keys = by_cut.get(i, [])
-                if i == last or rep % rounds >= len(keys):
-                    continue
-                key = keys[rep % rounds]
-                sync()
-                start = time.perf_counter()
-                future = pool.submit(_in_inference_mode, caches[key], h)
-                staged.stages[i + 1](h)
-                future.result()
-                sync()
-                if rep >= warmup * rounds:
-                    samples[key].append((time.perf_counter() - start) * 1e3 - stage_ms[i + 1])
-    return {f"{cut}:{variant}": max(0.0, statistics.median(s)) for (cut, variant), s in samples.items() if s}
+            for i, stage in enumerate(stages):
+                h, ms = _timed(stage, h)
+                if keep:
+                    got.add(got.stages, i, ms)
+            for beside in (False, True):
+                h = stages[0](x)
+                for i in range(len(stages) - 1):
+                    keys = by_cut.get(i, [])
+                    if rep % rounds >= len(keys):
+                        h = stages[i + 1](h)
+                        continue
+                    key = keys[rep % rounds]
+                    h, ms = _timed(_lookup_then_stage, pool if beside else None, caches[key], stages[i + 1], h)
+                    if keep:
+                        got.add(got.beside if beside else got.sync, key, ms)
+    stage_ms = [statistics.median(got.stages[i]) for i in range(len(stages))]
+
+    def added(table: dict) -> dict[str, float]:
+        # never quite free: a zero would let the optimizer keep caches that cost time and never hit
+        return {f"{cut}:{variant}": max(1e-3, statistics.median(v) - stage_ms[cut + 1])
+                for (cut, variant), v in table.items()}
+
+    return Profile("cpu", device_name("cpu"), torch.get_num_threads(), statistics.median(got.base), stage_ms,
+                   added(got.sync), added(got.beside))
+
+
+def _lookup_then_stage(pool: ThreadPoolExecutor | None, cache, stage: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    if pool is None:
+        cache.lookup(h)
+        return stage(h)
+    future = pool.submit(_in_inference_mode, cache, h)
+    out = stage(h)
+    future.result()
+    return out
 
 
 def _in_inference_mode(cache, act: torch.Tensor):
     with torch.inference_mode():  # inference mode is thread-local
-        return cache(act)
+        return cache.lookup(act)
 
 
 def profile_model(model: nn.Module, staged: StagedModel, caches: dict, x: torch.Tensor,
                   device: str, repeats: int = 30) -> Profile:
     """Profile a model and its candidate caches; `caches` maps (cut, variant) -> Cache."""
-    stage_ms = stage_times_ms(staged, x, device, repeats)
-    lookup_ms = lookup_times_ms(staged, caches, x, device, repeats)
-    overlap_ms = overlap_times_ms(staged, caches, x, device, stage_ms, repeats)
-    base_ms = time_ms(lambda: model(x), device, repeats)
-    return Profile(device, device_name(device), torch.get_num_threads(), base_ms, stage_ms, lookup_ms,
-                   overlap_ms)
+    if device.startswith("cuda"):
+        return _profile_cuda(model, staged, caches, x, device, repeats)
+    if device != "cpu":
+        raise GatiError(f"cannot profile on device {device!r}: use 'cpu' or 'cuda[:N]'")
+    return _profile_cpu(model, staged, caches, x, repeats)
+
+
+def _profile_cuda(model: nn.Module, staged: StagedModel, caches: dict, x: torch.Tensor,
+                  device: str, repeats: int) -> Profile:
+    """The costs of the CUDA-graph engine (`gati.graphs`): what it launches is what is timed.
+
+    Stages: each stage as a graph, replayed back to back, timed on the GPU by events (no host
+    round trip between them, as inside a segment). Lookups: a graph of the lookup plus the host's
+    read-back of its verdict, the round trip every planned cut costs. Base: the whole model as one
+    graph with its read-back. Caches that cannot run in a graph (kNN searches on the host) are not
+    candidates on CUDA. There is no async mode on CUDA, so no overlap is measured.
+    """
+    graphs, acts, h = [], [], x
+    for stage in staged.stages:
+        graphs.append(Graphed(stage, h, static_input=not graphs))
+        h = graphs[-1].output
+        acts.append(h)
+    samples: list[list[float]] = [[] for _ in graphs]
+    for rep in range(5 + repeats):
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(len(graphs) + 1)]
+        events[0].record()
+        for i, g in enumerate(graphs):
+            g(x if i == 0 else None)
+            events[i + 1].record()
+        torch.cuda.synchronize()
+        if rep >= 5:
+            for i in range(len(graphs)):
+                samples[i].append(events[i].elapsed_time(events[i + 1]))
+    stage_ms = [statistics.median(s) for s in samples]
+    lookup_ms = {}
+    for (cut, variant), cache in caches.items():
+        if getattr(cache, "graphable", False):
+            g = Graphed(lambda a, c=cache: torch.stack([t[0].float() for t in c.lookup(a)]), acts[cut])
+            lookup_ms[f"{cut}:{variant}"] = time_ms(lambda g=g: g().tolist(), device, repeats)
+    base = graphed_argmax(model, x)
+    base_ms = time_ms(lambda: base(x), device, repeats)
+    return Profile(device, device_name(device), torch.get_num_threads(), base_ms, stage_ms, lookup_ms)

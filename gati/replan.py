@@ -44,7 +44,7 @@ def replan_for_device(path: Path, device: str, out: Path | None = None, memory_m
     """Re-measure stages and every stored cache on `device`, then re-plan at the bundle's target."""
     bundle = load_bundle(path, device)
     manifest = bundle.manifest
-    caches = {(c["cut"], c["variant"]): load_cache(Path(path) / cache_file(c["cut"], c["variant"]))
+    caches = {(c["cut"], c["variant"]): load_cache(Path(path) / cache_file(c["cut"], c["variant"])).to(device)
               for c in manifest["caches"]}
     shape = tuple(bundle.input_shape)
     example = bundle.preprocess(np.zeros((1, shape[1], shape[2], shape[0]), dtype=np.uint8)).to(device)

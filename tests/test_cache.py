@@ -410,3 +410,23 @@ def test_faiss_searches_leave_torchs_thread_count_alone():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_engines_lookup_answers_like_the_checked_call(variant, easy, held_out, tmp_path):
+    cache, _ = easy[variant]
+    acts = held_out[0][:50]
+    with torch.inference_mode():
+        for got, want in zip(cache.lookup(acts), cache(acts)):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_moving_a_cache_keeps_its_answers(variant, easy, held_out, tmp_path):
+    cache, _ = easy[variant]
+    cache.save(tmp_path / "c.pt")
+    moved = load_cache(tmp_path / "c.pt").to("cpu")
+    acts = held_out[0][:50]
+    for got, want in zip(moved(acts), cache(acts)):
+        assert torch.equal(got, want)
+    assert moved.graphable == (variant != "knn")  # FAISS searches on the host

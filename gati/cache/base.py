@@ -150,6 +150,24 @@ class Cache(abc.ABC):
     def __call__(self, act: Tensor) -> tuple[Tensor, Tensor]:
         return self.predict(self.reduce(act))
 
+    def lookup(self, act: Tensor) -> tuple[Tensor, Tensor]:
+        """`self(act)` for an activation the base model itself produced, inside inference_mode.
+
+        The engine's hot path: no checks, so no host synchronisation (the finiteness check reads a
+        value back), which makes the lookup cheap and lets a CUDA graph capture it.
+        """
+        return self._predict(self._reduce_fn(act))
+
+    def to(self, device: str | torch.device) -> "Cache":
+        """Move the learned state to `device`, where lookups will run."""
+        self._load_state({name: t.to(device) for name, t in self._state().items()})
+        return self
+
+    @property
+    def graphable(self) -> bool:
+        """Whether a lookup runs on the activation's device without host round trips (CUDA graphs)."""
+        return True
+
     def fit(self, feats: Tensor, teacher_logits: Tensor, *, seed: int = 0) -> FitReport:
         """Learn the teacher's answers on reduced features; replaces any earlier fit."""
         start = time.perf_counter()

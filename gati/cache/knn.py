@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,11 +29,12 @@ class _OneThread:
     """
 
     def __enter__(self) -> None:
+        faiss = _faiss()
         self.saved = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
 
     def __exit__(self, *exc: object) -> None:
-        faiss.omp_set_num_threads(self.saved)
+        _faiss().omp_set_num_threads(self.saved)
 
 LOO_SAMPLE = 1000  # stored vectors whose leave-one-out vote estimates the train agreement
 VOTE_FLOOR = 1e-6  # keeps every neighbour's weight positive, so all-negative similarities still vote
@@ -59,7 +59,7 @@ class FaissIndex:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._index = faiss.IndexFlatIP(dim)
+        self._index = _faiss().IndexFlatIP(dim)
         self._labels = np.empty(0, dtype=np.int64)
 
     @property
@@ -95,6 +95,12 @@ class KnnParams(Params):
     def check(self) -> None:
         require(self.k >= 1, f"k must be >= 1, got {self.k}")
         require(self.max_items >= 1, f"max_items must be >= 1, got {self.max_items}")
+
+
+def _faiss():
+    """FAISS, imported on first use: a GPU host that serves only dense caches need not install it."""
+    import faiss
+    return faiss
 
 
 def unit_rows(x: Tensor) -> Tensor:
@@ -179,6 +185,17 @@ class KnnCache(Cache):
             return torch.empty(0, dtype=torch.int64), torch.empty(0)
         sims, neighbours = self._index.search(unit_rows(feats - self._mean).numpy(), self.hparams.k)
         return self._vote(sims, neighbours)
+
+    def lookup(self, act: Tensor) -> tuple[Tensor, Tensor]:
+        """The index lives in host memory: an activation on a GPU is pooled there, then copied over."""
+        return self._predict(self._reduce_fn(act).cpu())
+
+    def to(self, device: str | torch.device) -> "KnnCache":
+        return self  # FAISS (faiss-cpu) searches on the CPU whatever device the model runs on
+
+    @property
+    def graphable(self) -> bool:
+        return False  # the search reads its query back to the host
 
     def nbytes(self) -> int:
         """Stored vectors (float32) and labels (int64), plus the centring mean."""
