@@ -78,7 +78,7 @@ class Engine:
         if self._base is not None:
             return self._base(x)
         with torch.inference_mode():
-            return int(self.bundle.model(x).argmax(1).item())
+            return int(self.bundle.model(x.to(self.device)).argmax(1).item())
 
     def predict(self, x: torch.Tensor, cancel: threading.Event | None = None) -> Answer:
         x = self.validate(x)

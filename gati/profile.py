@@ -98,9 +98,9 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
                  repeats: int, warmup: int = 5) -> Profile:
     """Every cost from one interleaved loop, so that all of them see the same machine.
 
-    Each round runs the plain model, a clean staged pass (stage costs), a pass that looks up one
-    variant per cut and times it together with the stage after it, and the same with the lookup
-    beside that stage on a worker thread (async). A lookup's cost is what it adds to the clean
+    Each round runs the plain model, a clean staged pass (stage costs) and a pass that looks up one
+    variant per cut and times it together with the stage after it; then come the same passes with
+    the lookup beside that stage on a worker thread (async). A lookup's cost is what it adds to the clean
     stage: its own time plus the weights it evicts from the CPU caches. Timed in a tight loop,
     ResNet-50's fc lookups took 0.05-0.18 ms, after a stage 0.2-0.5 ms; costs measured minutes
     apart (stages, then lookups, then the model) disagreed by 15% on this VM. On 2 cores a lookup
@@ -110,17 +110,20 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
     by_cut, rounds = _rotation(caches)
     got = _Samples()
     with ThreadPoolExecutor(1, thread_name_prefix="gati-profile") as pool, torch.inference_mode():
-        for rep in range((warmup + repeats) * rounds):
-            keep = rep >= warmup * rounds
-            _, ms = _timed(model, x)
-            if keep:
-                got.base.append(ms)
-            h = x
-            for i, stage in enumerate(stages):
-                h, ms = _timed(stage, h)
-                if keep:
-                    got.add(got.stages, i, ms)
-            for beside in (False, True):
+        # async last, in a loop of its own: once the worker thread has run torch ops, its idle
+        # OpenMP threads spin and slowed the plain model from 17 to 32 ms when interleaved
+        for beside in (False, True):
+            for rep in range((warmup + repeats) * rounds):
+                keep = rep >= warmup * rounds
+                if not beside:
+                    _, ms = _timed(model, x)
+                    if keep:
+                        got.base.append(ms)
+                    h = x
+                    for i, stage in enumerate(stages):
+                        h, ms = _timed(stage, h)
+                        if keep:
+                            got.add(got.stages, i, ms)
                 h = stages[0](x)
                 for i in range(len(stages) - 1):
                     keys = by_cut.get(i, [])
