@@ -9,8 +9,9 @@ Two disjoint parts of the calibration images are used (see `split_select_certify
 
 1. *select*: a greedy search lowers one cache's threshold at a time, always taking the move that
    saves the most expected latency per added wrong hit, while the simulated number of wrong hits
-   stays within budget. Repeating it with shrinking safety margins gives a sequence of threshold
-   vectors ordered from conservative to aggressive. The sequence depends on the select part only.
+   stays within a budget that ramps up from zero to the target's. Every step of that one path is a
+   threshold vector, so the sequence runs from conservative to aggressive and depends on the
+   select part only.
 2. *certify*: fixed-sequence testing (as in Learn-then-Test) walks that sequence in order on the
    other part and stops at the first vector whose one-sided Clopper-Pearson lower bound on A falls
    below the target. The last vector that passed is returned with its bound. Because the order was

@@ -48,6 +48,14 @@ def _plan(a: argparse.Namespace) -> None:
     print(_plan_text(manifest, plan_report))
 
 
+def _compact(a: argparse.Namespace) -> None:
+    from .bundle import read_manifest
+    from .compact import compact
+    from .planning import plan_report
+    out = compact(Path(a.bundle), a.data_dir, Path(a.out) if a.out else None)
+    print(_plan_text(read_manifest(out), plan_report))
+
+
 def _eval(a: argparse.Namespace) -> None:
     from .bundle import load_bundle
     from .data import load_split
@@ -110,6 +118,12 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--memory-mb", type=float)
     pl.add_argument("--out")
     pl.set_defaults(func=_plan)
+
+    k = sub.add_parser("compact", help="store a bundle's dense caches in bfloat16, then re-score and re-plan")
+    k.add_argument("--bundle", required=True)
+    k.add_argument("--data-dir", required=True, help="where the bundle's calibration images are")
+    k.add_argument("--out", help="write a new bundle instead of updating in place")
+    k.set_defaults(func=_compact)
 
     e = sub.add_parser("eval", help="replay a split through base and GATI side by side")
     e.add_argument("--bundle", required=True)

@@ -429,6 +429,16 @@ def _load_cached(path: Path, name: str, split: str) -> Dataset | None:
         return None  # a damaged cache file is rebuilt, never trusted
 
 
+def select_ids(ds: Dataset, ids: Sequence[str]) -> Dataset:
+    """The images of `ds` named by `ids`, in that order (e.g. a bundle's calibration images)."""
+    row_of = {image_id: row for row, image_id in enumerate(ds.ids)}
+    missing = [i for i in ids if i not in row_of]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(ids)} images are not in {ds.name} {ds.split} "
+                           f"(e.g. {missing[0]}): is this the data the bundle was built from?")
+    return _subset(ds, ds.split, np.array([row_of[i] for i in ids], dtype=np.int64))
+
+
 def _subset(ds: Dataset, split: str, rows: np.ndarray) -> Dataset:
     return Dataset(ds.name, split, ds.images[rows], ds.labels[rows], [ds.ids[r] for r in rows], ds.classes)
 

@@ -194,6 +194,7 @@ def test_config_holds_variant_shape_classes_and_hparams():
         "epochs": 4,
         "lr": config["lr"],
         "weight_decay": config["weight_decay"],
+        "bf16": 0,
         "hidden": 32,
         "dropout": config["dropout"],
     }
@@ -430,3 +431,26 @@ def test_moving_a_cache_keeps_its_answers(variant, easy, held_out, tmp_path):
     for got, want in zip(moved(acts), cache(acts)):
         assert torch.equal(got, want)
     assert moved.graphable == (variant != "knn")  # FAISS searches on the host
+
+
+@pytest.mark.parametrize("variant", ["linear", "mlp", "fc", "convfc"])
+def test_bf16_storage_halves_memory_and_keeps_the_answers(variant, easy, held_out, tmp_path):
+    cache, _ = easy[variant]
+    small = cache.with_params(bf16=1)
+    assert small.nbytes() * 2 == cache.nbytes()
+    acts = held_out[0]
+    label32, conf32 = cache(acts)
+    label16, conf16 = small(acts)
+    assert conf16.dtype == torch.float32 and label16.dtype == torch.int64
+    assert (label16 == label32).float().mean() >= 0.98
+    assert (conf16 - conf32).abs().max() < 0.05
+    small.save(tmp_path / "small.pt")  # the storage dtype survives a round trip
+    loaded = load_cache(tmp_path / "small.pt")
+    assert loaded.nbytes() == small.nbytes()
+    for got, want in zip(loaded(acts), small(acts)):
+        assert torch.equal(got, want)
+
+
+def test_with_params_refuses_what_a_variant_does_not_have(easy):
+    with pytest.raises(GatiError, match="bf16"):
+        easy["knn"][0].with_params(bf16=1)

@@ -158,6 +158,16 @@ class Cache(abc.ABC):
         """
         return self._predict(self._reduce_fn(act))
 
+    def with_params(self, **changes: Any) -> "Cache":
+        """A copy of this fitted cache with some hyper-parameters changed and the same learned state
+        (e.g. `bf16=1`: the same weights, stored in bfloat16)."""
+        if not self._fitted:
+            raise GatiError(f"cannot copy an unfitted {self.variant} cache")
+        copy = make_cache(**{**self.config(), **changes})
+        copy._load_state(self._state())
+        copy._fitted = True
+        return copy
+
     def to(self, device: str | torch.device) -> "Cache":
         """Move the learned state to `device`, where lookups will run."""
         self._load_state({name: t.to(device) for name, t in self._state().items()})

@@ -63,19 +63,19 @@ class ConvFcCache(Cache):
         model, agree = distill(self._build, feats, teacher_logits, settings, seed=seed)
         conv_weight, conv_bias = fold_batchnorm(model[0], model[1])
         linear = model[5]
-        self._weights = {
+        self._load_state({
             "conv_weight": conv_weight,
             "conv_bias": conv_bias,
             "fc_weight": linear.weight.detach().clone(),
             "fc_bias": linear.bias.detach().clone(),
-        }
+        })
         return settings.epochs, agree
 
     def _predict(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         w = self._weights
-        h = F.conv2d(feats, w["conv_weight"], w["conv_bias"], padding=1).relu_()
+        h = F.conv2d(feats.to(w["conv_weight"].dtype), w["conv_weight"], w["conv_bias"], padding=1).relu_()
         h = F.adaptive_avg_pool2d(h, GRID).flatten(1)
-        return confidence_and_label(F.linear(h, w["fc_weight"], w["fc_bias"]))
+        return confidence_and_label(F.linear(h, w["fc_weight"], w["fc_bias"]).float())
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._weights.values())
@@ -94,4 +94,5 @@ class ConvFcCache(Cache):
                 "fc_bias": (self.num_classes,),
             },
         )
-        self._weights = {name: t.float() for name, t in state.items()}
+        dtype = torch.bfloat16 if self.hparams.bf16 else torch.float32
+        self._weights = {name: t.to(dtype) for name, t in state.items()}

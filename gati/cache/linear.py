@@ -72,17 +72,21 @@ class DenseCache(Cache):
         linears = [m for m in model if isinstance(m, nn.Linear)]
         first = fold_standardisation(linears[0], mean, inv_std)
         rest = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in linears[1:]]
-        self._layers = [first, *rest]
+        self._layers = self._stored([first, *rest])
         return settings.epochs, agree
 
+    def _stored(self, layers: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        dtype = torch.bfloat16 if self.hparams.bf16 else torch.float32
+        return [(w.to(dtype).contiguous(), b.to(dtype)) for w, b in layers]
+
     def _predict(self, feats: Tensor) -> tuple[Tensor, Tensor]:
-        h = feats.reshape(len(feats), -1)
+        h = feats.reshape(len(feats), -1).to(self._layers[0][0].dtype)
         last = len(self._layers) - 1
         for i, (weight, bias) in enumerate(self._layers):
             h = F.linear(h, weight, bias)
             if i < last:
                 h = h.relu_()
-        return confidence_and_label(h)
+        return confidence_and_label(h.float())
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self._layers for t in layer)
@@ -99,7 +103,7 @@ class DenseCache(Cache):
             shapes[f"weight{i}"], shapes[f"bias{i}"] = (fan_out, fan_in), (fan_out,)
         check_state(state, shapes)
         count = len(shapes) // 2
-        self._layers = [(state[f"weight{i}"].float(), state[f"bias{i}"].float()) for i in range(count)]
+        self._layers = self._stored([(state[f"weight{i}"], state[f"bias{i}"]) for i in range(count)])
 
 
 class LinearCache(DenseCache):

@@ -24,11 +24,16 @@ class HeadParams(Params):
     epochs: int = 15
     lr: float = 1e-2
     weight_decay: float = 1e-4
+    # 1: keep the fitted weights in bfloat16. Half the memory, and on a CPU a lookup after a stage
+    # mostly waits for its weights from DRAM (fp32 4096x256: 157 us cold, bf16: 97 us here). Fitting
+    # stays float32; calibration scores the bf16 head, so thresholds hold for what is served.
+    bf16: int = 0
 
     def check(self) -> None:
         require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.bf16 in (0, 1), f"bf16 must be 0 or 1, got {self.bf16}")
 
 
 @dataclass(frozen=True)
