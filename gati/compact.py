@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from .build import extract
 from .bundle import cache_file, load_bundle, read_calibration, write_bundle
 from .cache import load_cache
@@ -78,6 +77,3 @@ def _reprofile(path: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise BundleError(f"re-profiling {path} failed: {done.stderr.strip()[-500:]}")
-
-
-
