@@ -6,7 +6,7 @@ calibration is reused: the calibration images are scored again by the rounded ca
 re-profiled on this CPU, re-planned and re-certified at its target. Needs the calibration images
 (matched by id against the bundle), not the training set; written atomically like every bundle.
 
-The re-profile runs in a fresh process (`gati plan`): measured in the process that had just pushed
+Profiling and planning run once, in a fresh process (`gati plan`): measured in the process that had just pushed
 5,000 images through ResNet-50 in batches of 256, the plain model took 39 ms instead of 21 and
 some stages three times their time, which would have planned for a machine that does not exist.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,7 @@ from .bundle import cache_file, load_bundle, read_calibration, write_bundle
 from .cache import load_cache
 from .data import load_split, select_ids
 from .errors import BundleError
-from .planning import calibration_arrays, make_plan
-from .profile import Profile
+from .planning import calibration_arrays
 
 MAX_BASE_CHANGES = 0.01  # more base answers than this changing means another model or other data
 
@@ -54,26 +54,21 @@ def compact(path: str | Path, data_dir: str | Path, out: str | Path | None = Non
     arrays = calibration_arrays(caches, feats, base, calib.labels)
     del feats
 
-    profile = Profile.from_dict(manifest["profile"])  # replaced by _reprofile below
-    nbytes = {key: cache.nbytes() for key, cache in caches.items()}
-    memory_mb = manifest.get("memory_mb") or float("inf")
-    plan, certified, choice = make_plan(arrays, ids, calib.labels, profile, nbytes, manifest["cuts"],
-                                        manifest["target"], memory_mb)
     for entry in manifest["caches"]:
-        entry["nbytes"] = int(nbytes[(entry["cut"], entry["variant"])])
-    manifest.update({
-        "plan": plan.to_dict(), "certified": certified, "profile": profile.to_dict(),
-        "cache_dtype": "bfloat16",
-        "expected": {"latency_ms": choice.latency_ms, "base_ms": profile.base_ms,
-                     "hit_rate": choice.hit_rate, "agreement": choice.agreement},
-    })
-    write_bundle(out, manifest, caches, arrays, ids, overwrite=True)
-    _reprofile(out)
+        entry["nbytes"] = int(caches[(entry["cut"], entry["variant"])].nbytes())
+    manifest["cache_dtype"] = "bfloat16"
+    # The manifest still holds the float32 plan: it is never served, because the re-plan below
+    # writes `out` from this private copy in one atomic step (and `path` stays intact if it fails).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.compact-", dir=out.parent) as tmp:
+        rescored = write_bundle(Path(tmp) / "bundle", manifest, caches, arrays, ids)
+        _replan_in_fresh_process(rescored, out)
     return out
 
 
-def _reprofile(path: Path) -> None:
-    command = [sys.executable, "-m", "gati.cli", "plan", "--bundle", str(path), "--device", "cpu"]
+def _replan_in_fresh_process(path: Path, out: Path) -> None:
+    command = [sys.executable, "-m", "gati.cli", "plan", "--bundle", str(path), "--device", "cpu",
+               "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise BundleError(f"re-profiling {path} failed: {done.stderr.strip()[-500:]}")

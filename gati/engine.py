@@ -57,7 +57,8 @@ class Engine:
             self._base = graphed_argmax(bundle.model, example)
 
     def validate(self, x: torch.Tensor) -> torch.Tensor:
-        """A single preprocessed image as 1 x C x H x W float32 on the engine's device."""
+        """A single preprocessed image as 1 x C x H x W float32 on the engine's device (on the CUDA
+        graph path: checked for shape and dtype only, and left where it is)."""
         if not isinstance(x, torch.Tensor):
             raise InvalidInput(f"expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() == 3:
@@ -68,8 +69,10 @@ class Engine:
                                f"got {tuple(x.shape)}")
         if not x.dtype.is_floating_point:
             raise InvalidInput(f"expected a floating-point tensor (preprocessed image), got {x.dtype}")
+        if self._graphs is not None:
+            return x  # copied and converted straight into the first graph's input; NaN checked there
         x = x.to(self.device, torch.float32)
-        if self._graphs is None and not torch.isfinite(x).all():  # graphs check it on the device
+        if not torch.isfinite(x).all():
             raise InvalidInput("input contains NaN or infinite values")
         return x
 
@@ -117,7 +120,7 @@ class Engine:
                     return answer
             lookup = self.lookups.get(i) if i < last else None
             if lookup is not None:
-                pending = (i, self._pool.submit(_lookup_in_inference_mode, lookup[0], x))
+                pending = (i, self._pool.submit(lookup_on_worker, lookup[0], x))
         return self._final(x)
 
     def _run_graphs(self, x: torch.Tensor, cancel: threading.Event | None) -> Answer:
@@ -145,6 +148,7 @@ class Engine:
             self._pool.shutdown(wait=True)
 
 
-def _lookup_in_inference_mode(cache, act: torch.Tensor):
+def lookup_on_worker(cache, act: torch.Tensor):
+    """`cache.lookup(act)` for a thread pool's worker (async mode, and the profile that times it)."""
     with torch.inference_mode():  # inference mode is thread-local
         return cache.lookup(act)

@@ -78,7 +78,7 @@ class GraphedCascade:
     def __init__(self, stages: Sequence[nn.Module], entries: Sequence[tuple[int, object, float]],
                  example: Tensor, capture: Callable[..., Graphed] = Graphed):
         for cut, cache, _ in entries:
-            if not getattr(cache, "graphable", False):
+            if not cache.graphable:
                 raise GatiError(f"the {cache.variant} cache at cut {cut} cannot run inside a CUDA graph "
                                 "(it reads back to the host); re-plan for this device: "
                                 "gati plan --bundle B --device cuda")

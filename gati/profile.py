@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .engine import lookup_on_worker
 from .errors import GatiError
 from .graphs import Graphed, graphed_argmax
 from .models.split import StagedModel
@@ -77,17 +79,6 @@ def _rotation(caches: dict) -> tuple[dict[int, list[tuple[int, str]]], int]:
     return by_cut, max(1, max((len(keys) for keys in by_cut.values()), default=0))
 
 
-@dataclass
-class _Samples:
-    base: list[float] = field(default_factory=list)
-    stages: dict[int, list[float]] = field(default_factory=dict)
-    sync: dict[tuple[int, str], list[float]] = field(default_factory=dict)    # lookup + next stage
-    beside: dict[tuple[int, str], list[float]] = field(default_factory=dict)  # the same, async
-
-    def add(self, table: dict, key, ms: float) -> None:
-        table.setdefault(key, []).append(ms)
-
-
 def _timed(fn, *args) -> tuple[object, float]:
     start = time.perf_counter()
     out = fn(*args)
@@ -99,65 +90,84 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
     """Every cost from one interleaved loop, so that all of them see the same machine.
 
     Each round runs the plain model, a clean staged pass (stage costs) and a pass that looks up one
-    variant per cut and times it together with the stage after it; then come the same passes with
-    the lookup beside that stage on a worker thread (async). A lookup's cost is what it adds to the clean
-    stage: its own time plus the weights it evicts from the CPU caches. Timed in a tight loop,
-    ResNet-50's fc lookups took 0.05-0.18 ms, after a stage 0.2-0.5 ms; costs measured minutes
+    variant per cut and times it together with the stage after it; then come the same lookup passes
+    with the lookup beside that stage on a worker thread (async). A lookup's cost is what it adds to
+    the clean stage: its own time plus the weights it evicts from the CPU caches. Timed in a tight
+    loop, ResNet-50's fc lookups took 0.05-0.18 ms, after a stage 0.2-0.5 ms; costs measured minutes
     apart (stages, then lookups, then the model) disagreed by 15% on this VM. On 2 cores a lookup
     beside a stage competes with it for the cores and costs more than run before it.
     """
     stages = list(staged.stages)
     by_cut, rounds = _rotation(caches)
-    got = _Samples()
+    base: list[float] = []
+    stage_t: dict[int, list[float]] = defaultdict(list)
+    sync_t: dict[tuple[int, str], list[float]] = defaultdict(list)
+    beside_t: dict[tuple[int, str], list[float]] = defaultdict(list)
+    runs = range((warmup + repeats) * rounds)
     with ThreadPoolExecutor(1, thread_name_prefix="gati-profile") as pool, torch.inference_mode():
+        for rep in runs:
+            keep = rep >= warmup * rounds
+            base_ms = _timed(model, x)[1]
+            clean = _clean_pass(stages, x)
+            looked = _lookup_pass(stages, caches, by_cut, rep % rounds, x, None)
+            if keep:
+                base.append(base_ms)
+                _extend(stage_t, enumerate(clean))
+                _extend(sync_t, looked.items())
         # async last, in a loop of its own: once the worker thread has run torch ops, its idle
         # OpenMP threads spin and slowed the plain model from 17 to 32 ms when interleaved
-        for beside in (False, True):
-            for rep in range((warmup + repeats) * rounds):
-                keep = rep >= warmup * rounds
-                if not beside:
-                    _, ms = _timed(model, x)
-                    if keep:
-                        got.base.append(ms)
-                    h = x
-                    for i, stage in enumerate(stages):
-                        h, ms = _timed(stage, h)
-                        if keep:
-                            got.add(got.stages, i, ms)
-                h = stages[0](x)
-                for i in range(len(stages) - 1):
-                    keys = by_cut.get(i, [])
-                    if rep % rounds >= len(keys):
-                        h = stages[i + 1](h)
-                        continue
-                    key = keys[rep % rounds]
-                    h, ms = _timed(_lookup_then_stage, pool if beside else None, caches[key], stages[i + 1], h)
-                    if keep:
-                        got.add(got.beside if beside else got.sync, key, ms)
-    stage_ms = [statistics.median(got.stages[i]) for i in range(len(stages))]
+        for rep in runs:
+            looked = _lookup_pass(stages, caches, by_cut, rep % rounds, x, pool)
+            if rep >= warmup * rounds:
+                _extend(beside_t, looked.items())
+    stage_ms = [statistics.median(stage_t[i]) for i in range(len(stages))]
 
     def added(table: dict) -> dict[str, float]:
         # never quite free: a zero would let the optimizer keep caches that cost time and never hit
         return {f"{cut}:{variant}": max(1e-3, statistics.median(v) - stage_ms[cut + 1])
                 for (cut, variant), v in table.items()}
 
-    return Profile("cpu", device_name("cpu"), torch.get_num_threads(), statistics.median(got.base), stage_ms,
-                   added(got.sync), added(got.beside))
+    return Profile("cpu", device_name("cpu"), torch.get_num_threads(), statistics.median(base), stage_ms,
+                   added(sync_t), added(beside_t))
+
+
+def _clean_pass(stages: list[nn.Module], x: torch.Tensor) -> list[float]:
+    """Milliseconds of each stage in a pass with no lookups."""
+    times = []
+    for stage in stages:
+        x, ms = _timed(stage, x)
+        times.append(ms)
+    return times
+
+
+def _lookup_pass(stages: list[nn.Module], caches: dict, by_cut: dict, turn: int, x: torch.Tensor,
+                 pool: ThreadPoolExecutor | None) -> dict[tuple[int, str], float]:
+    """One pass that looks up the `turn`-th variant at every cut; each lookup timed with the stage
+    after it (beside it on `pool`'s thread when given)."""
+    times = {}
+    h = stages[0](x)
+    for i in range(len(stages) - 1):
+        keys = by_cut.get(i, [])
+        if turn >= len(keys):
+            h = stages[i + 1](h)
+            continue
+        h, times[keys[turn]] = _timed(_lookup_then_stage, pool, caches[keys[turn]], stages[i + 1], h)
+    return times
+
+
+def _extend(table: dict, items) -> None:
+    for key, ms in items:
+        table[key].append(ms)
 
 
 def _lookup_then_stage(pool: ThreadPoolExecutor | None, cache, stage: nn.Module, h: torch.Tensor) -> torch.Tensor:
     if pool is None:
         cache.lookup(h)
         return stage(h)
-    future = pool.submit(_in_inference_mode, cache, h)
+    future = pool.submit(lookup_on_worker, cache, h)
     out = stage(h)
     future.result()
     return out
-
-
-def _in_inference_mode(cache, act: torch.Tensor):
-    with torch.inference_mode():  # inference mode is thread-local
-        return cache.lookup(act)
 
 
 def profile_model(model: nn.Module, staged: StagedModel, caches: dict, x: torch.Tensor,
@@ -199,7 +209,7 @@ def _profile_cuda(model: nn.Module, staged: StagedModel, caches: dict, x: torch.
     stage_ms = [statistics.median(s) for s in samples]
     lookup_ms = {}
     for (cut, variant), cache in caches.items():
-        if getattr(cache, "graphable", False):
+        if cache.graphable:
             g = Graphed(lambda a, c=cache: torch.stack([t[0].float() for t in c.lookup(a)]), acts[cut])
             lookup_ms[f"{cut}:{variant}"] = time_ms(lambda g=g: g().tolist(), device, repeats)
     base = graphed_argmax(model, x)

@@ -18,6 +18,7 @@ def compacted(tiny_bundle, tiny_data, tmp_path_factory):
 def test_dense_caches_halve_and_calibration_is_redone(tiny_bundle, compacted):
     before, after = read_manifest(tiny_bundle), read_manifest(compacted)
     assert after["cache_dtype"] == "bfloat16"
+    assert [p.name for p in compacted.parent.iterdir()] == [compacted.name]  # no temporary copy left
     sizes = {(c["cut"], c["variant"]): c["nbytes"] for c in before["caches"]}
     for c in after["caches"]:
         want = sizes[(c["cut"], c["variant"])] // (2 if c["variant"] != "knn" else 1)

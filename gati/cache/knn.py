@@ -6,6 +6,7 @@ service) can replace the local FAISS one without the cache changing.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,10 +77,7 @@ class FaissIndex:
         if self.ntotal == 0:
             raise GatiError("the neighbour index is empty")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if len(x) < SMALL_SEARCH:
-            with _OneThread():
-                sims, ids = self._index.search(x, min(k, self.ntotal))
-        else:
+        with _OneThread() if len(x) < SMALL_SEARCH else nullcontext():
             sims, ids = self._index.search(x, min(k, self.ntotal))
         return sims, np.where(ids >= 0, self._labels[ids], -1)
 
