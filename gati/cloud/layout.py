@@ -29,10 +29,6 @@ class Node:
     hourly_usd: float | None
     cuts: tuple[str, ...] | str | None = None   # predictors only
 
-    @property
-    def is_gpu_executor(self) -> bool:
-        return "executor" in self.roles and self.device == "cuda"
-
 
 def nodes(spec: DeploySpec) -> tuple[Node, ...]:
     """The instances, in launch order; index/retrainer either get their own or share one."""

@@ -53,9 +53,8 @@ def free_addresses(subnet: Subnet, used: Iterable[str], count: int) -> list[str]
     four and the last of every subnet)."""
     net = ipaddress.ip_network(subnet.cidr)
     taken, out = set(used), []
-    last = net.broadcast_address
-    for ip in net.hosts():
-        if int(ip) - int(net.network_address) < 4 or ip == last:
+    for ip in net.hosts():  # hosts() already leaves out the broadcast address
+        if int(ip) - int(net.network_address) < 4:
             continue
         if str(ip) not in taken:
             out.append(str(ip))

@@ -5,14 +5,16 @@ it out. Nothing here talks to AWS.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from gati import __version__
-from gati.cloud.layout import Node, cluster_config, nodes, service_ports
+from gati.cloud.layout import REMOTE_CONFIG, Node, cluster_config, nodes, service_ports
 from gati.cloud.prices import Cost, total
 from gati.cloud.spec import AUTO, DeployError, DeploySpec
 from gati.cloud.userdata import Artifacts, user_data
+from gati.rpc.config import parse_config
 
 TAG_DEPLOYMENT = "gati:deployment"
 TAG_REGION = "gati:region"
@@ -106,6 +108,8 @@ def build_plan(spec: DeploySpec, resolved: Resolved) -> Plan:
 def _instance(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping[str, str],
               node: Node, artifacts: Artifacts) -> InstancePlan:
     config = cluster_config(spec, all_nodes, hosts, node)
+    # the services' own parser, now: a config `gati serve` rejects would surface only after boot
+    parse_config(dict(config), Path(REMOTE_CONFIG))
     script = user_data(spec.name, node, config, artifacts, spec.torch_index.get(node.device))
     return InstancePlan(node=node, private_ip=hosts[node.name], config=config, user_data=script)
 

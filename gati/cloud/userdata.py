@@ -2,8 +2,9 @@
 
 It installs the wheel into a virtual environment, fetches the bundle from the deployment's
 bucket with the instance role (no credentials travel in user data), writes the instance's
-cluster config, re-plans the bundle for the GPU on a CUDA executor, and starts one systemd unit
-per service. Its log is /var/log/gati-init.log on the instance.
+cluster config, and starts one systemd unit per service. Every instance serves the bundle's plan
+as shipped: re-planning on one of them would give the executor other cuts and thresholds than the
+aggregator and predictors read. Its log is /var/log/gati-init.log on the instance.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ def user_data(deployment: str, node: Node, config: Mapping[str, Any], artifacts:
         _install(artifacts, torch_index),
         _fetch(artifacts),
         _write_config(config),
-        _replan() if node.is_gpu_executor else "",
         f"chown -R gati: {REMOTE_ROOT} {REMOTE_LOGS}",
         *(_unit(role, node) for role in node.roles),
     ]
@@ -80,12 +80,6 @@ def _fetch(artifacts: Artifacts) -> str:
 def _write_config(config: Mapping[str, Any]) -> str:
     text = yaml.safe_dump(dict(config), sort_keys=False)
     return f"cat >{REMOTE_CONFIG} <<'GATI_CONFIG'\n{text}GATI_CONFIG"
-
-
-def _replan() -> str:
-    # The bundle's plan was profiled on the build machine; the GPU changes which cuts pay off.
-    return (f"{REMOTE_ROOT}/venv/bin/gati plan --bundle {REMOTE_BUNDLE} --device cuda "
-            f"--out {REMOTE_BUNDLE}")
 
 
 def _unit(role: str, node: Node) -> str:

@@ -2,28 +2,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from gati.errors import GatiError
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+from gati.rpc import client
+from gati.rpc.config import Endpoint
 
 
 def ping_once(endpoint: Endpoint, timeout_s: float) -> bool:
-    # Imported here: the Thrift client is written separately and only this path needs it.
-    try:
-        from gati.rpc.client import ping
-    except ImportError as exc:
-        raise GatiError(f"cannot ping the aggregator: gati.rpc.client.ping missing ({exc})") from exc
-    return bool(ping(endpoint.host, endpoint.port, timeout_s))
+    return client.ping(endpoint.host, endpoint.port, timeout_s)
 
 
 def wait_for_ping(endpoint: Endpoint, timeout_s: float,

@@ -55,6 +55,9 @@ class Endpoint:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def __str__(self) -> str:
+        return self.address
+
 
 @dataclass(frozen=True)
 class AggregatorConfig(Endpoint):

@@ -13,7 +13,7 @@ from gati.cloud.plan import Resolved, build_plan, placeholders
 from gati.cloud.prices import HOURLY_USD_US_EAST_1
 from gati.cloud.spec import DeployError, load_spec
 from gati.cloud.wait import Endpoint, wait_for_ping
-from gati.errors import BundleError
+from gati.errors import BundleError, GatiError
 from tests.aws.conftest import CIDR, Recorder, make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_dry_run_prints_the_whole_plan_without_calling_aws(monkeypatch, capsys):
     out = "\n".join(recorder.lines)
     assert rc == 0
     assert "hourly cost: ~$3.91/hour" in out     # 0.17 + 3.06 + 0.34 + 2 * 0.17
-    assert out.count("#!/bin/bash") == 5 and out.count("gati plan --bundle") == 1
+    assert out.count("#!/bin/bash") == 5 and out.count("gati plan --bundle") == 0  # no node re-plans
     for piece in ("security group gati-drytest", "tcp 9090  from self", "tcp 22    from auto",
                   "IAM role and instance profile gati-drytest-us-east-1", "s3:GetObject",
                   "S3 bucket gati-drytest-<account-id>-us-east-1", "p3.2xlarge"):
@@ -177,3 +177,11 @@ def test_instance_configs_are_read_by_the_services_own_parser():
             ("predictor-0", hosts["predictor-0"], ("layer2.1", "layer3.0")),
             ("predictor-1", hosts["predictor-1"], "auto")]
         assert cfg.index.host == hosts["aggregator"] and cfg.device == inst.node.device
+
+
+def test_a_config_the_services_would_refuse_fails_the_plan_not_the_boot():
+    spec = make_spec(cluster={"queue_size": 2, "workers": 4})  # every field valid on its own
+    hosts = {n.name: f"172.31.0.{10 + i}" for i, n in enumerate(nodes(spec))}
+    with pytest.raises(GatiError, match="queue_size"):
+        build_plan(spec, Resolved(account_id="123456789012", ami_id="ami-1", subnet_id="subnet-1",
+                                  hosts=hosts, wheel_key="gati-0.1.0-py3-none-any.whl"))
