@@ -5,8 +5,8 @@ when full, never growing), and hands it to a backend:
 
 - `ClusterBackend` (the distributed topology): sends the request to the executor and collects the
   predictors' reports. The answer is the first confident hit *in cut order* (a later cut's hit
-  waits until the earlier cuts' reports are in, or until the executor, which relays every verdict
-  it saw, has stopped), or the full model's answer. So the cluster answers exactly what the
+  waits until the earlier cuts' reports are in, or until the executor, which relays every hit it
+  saw, has stopped: then an unreported cut is a miss), or the full model's answer. So the cluster answers exactly what the
   in-process engine answers, unless a predictor is down or slow: then its cut is a miss.
 - `EngineBackend` (`--role all`): the in-process engine behind the same Thrift front door.
 
@@ -56,6 +56,8 @@ class Outcome:
 
 class Backend(Protocol):
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome: ...
+    def report(self, report: Report) -> None: ...             # a predictor's verdict
+    def finished(self, result: ExecutionResult) -> None: ...  # the executor's result
     def close(self) -> None: ...
 
 
@@ -219,6 +221,12 @@ class EngineBackend:
     def _score(self, x: torch.Tensor, hit: bool, label: int) -> None:
         self.metrics.sample(hit, not hit or self.engine.predict_base(x) == label)
 
+    def report(self, report: Report) -> None:
+        pass  # in-process: no predictors report
+
+    def finished(self, result: ExecutionResult) -> None:
+        pass  # in-process: no executor
+
     def close(self) -> None:
         self._background.shutdown(wait=True)
 
@@ -266,12 +274,10 @@ class AggregatorHandler(ServiceBase):
                 self.metrics.in_flight.dec()
 
     def report(self, report: Report) -> None:
-        if isinstance(self.backend, ClusterBackend):
-            self.backend.report(report)
+        self.backend.report(report)
 
     def finished(self, result: ExecutionResult) -> None:
-        if isinstance(self.backend, ClusterBackend):
-            self.backend.finished(result)
+        self.backend.finished(result)
 
     def status(self) -> ServiceStatus:
         s = super().status()

@@ -29,6 +29,7 @@ import torch
 
 from gati.bundle import Bundle
 from gati.cache import Cache
+from gati.cache.base import confidence_and_label
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
 from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, Report, RunRequest, Sample, Unavailable
 from gati.rpc.service import ServiceBase
@@ -77,12 +78,12 @@ class Lookup:
 class ExecutorHandler(ServiceBase):
     role = "executor"
 
-    def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool, limits: Limits,
+    def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool,
                  lookup_s: float, workers: int = 1, lookahead: int = 1, name: str = "executor"):
         super().__init__(name, bundle.sha256)
         self.stages = list(bundle.staged.stages)
         self.device = next(bundle.model.parameters()).device
-        self.routes, self.aggregator, self.limits, self.lookup_s = routes, aggregator, limits, lookup_s
+        self.routes, self.aggregator, self.lookup_s = routes, aggregator, lookup_s
         self.lookahead = lookahead
         self.draining = False
         self._states: dict[int, RunState] = {}
@@ -205,12 +206,12 @@ class ExecutorHandler(ServiceBase):
         completed = stages_run == len(self.stages)
         label, conf = -1, 0.0
         if completed:
-            probs = torch.softmax(x.float(), dim=1)
-            c, lab = probs.max(dim=1)
+            lab, c = confidence_and_label(x.float())
             label, conf = int(lab.item()), float(c.item())
-            logits = to_tensor(x[0].float().cpu().numpy())
-            for s in samples:
-                s.base_label, s.base_logits = label, logits
+            if samples:  # only a sampled request needs the logits on the host, encoded
+                logits = to_tensor(x[0].float().cpu().numpy())
+                for s in samples:
+                    s.base_label, s.base_logits = label, logits
         after_hit = stages_run - (hit + 1) if hit is not None else -1
         self.counters.add("completed" if completed else "cancelled")
         self.counters.add("stages_run", stages_run)
@@ -219,7 +220,9 @@ class ExecutorHandler(ServiceBase):
         return ExecutionResult(request_id=state.request_id, completed=completed, label=label, confidence=conf,
                                stages_run=stages_run, cancelled=not completed, stages_after_hit=after_hit,
                                samples=samples if completed else [], error="",
-                               reports=list(state.reports.values()))
+                               # misses need no relay: once this result is in, the aggregator
+                               # counts every unreported cut as a miss
+                               reports=[r for r in state.reports.values() if r.hit])
 
     def _finish(self, result: ExecutionResult) -> None:
         try:

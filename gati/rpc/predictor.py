@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-from gati.bundle import Bundle
 from gati.cache import Cache
 from gati.cache.knn import KnnCache
 from gati.errors import GatiError
@@ -139,12 +138,6 @@ class PredictorHandler(ServiceBase):
         if populate:
             remote.reset()
         slot.cache.use_index(remote, populate=populate)
-
-
-def make_slots(bundle: Bundle, cut_names: list[str]) -> dict[int, Slot]:
-    entries = {e.cut_name: e for e in bundle.plan.entries}
-    return {entries[n].cut: Slot(entries[n].cut, n, entries[n].variant, entries[n].threshold,
-                                 bundle.caches[entries[n].cut]) for n in cut_names}
 
 
 def index_pool(host: str, port: int, limits: Limits) -> Pool:

@@ -153,7 +153,7 @@ def _executor(cfg: ClusterConfig) -> Service:
     where = {cut: (p.host, p.port) for p in cfg.predictors
              for cut in cfg.placement([e.cut_name for e in bundle.plan.entries])[p.name]}
     handler = ExecutorHandler(bundle, make_routes(bundle, where, limits),
-                              aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits), limits,
+                              aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
                               cfg.timeouts.lookup_ms / 1000, cfg.executor.workers, lookahead(cfg, bundle.plan))
     server = _server(Executor.Processor(handler), cfg.executor, cfg, "executor")
     return Service("executor", handler, server, before_close=handler.drain)

@@ -12,12 +12,11 @@ from gati.rpc.server import Gate
 
 
 class Counters:
-    """Thread-safe named counters (monotonic) and gauges (last value)."""
+    """Thread-safe named counters: monotonic, or a running maximum (gauges come from `gauges()`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = defaultdict(int)
-        self._gauges: dict[str, float] = {}
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -27,17 +26,13 @@ class Counters:
         with self._lock:
             self._counts[name] = max(self._counts.get(name, value), value)
 
-    def set(self, name: str, value: float) -> None:
-        with self._lock:
-            self._gauges[name] = float(value)
-
     def get(self, name: str) -> int:
         with self._lock:
             return self._counts.get(name, 0)
 
-    def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
+    def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts), dict(self._gauges)
+            return dict(self._counts)
 
 
 class ServiceBase:
@@ -59,8 +54,7 @@ class ServiceBase:
         return {}
 
     def status(self) -> ServiceStatus:
-        counts, gauges = self.counters.snapshot()
-        gauges.update(self.gauges())
         return ServiceStatus(role=self.role, name=self.name, version=__version__,
-                             uptime_s=time.monotonic() - self._started, counters=counts, gauges=gauges,
+                             uptime_s=time.monotonic() - self._started, counters=self.counters.snapshot(),
+                             gauges=self.gauges(),
                              bundle_sha256=self.bundle_sha256, pid=os.getpid())
