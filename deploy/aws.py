@@ -41,11 +41,8 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
             hooks.echo(render(build_plan(spec, placeholders(spec))))
             return 0
         return _with_aws(args, spec, hooks)
-    except GatiError as exc:
+    except GatiError as exc:  # a bad description: nothing was created
         print(f"error: {exc}", file=sys.stderr)
-        if args.command == "deploy" and not args.dry_run:
-            print("anything already created carries the deployment's tags: "
-                  "`make destroy-aws` removes it", file=sys.stderr)
         return 2
 
 
@@ -54,8 +51,12 @@ def _with_aws(args: argparse.Namespace, spec: DeploySpec, hooks: Hooks) -> int:
 
     try:
         return _run(args, spec, hooks)
-    except (BotoCoreError, ClientError) as exc:   # botocore's messages carry no secrets
-        print(f"error: AWS: {exc}", file=sys.stderr)
+    except (GatiError, BotoCoreError, ClientError) as exc:   # botocore's messages carry no secrets
+        aws = "" if isinstance(exc, GatiError) else "AWS: "
+        print(f"error: {aws}{exc}", file=sys.stderr)
+        if args.command == "deploy":  # e.g. no capacity for the GPU type, half way through
+            print("anything already created carries the deployment's tags: "
+                  "`make destroy-aws` removes it", file=sys.stderr)
         return 2
 
 

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from gati.bundle import MANIFEST, read_manifest
 from gati.errors import BundleError, GatiError
-
-MANIFEST = "manifest.yaml"
-
 
 def build_wheel(project_dir: Path, out_dir: Path) -> Path:
     """`pip wheel --no-deps` of the project; the wheel's dependencies come from PyPI on the
@@ -32,12 +30,6 @@ def build_wheel(project_dir: Path, out_dir: Path) -> Path:
     return wheels[0]
 
 
-def check_bundle(bundle_dir: Path) -> None:
-    if not (bundle_dir / MANIFEST).is_file():
-        raise BundleError(f"{bundle_dir} is not a bundle (no {MANIFEST}): build one with "
-                          "`gati build` or pass BUNDLE=...")
-
-
 def pack_bundle(bundle_dir: Path, out_path: Path, remote_dir: str) -> Path:
     """The bundle folder as a .tar.gz, unpacked on the instance into `remote_dir`.
 
@@ -45,9 +37,8 @@ def pack_bundle(bundle_dir: Path, out_path: Path, remote_dir: str) -> Path:
     travels inside the archive (checkpoint/<name>) and the archive's manifest points at its
     place under `remote_dir`. The local bundle is left as it is.
     """
-    check_bundle(bundle_dir)
-    manifest = yaml.safe_load((bundle_dir / MANIFEST).read_text()) or {}
-    checkpoint = (manifest.get("checkpoint") or {}).get("path")
+    manifest = read_manifest(bundle_dir)
+    checkpoint = manifest["checkpoint"].get("path")
     with tarfile.open(out_path, "w:gz") as tar:
         for child in sorted(bundle_dir.iterdir()):
             if child.name != MANIFEST:

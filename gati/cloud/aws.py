@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gati.bundle import read_manifest
 from gati.cloud import resources
-from gati.cloud.artifacts import check_bundle, pack_bundle
+from gati.cloud.artifacts import pack_bundle
 from gati.cloud.hooks import Hooks
 from gati.cloud.inventory import Entry, Inventory, aggregator_endpoint, inventory_path, \
     write_inventory
@@ -44,7 +45,7 @@ def resolve_ami(session: Any, spec: DeploySpec) -> str:
 
 def deploy(spec: DeploySpec, bundle: Path, project: Path, session: Any, hooks: Hooks,
            inventory_dir: Path, ready_timeout_s: float = 1800.0) -> Result:
-    check_bundle(bundle)
+    read_manifest(bundle)  # a missing or corrupt bundle fails here, before anything is created
     _refuse_existing(session, spec)
     if spec.allowed_cidr == AUTO:
         spec = replace(spec, allowed_cidr=hooks.my_cidr())

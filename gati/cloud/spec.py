@@ -224,7 +224,7 @@ def _predictors(value: Any) -> PredictorSpec:
                           "entries (one instance per entry)")
     if sum(p == AUTO for p in placement) > 1:
         raise DeployError("roles.predictors.placement: at most one 'auto' entry "
-                          "(two would serve the same cuts)")
+                          "(name the cuts of the others, so that each instance's load is chosen)")
     named = [c for p in placement if p != AUTO for c in p]
     if len(named) != len(set(named)):
         raise DeployError("roles.predictors.placement: a cut is placed on two predictors")

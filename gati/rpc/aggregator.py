@@ -242,6 +242,7 @@ class AggregatorHandler(ServiceBase):
         self.backend, self.spec, self.classes, self.cfg = backend, spec, classes, cfg
         self.metrics, self.request_timeout_s = metrics, request_timeout_s
         self.admission = Admission(cfg.queue_size, cfg.workers, metrics.queue_depth.set)
+        metrics.in_flight.set_function(lambda: self.admission.running)  # read at scrape time
         self._rng = random.Random(os.getpid())
 
     def predict(self, request: Request) -> Prediction:
@@ -267,11 +268,7 @@ class AggregatorHandler(ServiceBase):
         except InvalidInput as e:
             raise InvalidRequest(str(e)) from e
         with self.admission.slot(deadline):
-            self.metrics.in_flight.inc()
-            try:
-                return self.backend.run(x, deadline, self._rng.random() < self.cfg.sample_rate)
-            finally:
-                self.metrics.in_flight.dec()
+            return self.backend.run(x, deadline, self._rng.random() < self.cfg.sample_rate)
 
     def report(self, report: Report) -> None:
         self.backend.report(report)

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import boto3
 import pytest
+import yaml
 from moto import mock_aws
 
 from gati.cloud.hooks import Hooks
@@ -66,9 +67,17 @@ def make_spec(name: str = "t1", **overrides: Any) -> DeploySpec:
 def bundle(tmp_path: Path) -> Path:
     d = tmp_path / "bundle"
     d.mkdir()
-    (d / "manifest.yaml").write_text("arch: resnet18\n")
+    (d / "r18.pt").write_bytes(b"weights")
+    (d / "manifest.yaml").write_text(yaml.safe_dump(fake_manifest("r18.pt")))
     (d / "cache-layer2.1.pt").write_bytes(b"\0" * 128)
     return d
+
+
+def fake_manifest(checkpoint: str) -> dict:
+    """The keys gati.bundle.read_manifest requires, with placeholder values (nothing loads it)."""
+    return {"format_version": 1, "num_classes": 10, "checkpoint": {"path": checkpoint, "sha256": "ab"},
+            "cuts": ["layer2.1"], "plan": {"mode": "sync", "entries": []},
+            "preprocess": {"mean": [0.5] * 3, "std": [0.25] * 3}, "classes": [str(i) for i in range(10)]}
 
 
 def fake_wheel(project: Path, out_dir: Path) -> Path:

@@ -14,7 +14,7 @@ from gati.cloud.prices import HOURLY_USD_US_EAST_1
 from gati.cloud.spec import DeployError, load_spec
 from gati.cloud.wait import Endpoint, wait_for_ping
 from gati.errors import BundleError, GatiError
-from tests.aws.conftest import CIDR, Recorder, make_spec
+from tests.aws.conftest import CIDR, Recorder, fake_manifest, make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_bundle_archive_carries_the_checkpoint_and_points_the_manifest_at_it(tmp
     bundle = tmp_path / "b"
     (bundle / "caches").mkdir(parents=True)
     (bundle / "caches" / "layer2.1-linear.pt").write_bytes(b"cache")
-    manifest = {"format_version": 1, "checkpoint": {"path": str(ckpt), "sha256": "ab"}}
+    manifest = fake_manifest(str(ckpt))
     (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     with tarfile.open(pack_bundle(bundle, tmp_path / "b.tar.gz", "/opt/gati/bundle")) as tar:
         names = set(tar.getnames())
