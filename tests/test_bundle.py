@@ -107,3 +107,22 @@ def test_plan_reprofiles_on_a_device(tiny_bundle, tmp_path):
     m = read_manifest(out)
     assert m["profile"]["device"] == "cpu" and m["target"] == 0.9
     assert load_bundle(out).plan.entries
+
+
+def test_extract_fills_every_row_whatever_the_batch(tiny_bundle, tiny_data):
+    """Batched extraction (a last batch shorter than the others included) equals one image at a time."""
+    from gati.build import extract, extraction_batch
+    from gati.data import load_split
+
+    bundle = load_bundle(tiny_bundle)
+    data = load_split("imagefolder", tiny_data[0], "test:eval", limit=23)
+    wanted = {0: {"linear": "gap"}, 2: {"mlp": "gapmax", "fc": "pool4"}}
+    feats, logits = extract(bundle.staged, data, bundle.preprocess, wanted, "cpu", 5, "calib")
+    one_feats, one_logits = extract(bundle.staged, data, bundle.preprocess, wanted, "cpu", 1, "calib")
+    assert set(feats) == {(0, "gap"), (2, "gapmax"), (2, "pool4")}
+    assert logits.shape == (23, 4) and torch.allclose(logits, one_logits, atol=1e-5)
+    for key, value in feats.items():
+        assert len(value) == 23 and torch.allclose(value, one_feats[key], atol=1e-5)
+    train_feats, _ = extract(bundle.staged, data, bundle.preprocess, wanted, "cpu", 5, "train")
+    assert train_feats[(0, "gap")].dtype == torch.float16  # training features are stored at half size
+    assert extraction_batch("cpu") < extraction_batch("cuda:0")
