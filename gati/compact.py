@@ -29,8 +29,7 @@ from .planning import calibration_arrays
 MAX_BASE_CHANGES = 0.01  # more base answers than this changing means another model or other data
 
 
-def compact(path: str | Path, data_dir: str | Path, out: str | Path | None = None,
-            batch_size: int | None = None) -> Path:
+def compact(path: str | Path, data_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(path)
     out = Path(out or path)
     bundle = load_bundle(path, "cpu")
@@ -46,8 +45,8 @@ def compact(path: str | Path, data_dir: str | Path, out: str | Path | None = Non
     for (cut, variant), cache in caches.items():
         wanted.setdefault(cut, {})[variant] = cache.reducer_key
 
-    feats, logits = extract(bundle.staged, calib, bundle.preprocess, wanted, "cpu",
-                           batch_size or extraction_batch("cpu"), "calib")
+    feats, logits = extract(bundle.staged, calib, bundle.preprocess, wanted, "cpu", extraction_batch("cpu"),
+                           "calib")
     base = logits.argmax(1).numpy()
     changed = float(np.mean(base != stored["base"]))
     if changed > MAX_BASE_CHANGES:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .bundle import Bundle
+from .cache.base import confidence_and_label
 from .errors import Cancelled, GatiError, InvalidInput
 from .graphs import GraphedCascade, graphed_argmax
 
@@ -139,8 +140,7 @@ class Engine:
         return None
 
     def _final(self, logits: torch.Tensor) -> Answer:
-        probs = torch.softmax(logits, 1)
-        conf, label = probs.max(1)
+        label, conf = confidence_and_label(logits)
         return Answer(int(label.item()), float(conf.item()), None, "final", len(self.stages))
 
     def close(self) -> None:

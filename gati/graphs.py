@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .cache.base import confidence_and_label
 from .errors import Cancelled, GatiError, InvalidInput
 
 WARMUP = 3  # eager runs on a side stream before capture (cuDNN picks its algorithms here)
@@ -117,6 +118,6 @@ def _segment(stages: list[nn.Module], cache, check_input: bool) -> Callable[[Ten
         if cache is not None:
             label, conf = cache.lookup(x)
         else:  # the head: the model's own answer
-            conf, label = torch.softmax(x, 1).max(1)
+            label, conf = confidence_and_label(x)
         return x, torch.stack([conf[0].float(), label[0].float(), finite])
     return run

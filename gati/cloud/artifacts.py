@@ -13,6 +13,7 @@ import yaml
 from gati.bundle import MANIFEST, read_manifest
 from gati.errors import BundleError, GatiError
 
+
 def build_wheel(project_dir: Path, out_dir: Path) -> Path:
     """`pip wheel --no-deps` of the project; the wheel's dependencies come from PyPI on the
     instance. Uses this environment's setuptools when it has one, so no download is needed."""

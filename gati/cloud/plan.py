@@ -5,8 +5,8 @@ it out. Nothing here talks to AWS.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from gati import __version__
