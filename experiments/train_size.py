@@ -1,0 +1,68 @@
+"""Do the early caches need more training images? Refit a bundle's caches at some cuts on the
+class-balanced 20,000-image subset that `gati build` uses by default and on the whole training set,
+then count on `test:calib` how many requests each cache answers with at most W wrong answers
+(W = 10, 25, 50, 100), beside the bundle's own cache.
+
+    python experiments/train_size.py --bundle bundles/r50-20k --data-dir ../shared/data \
+        --cuts 1,2,3 --variants fc,mlp > docs/results/train-size.txt
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from gati.build import extract, extraction_batch
+from gati.bundle import cache_file, load_bundle
+from gati.cache import Cache, load_cache, make_cache
+from gati.data import load_split
+
+WRONG = (10, 25, 50, 100)
+
+
+def coverage(cache: Cache, feats: torch.Tensor, base: torch.Tensor) -> list[int]:
+    """For each W: how many requests the cache answers, most confident first, before its W+1-th wrong one."""
+    label, conf = cache.predict(feats.float())
+    order = torch.argsort(conf, descending=True)
+    wrong = torch.cumsum((label[order] != base[order]).int(), 0)
+    return [int((wrong <= w).sum()) for w in WRONG]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--cuts", required=True, help="comma-separated cut indices")
+    p.add_argument("--variants", required=True, help="comma-separated cache variants")
+    p.add_argument("--subset", type=int, default=20000)
+    a = p.parse_args()
+    bundle = load_bundle(a.bundle)
+    m = bundle.manifest
+    cuts, variants = [int(c) for c in a.cuts.split(",")], a.variants.split(",")
+    shapes = {c: tuple(m["cut_shapes"][c]) for c in cuts}
+    wanted = {c: {v: make_cache(v, shapes[c], m["num_classes"]).reducer_key for v in variants} for c in cuts}
+    batch = extraction_batch("cpu")
+    calib = load_split(m["dataset"], a.data_dir, m["calibration"]["split"])
+    train = load_split(m["dataset"], a.data_dir, "train")
+    subset = load_split(m["dataset"], a.data_dir, "train", limit=a.subset, seed=m["train"]["seed"])
+    row = {image_id: i for i, image_id in enumerate(train.ids)}
+    rows = torch.tensor([row[i] for i in subset.ids])
+    calib_feats, calib_logits = extract(bundle.staged, calib, bundle.preprocess, wanted, "cpu", batch, "calib")
+    train_feats, train_logits = extract(bundle.staged, train, bundle.preprocess, wanted, "cpu", batch, "train")
+    base = calib_logits.argmax(1)
+    print(f"requests answered with at most {'/'.join(map(str, WRONG))} wrong, of {len(calib)} {calib.split} images")
+    for cut in cuts:
+        for variant, key in wanted[cut].items():
+            feats = train_feats[(cut, key)]
+            shipped = load_cache(bundle.path / cache_file(cut, variant))
+            print(f"cut {cut} {m['cuts'][cut]} {variant}")
+            print(f"  bundle ({m['train']['n']} images): {coverage(shipped, calib_feats[(cut, key)], base)}")
+            for name, x, y in ((f"refit on {len(rows)}", feats[rows], train_logits[rows]),
+                               (f"refit on {len(train)}", feats, train_logits)):
+                cache = make_cache(variant, shapes[cut], m["num_classes"])
+                cache.fit(x.float(), y, seed=m["train"]["seed"])
+                print(f"  {name}: {coverage(cache, calib_feats[(cut, key)], base)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
