@@ -11,8 +11,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 if str(PROJECT) not in sys.path:   # run as a script from a checkout without installing
     sys.path.insert(0, str(PROJECT))
 
+from gati.cloud.deployment import build_plan, placeholders, render  # noqa: E402
 from gati.cloud.hooks import Hooks  # noqa: E402
-from gati.cloud.plan import build_plan, placeholders, render  # noqa: E402
 from gati.cloud.spec import DeploySpec, load_spec  # noqa: E402
 from gati.errors import GatiError  # noqa: E402
 

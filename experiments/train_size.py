@@ -12,10 +12,10 @@ import argparse
 
 import torch
 
-from gati.build import extract, extraction_batch
 from gati.bundle import cache_file, load_bundle
 from gati.cache import Cache, load_cache, make_cache
 from gati.data import load_split
+from gati.pipeline.extract import extract, extraction_batch
 
 WRONG = (10, 25, 50, 100)
 

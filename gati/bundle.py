@@ -28,12 +28,12 @@ import torch
 import yaml
 from torch import nn
 
-from .cache import Cache, load_cache
-from .data import Preprocess
-from .errors import BundleError, CheckpointError, GatiError
-from .models import build_model, load_checkpoint, sha256_file
-from .models.split import StagedModel, split_model
-from .plan import Plan
+from gati.cache import Cache, load_cache
+from gati.data import Preprocess
+from gati.errors import BundleError, CheckpointError, GatiError
+from gati.models import build_model, load_checkpoint, sha256_file
+from gati.models.split import StagedModel, split_model
+from gati.runtime.plan import Plan
 
 MANIFEST = "manifest.yaml"
 FORMAT_VERSION = 1

@@ -7,14 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import GatiError
+from gati.errors import GatiError
 
 
 def _build(a: argparse.Namespace) -> None:
-    from .build import BuildConfig, build
-    from .cache import VARIANTS
-    from .bundle import load_bundle
-    from .planning import plan_report
+    from gati.bundle import load_bundle
+    from gati.cache import VARIANTS
+    from gati.pipeline.build import BuildConfig, build
+    from gati.pipeline.planner import plan_report
     cfg = BuildConfig(checkpoint=Path(a.checkpoint), dataset=a.dataset, data_dir=Path(a.data_dir), out=Path(a.out),
                       arch=a.arch, model_module=a.model_module, cuts=_list(a.cuts), num_classes=a.num_classes,
                       target=a.target, device=a.device, variants=_list(a.variants) or list(VARIANTS), train_limit=a.train_limit or None,
@@ -27,39 +27,39 @@ def _build(a: argparse.Namespace) -> None:
 
 
 def _plan_text(manifest: dict, report) -> str:
-    from .plan import Plan
-    from .optimizer import Choice
+    from gati.pipeline.optimizer import Choice
+    from gati.runtime.plan import Plan
     e = manifest["expected"]
     choice = Choice([], manifest["plan"]["mode"], e["latency_ms"], e["agreement"], e["hit_rate"])
     return report(Plan.from_dict(manifest["plan"]), manifest["certified"], choice, e["base_ms"])
 
 
 def _calibrate(a: argparse.Namespace) -> None:
-    from .planning import plan_report
-    from .replan import retarget
+    from gati.pipeline.planner import plan_report
+    from gati.pipeline.retarget import retarget
     manifest = retarget(Path(a.bundle), a.target, Path(a.out) if a.out else None, a.memory_mb)
     print(_plan_text(manifest, plan_report))
 
 
 def _plan(a: argparse.Namespace) -> None:
-    from .planning import plan_report
-    from .replan import replan_for_device
+    from gati.pipeline.planner import plan_report
+    from gati.pipeline.retarget import replan_for_device
     manifest = replan_for_device(Path(a.bundle), a.device, Path(a.out) if a.out else None, a.memory_mb)
     print(_plan_text(manifest, plan_report))
 
 
 def _compact(a: argparse.Namespace) -> None:
-    from .bundle import read_manifest
-    from .compact import compact
-    from .planning import plan_report
+    from gati.bundle import read_manifest
+    from gati.pipeline.compact import compact
+    from gati.pipeline.planner import plan_report
     out = compact(Path(a.bundle), a.data_dir, Path(a.out) if a.out else None)
     print(_plan_text(read_manifest(out), plan_report))
 
 
 def _eval(a: argparse.Namespace) -> None:
-    from .bundle import load_bundle
-    from .data import load_split
-    from .evaluate import evaluate, format_table
+    from gati.bundle import load_bundle
+    from gati.data import load_split
+    from gati.measure.evaluate import evaluate, format_table
     bundle = load_bundle(a.bundle, a.device)
     data = load_split(bundle.manifest["dataset"], a.data_dir, a.split, limit=a.limit, seed=a.seed)
     result = evaluate(bundle, data, seed=a.seed, mode=a.mode, progress=not a.json)
@@ -67,7 +67,7 @@ def _eval(a: argparse.Namespace) -> None:
 
 
 def _train_base(a: argparse.Namespace) -> None:
-    from .train_base import TrainConfig, train_base
+    from gati.pipeline.train_base import TrainConfig, train_base
     cfg = TrainConfig(arch=a.arch, dataset=a.dataset, data_dir=Path(a.data_dir), out=Path(a.out), epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, train_limit=a.train_limit, device=a.device, seed=a.seed,
                       yes=a.yes)
@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train_base)
 
     try:  # the cluster commands need thrift; a host that only builds or evaluates may lack it
-        from .rpc.commands import register
+        from gati.rpc.commands import register
         register(sub)
     except ImportError:
         pass

@@ -53,7 +53,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real bundle (fitted, profiled, planned, certified) for the tiny model: built in seconds."""
-    from gati.build import BuildConfig, build
+    from gati.pipeline.build import BuildConfig, build
     from tests.tinynet import CUTS
     data, checkpoint = tiny_data
     out = tmp_path_factory.mktemp("bundles") / "tiny"

@@ -111,8 +111,8 @@ def test_plan_reprofiles_on_a_device(tiny_bundle, tmp_path):
 
 def test_extract_fills_every_row_whatever_the_batch(tiny_bundle, tiny_data):
     """Batched extraction (a last batch shorter than the others included) equals one image at a time."""
-    from gati.build import extract, extraction_batch
     from gati.data import load_split
+    from gati.pipeline.extract import extract, extraction_batch
 
     bundle = load_bundle(tiny_bundle)
     data = load_split("imagefolder", tiny_data[0], "test:eval", limit=23)

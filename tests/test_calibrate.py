@@ -3,8 +3,18 @@ import math
 import numpy as np
 import pytest
 
-from gati.calibrate import (Costs, Scores, agreement_lower_bound, calibrate, certify, exit_costs, greedy_path,
-                            search_thresholds, simulate, split_select_certify)
+from gati.pipeline.certify import (
+    Costs,
+    Scores,
+    agreement_lower_bound,
+    calibrate,
+    certify,
+    exit_costs,
+    greedy_path,
+    search_thresholds,
+    simulate,
+    split_select_certify,
+)
 
 
 def synthetic_scores(n, cuts=(0, 1, 2), seed=0, skill=(0.5, 0.7, 0.9)):

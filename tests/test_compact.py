@@ -4,10 +4,10 @@ import pytest
 from PIL import Image
 
 from gati.bundle import load_bundle, read_calibration, read_manifest
-from gati.compact import compact
 from gati.data import load_split
-from gati.engine import Engine
 from gati.errors import BundleError, DatasetError
+from gati.pipeline.compact import compact
+from gati.runtime.engine import Engine
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gati.data import (Preprocess, class_balanced_subset, ids_hash, load_split, preprocess_for)
+from gati.data import (
+    Preprocess,
+    class_balanced_subset,
+    ids_hash,
+    load_split,
+    preprocess_for,
+)
 from gati.errors import DatasetError, InvalidInput
 
 CLASSES = ["ant", "bee", "cow"]

@@ -7,9 +7,9 @@ import torch
 
 from gati.bundle import load_bundle
 from gati.data import load_split
-from gati.engine import Cancelled, Engine
 from gati.errors import InvalidInput
-from gati.plan import Plan, PlanEntry
+from gati.runtime.engine import Cancelled, Engine
+from gati.runtime.plan import Plan, PlanEntry
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import torch
 from gati.bundle import cache_file, load_bundle
 from gati.cache import load_cache
 from gati.data import load_split
-from gati.engine import Engine
 from gati.errors import GatiError, InvalidInput
-from gati.graphs import Graphed, GraphedCascade
-from gati.plan import Plan, PlanEntry
+from gati.runtime.engine import Engine
+from gati.runtime.graphs import Graphed, GraphedCascade
+from gati.runtime.plan import Plan, PlanEntry
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

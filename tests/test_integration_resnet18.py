@@ -4,12 +4,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gati.build import BuildConfig, build
 from gati.bundle import load_bundle
 from gati.data import load_split
-from gati.engine import Engine
-from gati.evaluate import evaluate
-from gati.plan import Plan, PlanEntry
+from gati.measure.evaluate import evaluate
+from gati.pipeline.build import BuildConfig, build
+from gati.runtime.engine import Engine
+from gati.runtime.plan import Plan, PlanEntry
 
 TARGET = 0.95
 

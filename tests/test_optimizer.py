@@ -1,7 +1,7 @@
 import numpy as np
 
-from gati.calibrate import Costs, Scores
-from gati.optimizer import Problem, exhaustive, greedy, optimize
+from gati.pipeline.certify import Costs, Scores
+from gati.pipeline.optimizer import Problem, exhaustive, greedy, optimize
 
 
 def problem(memory=float("inf"), seed=0):

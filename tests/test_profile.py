@@ -5,7 +5,7 @@ import torch
 from gati.bundle import cache_file, load_bundle
 from gati.cache import load_cache
 from gati.errors import GatiError
-from gati.profile import Profile, profile_model
+from gati.pipeline.profile import Profile, profile_model
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from gati.errors import GatiError
 from gati.models import build_model, default_cuts

@@ -2,7 +2,7 @@
 import torch
 
 from gati.models import build_model, load_checkpoint
-from gati.train_base import TrainConfig, augment, train_base
+from gati.pipeline.train_base import TrainConfig, augment, train_base
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tiny_data, tmp_path):

@@ -12,12 +12,17 @@ from typing import Any
 from gati.bundle import read_manifest
 from gati.cloud import resources
 from gati.cloud.artifacts import pack_bundle
+from gati.cloud.deployment import DeploymentPlan, Resolved, build_plan, deployment_tags
 from gati.cloud.hooks import Hooks
-from gati.cloud.inventory import Entry, Inventory, aggregator_endpoint, inventory_path, \
-    write_inventory
+from gati.cloud.inventory import (
+    Entry,
+    Inventory,
+    aggregator_endpoint,
+    inventory_path,
+    write_inventory,
+)
 from gati.cloud.layout import REMOTE_BUNDLE, nodes, service_ports
 from gati.cloud.network import Subnet, find_subnet, free_addresses, used_addresses
-from gati.cloud.plan import Plan, Resolved, build_plan, deployment_tags
 from gati.cloud.spec import AUTO, DeployError, DeploySpec
 from gati.cloud.tagged import find, tag
 from gati.cloud.userdata import BUNDLE_KEY
@@ -29,11 +34,11 @@ class Result:
     inventory: Inventory
     inventory_file: Path
     ready: bool
-    plan: Plan = field(repr=False)
+    plan: DeploymentPlan = field(repr=False)
 
 
 def session_for(spec: DeploySpec) -> Any:
-    import boto3   # the aws extra; only deploy/status/destroy need it
+    import boto3  # the aws extra; only deploy/status/destroy need it
     return boto3.Session(region_name=spec.region)
 
 
@@ -80,7 +85,7 @@ def _refuse_existing(session: Any, spec: DeploySpec) -> None:
 
 
 def _stage(spec: DeploySpec, bundle: Path, project: Path, session: Any, subnet: Subnet,
-           hooks: Hooks) -> Plan:
+           hooks: Hooks) -> DeploymentPlan:
     """Build the wheel, pack the bundle, plan, and put both into the new bucket."""
     with tempfile.TemporaryDirectory(prefix="gati-deploy-") as tmp:
         wheel = hooks.build_wheel(project, Path(tmp))
@@ -93,7 +98,7 @@ def _stage(spec: DeploySpec, bundle: Path, project: Path, session: Any, subnet: 
     return plan
 
 
-def _plan(spec: DeploySpec, session: Any, subnet: Subnet, wheel_key: str) -> Plan:
+def _plan(spec: DeploySpec, session: Any, subnet: Subnet, wheel_key: str) -> DeploymentPlan:
     ec2 = session.client("ec2")
     names = [n.name for n in nodes(spec)]
     addresses = free_addresses(subnet, used_addresses(ec2, subnet), len(names))
@@ -104,7 +109,7 @@ def _plan(spec: DeploySpec, session: Any, subnet: Subnet, wheel_key: str) -> Pla
     return build_plan(spec, resolved)
 
 
-def _inventory(ec2: Any, plan: Plan, ids: dict[str, str], group: str,
+def _inventory(ec2: Any, plan: DeploymentPlan, ids: dict[str, str], group: str,
                profile: str) -> Inventory:
     described = {i["InstanceId"]: i for r in ec2.describe_instances(
         InstanceIds=list(ids.values()))["Reservations"] for i in r["Instances"]}

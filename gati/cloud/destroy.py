@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from gati.cloud.plan import deployment_tags
+from gati.cloud.deployment import deployment_tags
 from gati.cloud.spec import DeploySpec
 from gati.cloud.tagged import Found, find
 

@@ -9,8 +9,8 @@ from typing import Any, Callable, Mapping
 
 from botocore.exceptions import ClientError
 
+from gati.cloud.deployment import IAM_PATH, DeploymentPlan, InstancePlan
 from gati.cloud.network import Subnet
-from gati.cloud.plan import IAM_PATH, InstancePlan, Plan
 
 READ_POLICY_NAME = "read-deployment-bucket"
 
@@ -20,7 +20,7 @@ def tag_list(tags: Mapping[str, str], name: str | None = None) -> list[dict[str,
     return out + ([{"Key": "Name", "Value": name}] if name else [])
 
 
-def create_bucket(s3: Any, plan: Plan, uploads: Mapping[str, Path]) -> None:
+def create_bucket(s3: Any, plan: DeploymentPlan, uploads: Mapping[str, Path]) -> None:
     """A private, encrypted bucket holding the wheel and the bundle."""
     b = plan.bucket
     if plan.spec.region == "us-east-1":   # the one region that rejects a LocationConstraint
@@ -39,7 +39,7 @@ def create_bucket(s3: Any, plan: Plan, uploads: Mapping[str, Path]) -> None:
         s3.upload_file(str(path), b, key)
 
 
-def create_instance_role(iam: Any, plan: Plan) -> str:
+def create_instance_role(iam: Any, plan: DeploymentPlan) -> str:
     """Role + instance profile whose one permission is reading the bucket; returns the name."""
     name, tags = plan.iam_name, tag_list(plan.tags)
     iam.create_role(RoleName=name, Path=IAM_PATH, Tags=tags,
@@ -52,7 +52,7 @@ def create_instance_role(iam: Any, plan: Plan) -> str:
     return name
 
 
-def create_security_group(ec2: Any, plan: Plan, vpc_id: str) -> str:
+def create_security_group(ec2: Any, plan: DeploymentPlan, vpc_id: str) -> str:
     group = ec2.create_security_group(
         GroupName=plan.security_group, VpcId=vpc_id,
         Description=f"GATI deployment {plan.spec.name}",
@@ -62,7 +62,7 @@ def create_security_group(ec2: Any, plan: Plan, vpc_id: str) -> str:
     return group
 
 
-def permissions(plan: Plan, group: str) -> list[dict[str, Any]]:
+def permissions(plan: DeploymentPlan, group: str) -> list[dict[str, Any]]:
     """One IpPermission per port, merging the group and CIDR sources of that port."""
     by_port: dict[int, dict[str, Any]] = {}
     for rule in plan.rules:
@@ -80,7 +80,7 @@ def permissions(plan: Plan, group: str) -> list[dict[str, Any]]:
     return list(by_port.values())
 
 
-def launch(ec2: Any, plan: Plan, subnet: Subnet, group: str, profile: str,
+def launch(ec2: Any, plan: DeploymentPlan, subnet: Subnet, group: str, profile: str,
            sleep: Callable[[float], None]) -> dict[str, str]:
     """Start every instance of the plan; returns node name -> instance id."""
     root = _root_device(ec2, plan.resolved.ami_id, plan.spec.root_volume_gb)
@@ -98,7 +98,7 @@ def _root_device(ec2: Any, ami: str, size_gb: int) -> dict[str, Any]:
                                         "Encrypted": True, "DeleteOnTermination": True}}
 
 
-def _run(ec2: Any, plan: Plan, inst: InstancePlan, subnet: Subnet, group: str, profile: str,
+def _run(ec2: Any, plan: DeploymentPlan, inst: InstancePlan, subnet: Subnet, group: str, profile: str,
          root: dict[str, Any], sleep: Callable[[float], None]) -> str:
     name = f"gati-{plan.spec.name}-{inst.node.name}"
     tags = tag_list({**plan.tags, "gati:node": inst.node.name,

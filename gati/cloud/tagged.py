@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from botocore.exceptions import ClientError
 
-from gati.cloud.plan import IAM_PATH, TAG_DEPLOYMENT, TAG_REGION
+from gati.cloud.deployment import IAM_PATH, TAG_DEPLOYMENT, TAG_REGION
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 

@@ -13,7 +13,13 @@ from typing import Any, Mapping
 
 import yaml
 
-from gati.cloud.layout import REMOTE_BUNDLE, REMOTE_CONFIG, REMOTE_LOGS, REMOTE_ROOT, Node
+from gati.cloud.layout import (
+    REMOTE_BUNDLE,
+    REMOTE_CONFIG,
+    REMOTE_LOGS,
+    REMOTE_ROOT,
+    Node,
+)
 from gati.cloud.spec import DeployError
 
 USER_DATA_LIMIT = 16 * 1024   # EC2's limit on user data, before base64

@@ -28,17 +28,27 @@ from typing import Protocol
 
 import torch
 
-from gati.engine import Engine
 from gati.errors import InvalidInput
-from gati.metrics import ServingMetrics
 from gati.rpc.admission import Admission
 from gati.rpc.config import AggregatorConfig
-from gati.rpc.gen.gati_idl.ttypes import (DeadlineExceeded, ExecutionResult, InvalidRequest, Overloaded,
-                                         Prediction, Report, Request, RunRequest, ServiceStatus, Unavailable)
+from gati.rpc.gen.gati_idl.ttypes import (
+    DeadlineExceeded,
+    ExecutionResult,
+    InvalidRequest,
+    Overloaded,
+    Prediction,
+    Report,
+    Request,
+    RunRequest,
+    ServiceStatus,
+    Unavailable,
+)
 from gati.rpc.inputs import InputSpec
+from gati.rpc.metrics import ServingMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import to_tensor
 from gati.rpc.transport import PeerUnavailable, Pool
+from gati.runtime.engine import Engine
 
 log = logging.getLogger("gati.rpc.aggregator")
 SAMPLED_TTL_S = 120.0  # a sampled request whose executor result never comes is forgotten after this

@@ -54,9 +54,10 @@ def _serve(a: argparse.Namespace) -> None:
 
 
 def _predict(a: argparse.Namespace) -> None:
+    from thrift.Thrift import TException
+
     from gati.errors import GatiError
     from gati.rpc.client import GatiClient, parse_endpoint
-    from thrift.Thrift import TException
     host, port = parse_endpoint(a.endpoint)
     failed = 0
     with GatiClient(host, port, timeout_s=a.timeout) as client:
@@ -80,7 +81,7 @@ def _predict(a: argparse.Namespace) -> None:
 
 
 def _bench(a: argparse.Namespace) -> None:
-    from gati.bench import BenchConfig, format_table, run_bench
+    from gati.measure.bench import BenchConfig, format_table, run_bench
     r = run_bench(BenchConfig(bundle=Path(a.bundle), data_dir=Path(a.data_dir), split=a.split, limit=a.limit,
                               concurrency=a.concurrency, endpoint=a.endpoint, dataset=a.dataset, warmup=a.warmup,
                               timeout_s=a.timeout, seed=a.seed))

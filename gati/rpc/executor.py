@@ -31,7 +31,14 @@ from gati.bundle import Bundle
 from gati.cache import Cache
 from gati.cache.base import confidence_and_label
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
-from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, Report, RunRequest, Sample, Unavailable
+from gati.rpc.gen.gati_idl.ttypes import (
+    ExecutionResult,
+    Features,
+    Report,
+    RunRequest,
+    Sample,
+    Unavailable,
+)
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
 from gati.rpc.transport import Call, Limits, PeerUnavailable, Pool

@@ -22,7 +22,13 @@ from gati.cache.knn import KnnCache
 from gati.errors import GatiError
 from gati.rpc.cachefile import cache_from_bytes
 from gati.rpc.gen.gati_idl import NeighborIndex
-from gati.rpc.gen.gati_idl.ttypes import CacheInfo, CacheUpdate, Features, InvalidRequest, Report
+from gati.rpc.gen.gati_idl.ttypes import (
+    CacheInfo,
+    CacheUpdate,
+    Features,
+    InvalidRequest,
+    Report,
+)
 from gati.rpc.index import RemoteIndex, index_key
 from gati.rpc.server import after_reply
 from gati.rpc.service import ServiceBase

@@ -26,7 +26,12 @@ from gati.cache import Cache, make_cache
 from gati.errors import GatiError, InvalidInput
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes
 from gati.rpc.config import RetrainerConfig
-from gati.rpc.gen.gati_idl.ttypes import CacheUpdate, InvalidRequest, RetrainResult, Sample
+from gati.rpc.gen.gati_idl.ttypes import (
+    CacheUpdate,
+    InvalidRequest,
+    RetrainResult,
+    Sample,
+)
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor
 from gati.rpc.transport import PeerUnavailable, Pool

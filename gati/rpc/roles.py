@@ -18,20 +18,26 @@ import torch
 from gati.bundle import MANIFEST, cache_file, load_bundle, read_manifest
 from gati.cache import Cache, load_cache
 from gati.data import Preprocess
-from gati.engine import Engine
-from gati.metrics import ServingMetrics
-from gati.plan import Plan
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
 from gati.rpc.config import ClusterConfig, ConfigError
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
-from gati.rpc.gen.gati_idl import Aggregator, Executor, NeighborIndex, Predictor, Retrainer
+from gati.rpc.gen.gati_idl import (
+    Aggregator,
+    Executor,
+    NeighborIndex,
+    Predictor,
+    Retrainer,
+)
 from gati.rpc.index import IndexHandler
 from gati.rpc.inputs import InputSpec
+from gati.rpc.metrics import ServingMetrics
 from gati.rpc.predictor import PredictorHandler, Slot, index_pool
 from gati.rpc.retrainer import CutState, RetrainerHandler
 from gati.rpc.server import RpcServer, wait_for_signal
 from gati.rpc.service import ServiceBase
 from gati.rpc.transport import Limits, Pool
+from gati.runtime.engine import Engine
+from gati.runtime.plan import Plan
 
 log = logging.getLogger("gati.rpc.roles")
 ROLES = ("aggregator", "executor", "predictor", "index", "retrainer", "all")
@@ -88,7 +94,7 @@ class Service:
             close()
 
 
-def build(role: str, cfg: ClusterConfig, name: str | None = None) -> Service:
+def build_service(role: str, cfg: ClusterConfig, name: str | None = None) -> Service:
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if role == "predictor":
@@ -102,7 +108,7 @@ def build(role: str, cfg: ClusterConfig, name: str | None = None) -> Service:
 def serve(role: str, cfg: ClusterConfig, name: str | None = None,
           announce: Callable[[Service], None] = lambda s: None) -> None:
     """Run one service until SIGTERM/SIGINT, then drain it."""
-    service = build(role, cfg, name)
+    service = build_service(role, cfg, name)
     service.server.start()
     announce(service)
     signum = wait_for_signal()

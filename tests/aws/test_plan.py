@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from gati.cloud.deployment import Resolved, build_plan, placeholders
 from gati.cloud.layout import nodes
-from gati.cloud.plan import Resolved, build_plan, placeholders
 from gati.cloud.prices import HOURLY_USD_US_EAST_1
 from gati.cloud.spec import DeployError, load_spec
 from gati.cloud.wait import Endpoint, wait_for_ping

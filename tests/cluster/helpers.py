@@ -67,7 +67,7 @@ class References:
     @classmethod
     def of(cls, bundle: Path, images: np.ndarray) -> "References":
         from gati.bundle import load_bundle
-        from gati.engine import Engine
+        from gati.runtime.engine import Engine
         torch.set_num_threads(1)
         b = load_bundle(bundle)
         engine = Engine(b)

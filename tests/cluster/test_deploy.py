@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gati.bench import BenchConfig, run_bench
+from gati.measure.bench import BenchConfig, run_bench
 from gati.rpc import launch
 from gati.rpc.client import GatiClient, ping, status
 from gati.rpc.config import load_config

@@ -108,7 +108,9 @@ def test_bad_inputs_get_invalid_request_and_the_services_keep_serving(cluster, e
 def test_retrainer_swaps_a_validated_version_under_load_and_rejects_a_broken_one(cluster, eval_images, references,
                                                                                   cluster_bundle, tmp_path):
     import shutil
+
     import torch
+
     from gati.bundle import cache_file
     from gati.rpc.gen.gati_idl import Retrainer
     from gati.rpc.transport import Limits, Pool

@@ -14,8 +14,14 @@ from gati.data import Preprocess
 from gati.errors import InvalidInput
 from gati.rpc.admission import Admission
 from gati.rpc.aggregator import Pending
-from gati.rpc.gen.gati_idl.ttypes import (DeadlineExceeded, ExecutionResult, Overloaded, Report, Request,
-                                          Tensor)
+from gati.rpc.gen.gati_idl.ttypes import (
+    DeadlineExceeded,
+    ExecutionResult,
+    Overloaded,
+    Report,
+    Request,
+    Tensor,
+)
 from gati.rpc.inputs import InputSpec
 from gati.rpc.tensors import from_tensor, to_tensor
 

@@ -24,8 +24,8 @@ from hdrh.histogram import HdrHistogram
 
 from gati.bundle import Bundle, load_bundle
 from gati.data import load_split
-from gati.engine import Engine
 from gati.errors import InvalidInput
+from gati.runtime.engine import Engine
 
 MAX_LATENCY_US = 60_000_000
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .cache.base import confidence_and_label
-from .errors import Cancelled, GatiError, InvalidInput
+from gati.cache.base import confidence_and_label
+from gati.errors import Cancelled, GatiError, InvalidInput
 
 WARMUP = 3  # eager runs on a side stream before capture (cuDNN picks its algorithms here)
 

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import cache_file, load_bundle, read_calibration, read_manifest, update_manifest
-from .cache import load_cache
-from .planning import make_plan
-from .profile import Profile, profile_model
+from gati.bundle import (
+    cache_file,
+    load_bundle,
+    read_calibration,
+    read_manifest,
+    update_manifest,
+)
+from gati.cache import load_cache
+from gati.pipeline.planner import make_plan
+from gati.pipeline.profile import Profile, profile_model
 
 
 def _budget(manifest: dict, memory_mb: float | None) -> float:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import load_split, preprocess_for
-from .errors import GatiError
-from .models import build_model
+from gati.data import load_split, preprocess_for
+from gati.errors import GatiError
+from gati.models import build_model
 
 LONG_CPU_RUN_S = 15 * 60
 

@@ -17,10 +17,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .engine import lookup_on_worker
-from .errors import GatiError
-from .graphs import Graphed, graphed_argmax
-from .models.split import StagedModel
+from gati.errors import GatiError
+from gati.models.split import StagedModel
+from gati.runtime.engine import lookup_on_worker
+from gati.runtime.graphs import Graphed, graphed_argmax
 
 
 @dataclass
@@ -182,7 +182,7 @@ def profile_model(model: nn.Module, staged: StagedModel, caches: dict, x: torch.
 
 def _profile_cuda(model: nn.Module, staged: StagedModel, caches: dict, x: torch.Tensor,
                   device: str, repeats: int) -> Profile:
-    """The costs of the CUDA-graph engine (`gati.graphs`): what it launches is what is timed.
+    """The costs of the CUDA-graph engine (`gati.runtime.graphs`): what it launches is what is timed.
 
     Stages: each stage as a graph, replayed back to back, timed on the GPU by events (no host
     round trip between them, as inside a segment). Lookups: a graph of the lookup plus the host's

@@ -21,29 +21,24 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
-from .bundle import FORMAT_VERSION, import_factory, write_bundle
-from .cache import VARIANTS, Cache, make_cache, make_reducer, reduced_shape
-from .data import Dataset, Preprocess, ids_hash, load_split, preprocess_for
-from .errors import GatiError
-from .models import build_model, default_cuts, load_checkpoint, sha256_file
-from .models.split import StagedModel, split_model
-from .planning import calibration_arrays, make_plan
-from .profile import profile_model
+from gati import __version__
+from gati.bundle import FORMAT_VERSION, import_factory, write_bundle
+from gati.cache import VARIANTS, Cache, make_cache
+from gati.data import ids_hash, load_split, preprocess_for
+from gati.errors import GatiError
+from gati.models import build_model, default_cuts, load_checkpoint, sha256_file
+from gati.models.split import split_model
+from gati.pipeline.extract import (
+    activation_shapes,
+    extract,
+    extraction_batch,
+    wanted_reducers,
+)
+from gati.pipeline.planner import make_plan
+from gati.pipeline.profile import profile_model
+from gati.pipeline.score import calibration_arrays
 
-log = logging.getLogger("gati.build")
-
-MAX_FEATURE_FLOATS = 16384  # larger reduced activations are not worth storing for tens of thousands of images
-
-
-def extraction_batch(device: str) -> int:
-    """Images per forward pass while extracting activations.
-
-    On a CPU small batches are fastest (measured; most likely because a small batch's activations stay
-    in the processor's caches): the shared ResNet-50 on this 2-core machine runs 10.0 ms/image at batch
-    8, 10.7 at 16, 18.5 at 64 and 26.0 at 256, and 18 at batch 1. A GPU wants big batches.
-    """
-    return 256 if str(device).startswith("cuda") else 16
+log = logging.getLogger("gati.pipeline.build")
 
 
 @dataclass
@@ -80,7 +75,7 @@ def build(cfg: BuildConfig) -> Path:
     pre = preprocess_for(cfg.dataset, cfg.data_dir)
 
     act_shapes = activation_shapes(staged, train.images[0].shape)
-    wanted = _wanted(act_shapes, cfg.variants, num_classes)
+    wanted = wanted_reducers(act_shapes, cfg.variants, num_classes)
     log.info("extracting %d reduced activations at %d cuts", sum(map(len, wanted.values())), len(cuts))
     batch = cfg.batch_size or extraction_batch(cfg.device)
     train_feats, train_logits = extract(staged, train, pre, wanted, cfg.device, batch, "train")
@@ -113,68 +108,6 @@ def _base_model(cfg: BuildConfig, num_classes: int) -> tuple[nn.Module, list[str
         raise GatiError("give --arch (a built-in architecture) or --model-module pkg.mod:factory")
     load_checkpoint(model, cfg.checkpoint)
     return model.to(cfg.device).eval(), list(cfg.cuts or default_cuts(cfg.arch))
-
-
-def activation_shapes(staged: StagedModel, image_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """Per-sample activation shape at each cut (C, H, W)."""
-    h, w, c = image_shape
-    x = torch.zeros(1, c, h, w, device=next(staged.parameters()).device)
-    shapes = []
-    with torch.inference_mode():
-        for stage in staged.stages[:-1]:
-            x = stage(x)
-            if x.dim() != 4:
-                raise GatiError(f"cut activations must be N x C x H x W feature maps, got shape {tuple(x.shape)}")
-            shapes.append(tuple(x.shape[1:]))
-    return shapes
-
-
-def _wanted(act_shapes, variants: list[str], num_classes: int) -> dict[int, dict[str, str]]:
-    """cut -> {variant: reducer key}, skipping variants whose input is too large to store."""
-    wanted: dict[int, dict[str, str]] = {}
-    for cut, shape in enumerate(act_shapes):
-        for variant in variants:
-            key = make_cache(variant, shape, num_classes).reducer_key
-            if int(np.prod(reduced_shape(key, shape))) <= MAX_FEATURE_FLOATS:
-                wanted.setdefault(cut, {})[variant] = key
-            else:
-                log.info("cut %d: skipping %s (reduced input %s too large)", cut, variant,
-                         reduced_shape(key, shape))
-    return wanted
-
-
-def extract(staged: StagedModel, data: Dataset, pre: Preprocess, wanted: dict[int, dict[str, str]],
-            device: str, batch_size: int, desc: str) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
-    """One pass of the base model: reduced activations per (cut, reducer key), and final logits.
-
-    Reduced features of the training set are stored as float16 (halves memory; caches fit in
-    float32); calibration features stay float32 because they must score exactly like serving.
-    """
-    keys_at = {cut: sorted(set(vs.values())) for cut, vs in wanted.items()}  # distinct reducers per cut
-    reducers = {key: make_reducer(key) for keys in keys_at.values() for key in keys}
-    store = torch.float16 if desc == "train" else torch.float32
-    # Filled in place: concatenating per-batch pieces at the end would briefly need twice the memory
-    # (11.6 GB of ResNet-50 features for 50,000 training images).
-    out: dict = {}  # (cut, reducer key) -> features, and "logits"
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(data), batch_size), desc=f"extract {desc}", unit="batch",
-                          leave=False):
-            x = pre(data.images[start:start + batch_size]).to(device)
-            rows = slice(start, start + len(x))
-            for cut, stage in enumerate(staged.stages):
-                x = stage(x)
-                for key in keys_at.get(cut, ()):
-                    _fill(out, (cut, key), rows, reducers[key](x), store, len(data))
-            _fill(out, "logits", rows, x, torch.float32, len(data))
-    logits = out.pop("logits")
-    return out, logits
-
-
-def _fill(out: dict, key, rows: slice, value: torch.Tensor, dtype: torch.dtype, n: int) -> None:
-    """Write `value` into rows of out[key], allocating all n rows on first use."""
-    if key not in out:
-        out[key] = torch.empty((n, *value.shape[1:]), dtype=dtype)
-    out[key][rows] = value.to("cpu", dtype)
 
 
 def fit_caches(act_shapes, wanted, cfg: BuildConfig, feats, teacher: torch.Tensor,

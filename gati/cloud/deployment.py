@@ -48,7 +48,7 @@ class InstancePlan:
 
 
 @dataclass(frozen=True)
-class Plan:
+class DeploymentPlan:
     spec: DeploySpec
     resolved: Resolved
     bucket: str
@@ -89,13 +89,13 @@ def placeholders(spec: DeploySpec) -> Resolved:
                     wheel_key=f"gati-{__version__}-py3-none-any.whl")
 
 
-def build_plan(spec: DeploySpec, resolved: Resolved) -> Plan:
+def build_plan(spec: DeploySpec, resolved: Resolved) -> DeploymentPlan:
     all_nodes = nodes(spec)
     bucket = bucket_name(spec, resolved.account_id)
     artifacts = Artifacts(bucket=bucket, region=spec.region, wheel_key=resolved.wheel_key)
     instances = tuple(
         _instance(spec, all_nodes, resolved.hosts, node, artifacts) for node in all_nodes)
-    return Plan(
+    return DeploymentPlan(
         spec=spec, resolved=resolved, bucket=bucket, iam_name=iam_name(spec),
         security_group=f"gati-{spec.name}", tags=deployment_tags(spec),
         rules=ingress_rules(spec, all_nodes),
@@ -140,7 +140,7 @@ def read_policy(bucket: str) -> dict[str, Any]:
     ]}
 
 
-def render(plan: Plan) -> str:
+def render(plan: DeploymentPlan) -> str:
     """A readable, complete account of the plan (what `--dry-run` prints)."""
     s, r = plan.spec, plan.resolved
     lines = [

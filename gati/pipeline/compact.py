@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .build import extract, extraction_batch
-from .bundle import cache_file, load_bundle, read_calibration, write_bundle
-from .cache import load_cache
-from .data import load_split, select_ids
-from .errors import BundleError
-from .planning import calibration_arrays
+from gati.bundle import cache_file, load_bundle, read_calibration, write_bundle
+from gati.cache import load_cache
+from gati.data import load_split, select_ids
+from gati.errors import BundleError
+from gati.pipeline.extract import extract, extraction_batch
+from gati.pipeline.score import calibration_arrays
 
 MAX_BASE_CHANGES = 0.01  # more base answers than this changing means another model or other data
 

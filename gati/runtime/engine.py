@@ -7,7 +7,7 @@ Two modes, both measured by `gati eval` and modelled by the optimizer:
 - async: hand the lookup to a worker thread and run the next stage meanwhile; the answer is checked
   once that stage is done. The lookup is hidden, but a hit is only acted on one stage later.
 
-On CUDA, sync mode runs as CUDA graphs (`gati.graphs`): one graph per segment between planned
+On CUDA, sync mode runs as CUDA graphs (`gati.runtime.graphs`): one graph per segment between planned
 cuts, and the baseline as one graph of the whole model, because at batch 1 a GPU is bound by
 kernel launches and eager stages would compare a slow GATI with a slow baseline.
 
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .bundle import Bundle
-from .cache.base import confidence_and_label
-from .errors import Cancelled, GatiError, InvalidInput
-from .graphs import GraphedCascade, graphed_argmax
+from gati.bundle import Bundle
+from gati.cache.base import confidence_and_label
+from gati.errors import Cancelled, GatiError, InvalidInput
+from gati.runtime.graphs import GraphedCascade, graphed_argmax
 
 
 @dataclass

@@ -15,8 +15,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-
-from .calibrate import Costs, Scores, exit_costs, max_wrong_for, search_thresholds, simulate
+from gati.pipeline.certify import (
+    Costs,
+    Scores,
+    exit_costs,
+    max_wrong_for,
+    search_thresholds,
+    simulate,
+)
 
 Key = tuple[int, str]  # (cut, variant)
 

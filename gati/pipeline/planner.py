@@ -7,38 +7,17 @@ data nor a pass of the base model: only the stored scores and a (new) profile.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .calibrate import Costs, Scores, agreement_lower_bound, calibrate, split_select_certify
-from .optimizer import Problem, optimize, summary
-from .plan import Plan, PlanEntry
-from .profile import Profile
-
-
-def calibration_arrays(caches: dict, feats: dict, base: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Every cache's label and confidence on the calibration images, next to the base model's."""
-    arrays = {"base": base.astype(np.int64), "labels": np.asarray(labels, dtype=np.int64)}
-    for (cut, variant), cache in caches.items():
-        pred, conf = [], []
-        x = feats[(cut, cache.reducer_key)]
-        for start in range(0, len(x), 1024):
-            p, c = cache.predict(x[start:start + 1024])
-            pred.append(p)
-            conf.append(c)
-        arrays[f"pred_{cut}_{variant}"] = torch.cat(pred).numpy().astype(np.int64)
-        arrays[f"conf_{cut}_{variant}"] = torch.cat(conf).numpy().astype(np.float32)
-    return arrays
-
-
-def scores_from(arrays: dict[str, np.ndarray]) -> dict[tuple[int, str], Scores]:
-    base = arrays["base"]
-    scores = {}
-    for name in arrays:
-        if name.startswith("pred_"):
-            _, cut, variant = name.split("_", 2)
-            key = (int(cut), variant)
-            scores[key] = Scores(key[0], variant, arrays[f"conf_{cut}_{variant}"], arrays[name] == base)
-    return scores
+from gati.pipeline.certify import (
+    Costs,
+    agreement_lower_bound,
+    calibrate,
+    split_select_certify,
+)
+from gati.pipeline.optimizer import Problem, optimize, summary
+from gati.pipeline.profile import Profile
+from gati.pipeline.score import scores_from
+from gati.runtime.plan import Plan, PlanEntry
 
 
 def certification_margin(target: float, n_certify: int) -> float:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .bundle import Bundle, read_calibration
-from .data import Dataset
-from .engine import Engine
-from .errors import GatiError
+from gati.bundle import Bundle, read_calibration
+from gati.data import Dataset
+from gati.errors import GatiError
+from gati.runtime.engine import Engine
 
 WARMUP = 20
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .plan import PlanEntry
+from gati.runtime.plan import PlanEntry
 
 ALPHA = 0.05  # the certified bound holds with 95% confidence
 BUDGET_LEVELS = 16  # the greedy search's wrong-hit budget grows in this many steps (see greedy_path)
@@ -45,7 +45,7 @@ class Scores:
 
 @dataclass
 class Costs:
-    """Measured latencies (milliseconds) on the serving device, from gati.profile."""
+    """Measured latencies (milliseconds) on the serving device, from gati.pipeline.profile."""
     stage_ms: list[float]                   # one per stage; the last stage is the head
     lookup_ms: dict[tuple[int, str], float]  # (cut, variant) -> reduce + predict at batch 1
     # (cut, variant) -> what the lookup adds to the next stage when run beside it (async mode);
