@@ -1,39 +1,25 @@
 """Copy a bundle with only some cache variants, e.g. to ship it to a GPU host with a size limit.
 
-    python experiments/slim_bundle.py bundles/r18 gpu/r18 --variants linear,mlp,fc,convfc \
-        --checkpoint gpu/cifar10_resnet18.pt
+    python experiments/slim_bundle.py bundles/r18 gpu/r18 --variants linear,mlp,fc,convfc
 
 The copy keeps the calibration scores of every variant, but only the kept variants' cache files
 and manifest entries, so `gati plan --bundle COPY --device D` re-plans among those alone. If the
 current plan uses a dropped variant, the copy gets an empty plan (every request runs the whole
-model) until it is re-planned. `--checkpoint` points the copy at the checkpoint's path on the
-target host (its SHA-256 is still checked when the bundle loads).
+model) until it is re-planned. The checkpoint travels inside the bundle, as in every bundle.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-import yaml
+from gati.bundle import read_manifest, revise_bundle
+from gati.runtime.plan import Plan
 
-from gati.bundle import cache_file
 
-
-def slim(src: Path, dst: Path, variants: set[str], checkpoint: str | None) -> None:
-    manifest = yaml.safe_load((src / "manifest.yaml").read_text())
-    manifest["caches"] = [c for c in manifest["caches"] if c["variant"] in variants]
-    if any(e["variant"] not in variants for e in manifest["plan"]["entries"]):
-        manifest["plan"]["entries"] = []
-    if checkpoint:
-        manifest["checkpoint"]["path"] = checkpoint
-    shutil.rmtree(dst, ignore_errors=True)
-    (dst / "caches").mkdir(parents=True)
-    for c in manifest["caches"]:
-        shutil.copy(src / cache_file(c["cut"], c["variant"]), dst / cache_file(c["cut"], c["variant"]))
-    for name in ("calibration.npz", "calibration_ids.txt"):
-        shutil.copy(src / name, dst / name)
-    (dst / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+def slim(src: Path, dst: Path, variants: set[str]) -> None:
+    m = read_manifest(src)
+    plan = m.plan if all(e.variant in variants for e in m.plan.entries) else Plan([], m.plan.mode)
+    revise_bundle(src, m.replace(caches=[c for c in m.caches if c.variant in variants], plan=plan), out=dst)
 
 
 def main() -> None:
@@ -41,9 +27,8 @@ def main() -> None:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--variants", required=True, help="comma-separated variants to keep")
-    p.add_argument("--checkpoint", help="the checkpoint's path where the copy will be used")
     a = p.parse_args()
-    slim(a.src, a.dst, set(a.variants.split(",")), a.checkpoint)
+    slim(a.src, a.dst, set(a.variants.split(",")))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import argparse
 
 import torch
 
-from gati.bundle import cache_file, load_bundle
-from gati.cache import Cache, load_cache, make_cache
+from gati.bundle import load_bundle
+from gati.cache import Cache, make_cache
 from gati.data import load_split
 from gati.pipeline.extract import extract, extraction_batch
 
@@ -39,12 +39,12 @@ def main() -> None:
     bundle = load_bundle(a.bundle)
     m = bundle.manifest
     cuts, variants = [int(c) for c in a.cuts.split(",")], a.variants.split(",")
-    shapes = {c: tuple(m["cut_shapes"][c]) for c in cuts}
-    wanted = {c: {v: make_cache(v, shapes[c], m["num_classes"]).reducer_key for v in variants} for c in cuts}
+    shapes = {c: tuple(m.cut_shapes[c]) for c in cuts}
+    wanted = {c: {v: make_cache(v, shapes[c], m.num_classes).reducer_key for v in variants} for c in cuts}
     batch = extraction_batch("cpu")
-    calib = load_split(m["dataset"], a.data_dir, m["calibration"]["split"])
-    train = load_split(m["dataset"], a.data_dir, "train")
-    subset = load_split(m["dataset"], a.data_dir, "train", limit=a.subset, seed=m["train"]["seed"])
+    calib = load_split(m.dataset, a.data_dir, m.calibration.split)
+    train = load_split(m.dataset, a.data_dir, "train")
+    subset = load_split(m.dataset, a.data_dir, "train", limit=a.subset, seed=m.train.seed)
     row = {image_id: i for i, image_id in enumerate(train.ids)}
     rows = torch.tensor([row[i] for i in subset.ids])
     calib_feats, calib_logits = extract(bundle.staged, calib, bundle.preprocess, wanted, "cpu", batch, "calib")
@@ -54,13 +54,13 @@ def main() -> None:
     for cut in cuts:
         for variant, key in wanted[cut].items():
             feats = train_feats[(cut, key)]
-            shipped = load_cache(bundle.path / cache_file(cut, variant))
-            print(f"cut {cut} {m['cuts'][cut]} {variant}")
-            print(f"  bundle ({m['train']['n']} images): {coverage(shipped, calib_feats[(cut, key)], base)}")
+            shipped = bundle.info.load_cache(cut, variant)
+            print(f"cut {cut} {m.cuts[cut]} {variant}")
+            print(f"  bundle ({m.train.n} images): {coverage(shipped, calib_feats[(cut, key)], base)}")
             for name, x, y in ((f"refit on {len(rows)}", feats[rows], train_logits[rows]),
                                (f"refit on {len(train)}", feats, train_logits)):
-                cache = make_cache(variant, shapes[cut], m["num_classes"])
-                cache.fit(x.float(), y, seed=m["train"]["seed"])
+                cache = make_cache(variant, shapes[cut], m.num_classes)
+                cache.fit(x.float(), y, seed=m.train.seed)
                 print(f"  {name}: {coverage(cache, calib_feats[(cut, key)], base)}", flush=True)
 
 

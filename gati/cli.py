@@ -11,7 +11,7 @@ from gati.errors import GatiError
 
 
 def _build(a: argparse.Namespace) -> None:
-    from gati.bundle import load_bundle
+    from gati.bundle import read_manifest
     from gati.cache import VARIANTS
     from gati.pipeline.build import BuildConfig, build
     from gati.pipeline.planner import plan_report
@@ -21,31 +21,20 @@ def _build(a: argparse.Namespace) -> None:
                       calib_limit=a.calib_limit, memory_mb=a.memory_mb, batch_size=a.batch_size, seed=a.seed,
                       force=a.force)
     out = build(cfg)
-    m = load_bundle(out, a.device).manifest
-    print(_plan_text(m, plan_report))
+    print(plan_report(read_manifest(out)))
     print(f"bundle written to {out}")
-
-
-def _plan_text(manifest: dict, report) -> str:
-    from gati.pipeline.optimizer import Choice
-    from gati.runtime.plan import Plan
-    e = manifest["expected"]
-    choice = Choice([], manifest["plan"]["mode"], e["latency_ms"], e["agreement"], e["hit_rate"])
-    return report(Plan.from_dict(manifest["plan"]), manifest["certified"], choice, e["base_ms"])
 
 
 def _calibrate(a: argparse.Namespace) -> None:
     from gati.pipeline.planner import plan_report
     from gati.pipeline.retarget import retarget
-    manifest = retarget(Path(a.bundle), a.target, Path(a.out) if a.out else None, a.memory_mb)
-    print(_plan_text(manifest, plan_report))
+    print(plan_report(retarget(Path(a.bundle), a.target, Path(a.out) if a.out else None, a.memory_mb)))
 
 
 def _plan(a: argparse.Namespace) -> None:
     from gati.pipeline.planner import plan_report
     from gati.pipeline.retarget import replan_for_device
-    manifest = replan_for_device(Path(a.bundle), a.device, Path(a.out) if a.out else None, a.memory_mb)
-    print(_plan_text(manifest, plan_report))
+    print(plan_report(replan_for_device(Path(a.bundle), a.device, Path(a.out) if a.out else None, a.memory_mb)))
 
 
 def _compact(a: argparse.Namespace) -> None:
@@ -53,7 +42,7 @@ def _compact(a: argparse.Namespace) -> None:
     from gati.pipeline.compact import compact
     from gati.pipeline.planner import plan_report
     out = compact(Path(a.bundle), a.data_dir, Path(a.out) if a.out else None)
-    print(_plan_text(read_manifest(out), plan_report))
+    print(plan_report(read_manifest(out)))
 
 
 def _eval(a: argparse.Namespace) -> None:
@@ -61,7 +50,7 @@ def _eval(a: argparse.Namespace) -> None:
     from gati.data import load_split
     from gati.measure.evaluate import evaluate, format_table
     bundle = load_bundle(a.bundle, a.device)
-    data = load_split(bundle.manifest["dataset"], a.data_dir, a.split, limit=a.limit, seed=a.seed)
+    data = load_split(bundle.manifest.dataset, a.data_dir, a.split, limit=a.limit, seed=a.seed)
     result = evaluate(bundle, data, seed=a.seed, mode=a.mode, progress=not a.json)
     print(json.dumps(result.to_dict()) if a.json else format_table(result))
 

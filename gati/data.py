@@ -372,15 +372,27 @@ _READERS = {"archive": _read_archive, "folder": _read_folder, "torchvision": _re
 # --- splits, subsets and the on-disk cache -----------------------------------------------------------------------
 
 
+def halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The project's one splitting rule: within each class, rows in canonical order (by label, then
+    file name), even positions (0, 2, ...) form the first half and odd positions the second.
+
+    It cuts `test` into `test:calib` and `test:eval`, and `test:calib` into the *select* and
+    *certify* parts of calibration (gati.pipeline.certify). Returns increasing row indices.
+    """
+    labels = np.asarray(labels)
+    position = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        position[members] = np.arange(len(members))
+    rows = np.arange(len(labels))
+    return rows[position % 2 == 0], rows[position % 2 == 1]
+
+
 def _split_rows(labels: np.ndarray, split: str, limit: int | None, seed: int) -> np.ndarray:
     """Rows of the physical split (in canonical order) that make up `split`, then its `limit` subset."""
     rows = np.arange(len(labels))
     if split in ("test:calib", "test:eval"):
-        position = np.empty(len(labels), dtype=np.int64)
-        for c in np.unique(labels):
-            members = np.flatnonzero(labels == c)
-            position[members] = np.arange(len(members))
-        rows = rows[position % 2 == (0 if split == "test:calib" else 1)]
+        rows = halves(labels)[0 if split == "test:calib" else 1]
     if limit is not None:
         rows = rows[class_balanced_subset(labels[rows], limit, seed)]
     return rows

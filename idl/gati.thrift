@@ -1,17 +1,17 @@
-// GATI's distributed topology (DESIGN.md, "The distributed topology"):
+// GATI's distributed topology (README, "Distributed serving"):
 //
 //   client --predict--> Aggregator --run (acked)--> Executor --lookup--> Predictor[cut]
-//                          ^                          ^  <--- verdict (the reply) ----+
-//                          |                                                          |
-//                          +------------------ report (oneway) ------------------------+
-//   Executor --finished (oneway)--> Aggregator --add_samples (oneway)--> Retrainer --deploy--> Predictors
+//                          ^                          |  <--- verdict (the reply) ----+
+//                          +--- finished (oneway) ----+   the answer, as soon as it is known
+//                          +--- shadowed (oneway) ----+   a sampled request, run to the end
+//   Aggregator --add_samples (oneway)--> Retrainer --deploy--> Predictors
 //   Predictor[knn] <--search/add--> NeighborIndex
 //
-// Every message carries a request id. The executor sends a cut's features and runs on without
-// waiting for the reply (it reads the verdict when it must, at most `lookahead` stages later); a
-// predictor reports a hit to the aggregator before it replies, so the client's answer never waits
-// for the executor. `run` is acknowledged once queued: a oneway message to an executor that just
-// died would vanish, and the client would learn of it only at its deadline.
+// Every message carries a request id. The executor runs the cascade loop (gati/runtime/cascade.py):
+// it sends a cut's features and runs on without waiting for the reply (it reads the verdict when it
+// must, at most `lookahead` stages later), and tells the aggregator the answer the moment the loop
+// decides it. `run` is acknowledged once queued: a oneway message to an executor that just died
+// would vanish, and the client would learn of it only at its deadline.
 // Generated Python lives in gati/rpc/gen (make idl); CI regenerates it and fails on a diff.
 
 namespace py gati_idl
@@ -72,7 +72,7 @@ struct ServiceStatus {
 
 struct RunRequest {
   1: i64 request_id,
-  2: Tensor input,          // float32 1x3xHxW, preprocessed
+  2: Tensor input,          // float32 1xCxHxW, preprocessed
   3: bool sampled,          // finish in the background even after a hit; return features
   4: double deadline_unix,  // wall clock (time.time()) after which nobody waits for the answer
 }
@@ -84,7 +84,8 @@ struct Features {
   3: Tensor features,
 }
 
-struct Report {
+// A predictor's verdict on one cut's features (the reply to `lookup`).
+struct LookupReply {
   1: i64 request_id,
   2: i32 cut,
   3: i32 label,
@@ -101,17 +102,23 @@ struct Sample {
   4: optional Tensor base_logits,  // float32 [num_classes]: the teacher for distillation
 }
 
+// The answer the executor's cascade loop decided (sent the moment it is decided).
 struct ExecutionResult {
   1: i64 request_id,
-  2: bool completed,        // all stages ran: label/confidence are the full model's answer
-  3: i32 label,
-  4: double confidence,
-  5: i32 stages_run,        // stages the executor actually ran
-  6: bool cancelled,
-  7: i32 stages_after_hit,  // stages run after the cut that hit (-1: no hit seen)
-  8: list<Sample> samples,  // only for sampled requests
-  9: string error,          // non-empty when the executor failed on this request
-  10: list<Report> reports, // the verdicts the executor read, so the aggregator never misses one
+  2: i32 label,
+  3: double confidence,
+  4: i32 exit_cut,          // the cut whose cache answered, -1 when the full model answered
+  5: i32 stages_run,        // stages run when the answer was decided
+  6: string error,          // non-empty when the executor failed on this request (no answer)
+  7: bool cancelled,        // stopped (cancel or deadline) before an answer was decided
+}
+
+// A sampled request after its answer: run to the end by the full model, for live agreement and
+// for the retrainer.
+struct ShadowResult {
+  1: i64 request_id,
+  2: i32 base_label,        // the full model's answer
+  3: list<Sample> samples,  // each planned cut's reduced features, with the full model's logits
 }
 
 struct CacheUpdate {
@@ -162,8 +169,8 @@ service Aggregator extends Service {
   Prediction predict(1: Request request)
       throws (1: InvalidRequest invalid, 2: Overloaded overloaded, 3: Unavailable unavailable,
               4: DeadlineExceeded deadline),
-  oneway void report(1: Report report),
   oneway void finished(1: ExecutionResult result),
+  oneway void shadowed(1: ShadowResult result),
 }
 
 service Executor extends Service {
@@ -174,8 +181,8 @@ service Executor extends Service {
 }
 
 service Predictor extends Service {
-  // The cache's verdict on a cut's features; a hit is reported to the aggregator first.
-  Report lookup(1: Features features),
+  // The cache's verdict on a cut's features.
+  LookupReply lookup(1: Features features),
   list<CacheInfo> caches(),
   // Swap in a new version of a cut's cache atomically; requests in flight finish on the old one.
   void deploy(1: CacheUpdate update) throws (1: InvalidRequest invalid),

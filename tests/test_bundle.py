@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from gati.bundle import load_bundle, read_manifest, write_bundle
+from gati.bundle import load_bundle, read_bundle, read_manifest, write_bundle
 from gati.cli import main
 from gati.errors import BundleError, CheckpointError
 
@@ -20,12 +20,12 @@ def copy(tiny_bundle, tmp_path):
 
 def test_manifest_records_what_serving_and_auditing_need(tiny_bundle):
     m = read_manifest(tiny_bundle)
-    for key in ("checkpoint", "preprocess", "classes", "cuts", "plan", "target", "certified", "calibration",
-                "profile", "versions"):
-        assert key in m
-    assert len(m["checkpoint"]["sha256"]) == 64
-    assert m["calibration"]["split"] == "test:calib" and len(m["calibration"]["ids_sha256"]) == 64
-    assert m["profile"]["device"] == "cpu" and len(m["profile"]["stage_ms"]) == len(m["cuts"]) + 1
+    assert m.format_version == 2 and m.checkpoint.path == "checkpoint.pt" and len(m.checkpoint.sha256) == 64
+    assert (tiny_bundle / "checkpoint.pt").is_file()
+    assert m.calibration.split == "test:calib" and len(m.calibration.ids_sha256) == 64
+    assert m.profile.device == "cpu" and len(m.profile.stage_ms) == len(m.cuts) + 1
+    assert m.classes and m.plan.entries and m.target == 0.9 and m.versions["torch"]
+    assert read_manifest(tiny_bundle).to_yaml() == (tiny_bundle / "manifest.yaml").read_text()  # round trip
 
 
 def test_missing_manifest(tmp_path):
@@ -46,30 +46,56 @@ def test_missing_cache_file(copy):
         load_bundle(copy)
 
 
-def test_checkpoint_changed_since_build(copy, tmp_path):
-    m = yaml.safe_load((copy / "manifest.yaml").read_text())
-    ckpt = tmp_path / "changed.pt"
-    state = torch.load(m["checkpoint"]["path"])
+def test_checkpoint_changed_since_build(copy):
+    state = torch.load(copy / "checkpoint.pt")
     state["linear.bias"] += 1
-    torch.save(state, ckpt)
-    m["checkpoint"]["path"] = str(ckpt)
-    (copy / "manifest.yaml").write_text(yaml.safe_dump(m))
+    (copy / "checkpoint.pt").unlink()  # a new file: the original bundle's (hard-linked) one stays intact
+    torch.save(state, copy / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="changed since the bundle was built"):
         load_bundle(copy)
 
 
-def test_an_interrupted_write_leaves_nothing_behind(tmp_path):
+def test_a_moved_bundle_still_evaluates(tiny_bundle, tiny_data, tmp_path, capsys):
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(tiny_bundle, moved)  # what cp -r or scp does
+    assert main(["eval", "--bundle", str(moved), "--data-dir", str(tiny_data[0]), "--limit", "40", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 40
+
+
+def test_an_old_bundle_loads_where_its_checkpoint_is_and_says_what_to_do_where_not(copy, tmp_path):
+    raw = yaml.safe_load((copy / "manifest.yaml").read_text())
+    outside = tmp_path / "models" / "tiny.pt"
+    outside.parent.mkdir()
+    shutil.move(copy / "checkpoint.pt", outside)
+    raw["format_version"], raw["checkpoint"] = 1, {"path": str(outside), "sha256": raw["checkpoint"]["sha256"]}
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert load_bundle(copy).plan.entries
+    outside.unlink()
+    with pytest.raises(CheckpointError, match="older gati .* absolute path"):
+        load_bundle(copy)
+
+
+def test_a_manifest_with_unknown_or_missing_keys_is_refused(copy):
+    raw = yaml.safe_load((copy / "manifest.yaml").read_text())
+    raw["certified"]["lower_boundd"] = raw["certified"].pop("lower_bound")
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(BundleError, match="lower_boundd"):
+        read_bundle(copy)
+
+
+def test_an_interrupted_write_leaves_nothing_behind(tiny_bundle, tmp_path):
     class Exploding:
         def save(self, path):
             raise RuntimeError("disk full")
+    m = read_manifest(tiny_bundle)
     with pytest.raises(RuntimeError):
-        write_bundle(tmp_path / "b", {"format_version": 1}, {(0, "linear"): Exploding()}, {}, [])
+        write_bundle(tmp_path / "b", m, {(0, "linear"): Exploding()}, {}, [], tiny_bundle / "checkpoint.pt")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_bundle_is_not_overwritten_without_force(copy):
     with pytest.raises(BundleError, match="already exists"):
-        write_bundle(copy, {}, {}, {}, [])
+        write_bundle(copy, read_manifest(copy), {}, {}, [], copy / "checkpoint.pt")
 
 
 def test_eval_json_is_one_object_with_the_promised_fields(tiny_bundle, tiny_data, capsys):
@@ -95,9 +121,9 @@ def test_calibrate_retargets_without_retraining(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "strict"
     assert main(["calibrate", "--bundle", str(tiny_bundle), "--target", "0.97", "--out", str(out)]) == 0
     loose, strict = read_manifest(tiny_bundle), read_manifest(out)
-    assert strict["target"] == 0.97 and loose["target"] == 0.9
-    assert strict["certified"]["lower_bound"] >= 0.97 or not strict["plan"]["entries"]
-    assert strict["certified"]["hit_rate"] <= loose["certified"]["hit_rate"]
+    assert strict.target == 0.97 and loose.target == 0.9
+    assert strict.certified.lower_bound >= 0.97 or not strict.plan.entries
+    assert strict.certified.hit_rate <= loose.certified.hit_rate
     assert sorted(p.name for p in (out / "caches").iterdir()) == sorted(p.name for p in (tiny_bundle / "caches").iterdir())
 
 
@@ -105,7 +131,7 @@ def test_plan_reprofiles_on_a_device(tiny_bundle, tmp_path):
     out = tmp_path / "replanned"
     assert main(["plan", "--bundle", str(tiny_bundle), "--device", "cpu", "--out", str(out)]) == 0
     m = read_manifest(out)
-    assert m["profile"]["device"] == "cpu" and m["target"] == 0.9
+    assert m.profile.device == "cpu" and m.target == 0.9
     assert load_bundle(out).plan.entries
 
 

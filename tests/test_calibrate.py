@@ -81,8 +81,7 @@ def test_certified_bound_holds_on_fresh_data():
     for seed in range(8):
         calib = synthetic_scores(3000, seed=seed)
         labels = np.arange(3000) % 10
-        ids = [f"img{i:05d}" for i in range(3000)]
-        select, cert = split_select_certify(labels, ids)
+        select, cert = split_select_certify(labels)
         thresholds, result = calibrate(calib, COSTS, "sync", target, select, cert)
         assert result.lower_bound >= target or np.isinf(thresholds).all()
         fresh = synthetic_scores(20000, seed=100 + seed)
@@ -94,8 +93,7 @@ def test_certified_bound_holds_on_fresh_data():
 
 def test_select_and_certify_halves_are_disjoint_and_balanced():
     labels = np.repeat(np.arange(4), 50)
-    ids = [f"x/{i:03d}" for i in range(200)]
-    select, cert = split_select_certify(labels, ids)
+    select, cert = split_select_certify(labels)
     assert len(set(select) & set(cert)) == 0 and len(select) + len(cert) == 200
     assert all((labels[select] == c).sum() == 25 for c in range(4))
     assert math.isclose(len(select), len(cert))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gati.bundle import load_bundle, read_calibration, read_manifest
+from gati.bundle import load_bundle, read_bundle
 from gati.data import load_split
 from gati.errors import BundleError, DatasetError
 from gati.pipeline.compact import compact
@@ -16,17 +16,17 @@ def compacted(tiny_bundle, tiny_data, tmp_path_factory):
 
 
 def test_dense_caches_halve_and_calibration_is_redone(tiny_bundle, compacted):
-    before, after = read_manifest(tiny_bundle), read_manifest(compacted)
-    assert after["cache_dtype"] == "bfloat16"
+    before, after = read_bundle(tiny_bundle), read_bundle(compacted)
+    assert after.manifest.cache_dtype == "bfloat16"
     assert [p.name for p in compacted.parent.iterdir()] == [compacted.name]  # no temporary copy left
-    sizes = {(c["cut"], c["variant"]): c["nbytes"] for c in before["caches"]}
-    for c in after["caches"]:
-        want = sizes[(c["cut"], c["variant"])] // (2 if c["variant"] != "knn" else 1)
-        assert c["nbytes"] == want
-    old, old_ids = read_calibration(tiny_bundle)
-    new, new_ids = read_calibration(compacted)
+    sizes = {(c.cut, c.variant): c.nbytes for c in before.manifest.caches}
+    for c in after.manifest.caches:
+        assert c.nbytes == sizes[(c.cut, c.variant)] // (2 if c.variant != "knn" else 1)
+    old, old_ids = before.calibration()
+    new, new_ids = after.calibration()
     assert new_ids == old_ids and np.array_equal(new["base"], old["base"])
-    assert after["certified"]["lower_bound"] >= after["target"] or not after["plan"]["entries"]
+    m = after.manifest
+    assert m.certified.lower_bound >= m.target or not m.plan.entries
 
 
 def test_the_compacted_bundle_serves_and_misses_are_exact(compacted, tiny_data):

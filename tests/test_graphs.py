@@ -8,6 +8,7 @@ from gati.bundle import cache_file, load_bundle
 from gati.cache import load_cache
 from gati.data import load_split
 from gati.errors import GatiError, InvalidInput
+from gati.runtime.cascade import run_cascade
 from gati.runtime.engine import Engine
 from gati.runtime.graphs import Graphed, GraphedCascade
 from gati.runtime.plan import Plan, PlanEntry
@@ -65,12 +66,17 @@ def test_segments_answer_like_the_stage_by_stage_engine(tiny_bundle, inputs):
     cascade = GraphedCascade(engine.stages, entries, inputs[0], capture=Eager)
     exits = set()
     for x in inputs:
-        want, got = engine.predict(x), cascade(x)
-        cut = None if got.entry is None else cascade.cuts[got.entry]
-        assert (got.label, cut) == (want.label, want.exit_cut)
+        want, got = engine.predict(x), _run(cascade, bundle, x)
+        assert (got.label, got.exit_cut, got.stages_run) == (want.label, want.exit_cut, want.stages_run)
         assert got.confidence == pytest.approx(want.confidence, abs=1e-6)
-        exits.add(cut)
+        exits.add(got.exit_cut)
     assert len(exits) == len(entries) + 1, "answers should come from every cut and the head"
+
+
+def _run(cascade, bundle, x):
+    """The cascade loop over the graphed segments, as the engine runs it on CUDA."""
+    with torch.inference_mode():
+        return run_cascade(x, cascade.steps(bundle.staged.cuts), cascade, 0, cascade.head).answer
 
 
 def test_the_first_segment_rejects_non_finite_input(tiny_bundle, inputs):
@@ -80,7 +86,7 @@ def test_the_first_segment_rejects_non_finite_input(tiny_bundle, inputs):
     bad = inputs[0].clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(InvalidInput, match="NaN"):
-        cascade(bad)
+        _run(cascade, bundle, bad)
 
 
 def test_a_knn_cache_cannot_be_captured(tiny_bundle, inputs):
@@ -100,12 +106,11 @@ def test_graphs_need_a_cuda_tensor():
 def test_on_cuda_the_graph_engine_matches_the_eager_one(tiny_bundle, inputs):
     bundle = _dense_bundle(tiny_bundle, inputs, "cuda")
     graphs = Engine(bundle, "sync")
-    eager = Engine(bundle, "sync")
-    eager._graphs = eager._base = None  # the same engine, run stage by stage
-    assert graphs._graphs is not None
+    eager = Engine(bundle, "sync", graphs=False)  # the same engine, run stage by stage
+    assert graphs.graphed
     for x in inputs:
         a, b = graphs.predict(x), eager.predict(x)
-        assert (a.label, a.exit_cut) == (b.label, b.exit_cut)
+        assert (a.label, a.exit_cut, a.stages_run) == (b.label, b.exit_cut, b.stages_run)
         assert graphs.predict_base(x) == eager.predict_base(x)
     bad = inputs[0].clone()
     bad[0, 0, 0, 0] = float("inf")

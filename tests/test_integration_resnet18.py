@@ -35,8 +35,7 @@ def test_checkpoint_accuracy_on_unseen_images(r18_bundle, eval_data):
 
 
 def test_certified_agreement_holds_on_held_out_images(r18_bundle, eval_data):
-    certified = r18_bundle.manifest["certified"]
-    assert certified["lower_bound"] >= TARGET
+    assert r18_bundle.manifest.certified.lower_bound >= TARGET
     result = evaluate(r18_bundle, eval_data, seed=0, progress=False)
     assert result.hit_rate > 0.3, "caches at the deep cuts of ResNet-18 should answer often at 95%"
     assert result.agreement >= TARGET - 0.02  # 400 images: sampling slack around a 95%-confident bound

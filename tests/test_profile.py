@@ -1,18 +1,18 @@
 """The profile measures what the engine will pay: stages, lookups inside passes, async overlap."""
 import pytest
 import torch
+import yaml
 
-from gati.bundle import cache_file, load_bundle
-from gati.cache import load_cache
+from gati.bundle import load_bundle
+from gati.bundle.manifest import Manifest
 from gati.errors import GatiError
-from gati.pipeline.profile import Profile, profile_model
+from gati.pipeline.profile import profile_model
 
 
 @pytest.fixture(scope="module")
 def profiled(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
-    caches = {(c["cut"], c["variant"]): load_cache(tiny_bundle / cache_file(c["cut"], c["variant"]))
-              for c in bundle.manifest["caches"]}
+    caches = {(c.cut, c.variant): bundle.info.load_cache(c.cut, c.variant) for c in bundle.manifest.caches}
     x = torch.zeros(1, *bundle.input_shape)
     return bundle, caches, profile_model(bundle.model, bundle.staged, caches, x, "cpu", repeats=3)
 
@@ -27,15 +27,16 @@ def test_every_cache_gets_a_lookup_and_an_overlap_cost(profiled):
     assert len(profile.stage_ms) == len(bundle.staged.stages) and profile.base_ms > 0
 
 
-def test_profile_round_trips_and_reads_profiles_written_before_overlaps(profiled):
-    _, caches, profile = profiled
+def test_profile_round_trips_and_reads_profiles_written_before_overlaps(profiled, tiny_bundle):
+    bundle, _, profile = profiled
     key = next(iter(profile.lookup_ms)).split(":")
     cut, variant = int(key[0]), key[1]
-    assert Profile.from_dict(profile.to_dict()) == profile
+    text = bundle.manifest.replace(profile=profile).to_yaml()
+    assert Manifest.from_yaml(text, "test").profile == profile
     assert profile.overlap(cut, variant) is not None
-    old = profile.to_dict()
-    del old["overlap_ms"]
-    assert Profile.from_dict(old).overlap(cut, variant) is None
+    old = yaml.safe_load(text)
+    del old["profile"]["overlap_ms"]  # a manifest from before overlaps were measured
+    assert Manifest.from_yaml(yaml.safe_dump(old), "test").profile.overlap(cut, variant) is None
 
 
 def test_an_unknown_device_is_refused(profiled):

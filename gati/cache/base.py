@@ -132,10 +132,6 @@ class Cache(abc.ABC):
         """Which reducer this variant reads for activations of `in_shape` (usable before construction)."""
         return cls.reducer_key
 
-    @property
-    def fitted(self) -> bool:
-        return self._fitted
-
     def reduce(self, act: Tensor) -> Tensor:
         """Apply this cache's reducer to an N x C x H x W activation."""
         if not isinstance(act, Tensor) or act.dim() != 4 or act.shape[1:] != self.in_shape:

@@ -6,12 +6,12 @@ import io
 import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
-from gati.bundle import MANIFEST, read_manifest
-from gati.errors import BundleError, GatiError
+from gati.bundle import MANIFEST, read_bundle
+from gati.bundle.layout import CHECKPOINT
+from gati.errors import GatiError
 
 
 def build_wheel(project_dir: Path, out_dir: Path) -> Path:
@@ -31,36 +31,27 @@ def build_wheel(project_dir: Path, out_dir: Path) -> Path:
     return wheels[0]
 
 
-def pack_bundle(bundle_dir: Path, out_path: Path, remote_dir: str) -> Path:
-    """The bundle folder as a .tar.gz, unpacked on the instance into `remote_dir`.
+def pack_bundle(bundle_dir: Path, out_path: Path) -> Path:
+    """The bundle folder as a .tar.gz, unpacked as it is on the instance (bundles are self-contained).
 
-    A bundle names its checkpoint by an absolute path on the machine that built it; that file
-    travels inside the archive (checkpoint/<name>) and the archive's manifest points at its
-    place under `remote_dir`. The local bundle is left as it is.
+    A format-1 bundle names its checkpoint by an absolute path on the machine that built it: that
+    file travels inside the archive as `checkpoint.pt` and the archive's manifest points at it, as a
+    format-2 bundle's does. The local bundle is left as it is.
     """
-    manifest = read_manifest(bundle_dir)
-    checkpoint = manifest["checkpoint"].get("path")
+    info = read_bundle(bundle_dir)
+    checkpoint = info.checkpoint_path()  # CheckpointError when it is not on this machine
     with tarfile.open(out_path, "w:gz") as tar:
-        for child in sorted(bundle_dir.iterdir()):
+        for child in sorted(Path(bundle_dir).iterdir()):
             if child.name != MANIFEST:
                 tar.add(child, arcname=child.name)
-        if checkpoint:
-            shipped = _add_checkpoint(tar, bundle_dir, Path(checkpoint))
-            manifest["checkpoint"]["path"] = f"{remote_dir}/{shipped}"
-        _add_text(tar, MANIFEST, yaml.safe_dump(manifest, sort_keys=False))
+        ref = info.manifest.checkpoint
+        if Path(ref.path).is_absolute():
+            tar.add(checkpoint, arcname=CHECKPOINT)
+            shipped = info.manifest.replace(checkpoint=replace(ref, path=CHECKPOINT, source=ref.path))
+            _add_text(tar, MANIFEST, shipped.to_yaml())
+        else:
+            tar.add(Path(bundle_dir) / MANIFEST, arcname=MANIFEST)
     return out_path
-
-
-def _add_checkpoint(tar: tarfile.TarFile, bundle_dir: Path, checkpoint: Path) -> str:
-    source = checkpoint if checkpoint.is_absolute() else bundle_dir / checkpoint
-    if not source.is_file():
-        raise BundleError(f"the bundle's checkpoint {checkpoint} is not on this machine, so it "
-                          "cannot be shipped with the bundle")
-    if source.resolve().is_relative_to(bundle_dir.resolve()):
-        return source.resolve().relative_to(bundle_dir.resolve()).as_posix()
-    name = f"checkpoint/{source.name}"
-    tar.add(source, arcname=name)
-    return name
 
 
 def _add_text(tar: tarfile.TarFile, name: str, text: str) -> None:

@@ -21,7 +21,7 @@ from gati.cloud.inventory import (
     inventory_path,
     write_inventory,
 )
-from gati.cloud.layout import REMOTE_BUNDLE, nodes, service_ports
+from gati.cloud.layout import nodes, service_ports
 from gati.cloud.network import Subnet, find_subnet, free_addresses, used_addresses
 from gati.cloud.spec import AUTO, DeployError, DeploySpec
 from gati.cloud.tagged import find, tag
@@ -89,7 +89,7 @@ def _stage(spec: DeploySpec, bundle: Path, project: Path, session: Any, subnet: 
     """Build the wheel, pack the bundle, plan, and put both into the new bucket."""
     with tempfile.TemporaryDirectory(prefix="gati-deploy-") as tmp:
         wheel = hooks.build_wheel(project, Path(tmp))
-        packed = pack_bundle(bundle, Path(tmp) / BUNDLE_KEY, REMOTE_BUNDLE)
+        packed = pack_bundle(bundle, Path(tmp) / BUNDLE_KEY)
         plan = _plan(spec, session, subnet, wheel.name)
         hooks.echo(f"deploying {spec.name} to {spec.region} ({subnet.availability_zone}), "
                    f"{len(plan.instances)} instances, {plan.cost.describe()}")

@@ -73,10 +73,11 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
     """The config file written on `node`; `hosts` maps node names to private addresses."""
     c, ports = spec.cluster, spec.ports
     where = {role: n.name for n in all_nodes for role in n.roles if role != "predictor"}
+    tuned = {k: v for k, v in (("queue_size", c.queue_size), ("workers", c.workers), ("sample_rate", c.sample_rate))
+             if v is not None}
     services: dict[str, Any] = {
         "aggregator": {"host": hosts[where["aggregator"]], "port": ports.aggregator,
-                       "metrics_port": ports.metrics, "queue_size": c.queue_size,
-                       "workers": c.workers, "sample_rate": c.sample_rate},
+                       "metrics_port": ports.metrics, **tuned},
         "executor": {"host": hosts[where["executor"]], "port": ports.executor},
         "predictors": [
             {"name": n.name, "host": hosts[n.name], "port": ports.predictor,
@@ -86,12 +87,14 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
     for role in ("index", "retrainer"):
         if role in where:
             services[role] = {"host": hosts[where[role]], "port": getattr(ports, role)}
-    return {
+    config = {
         "bundle": REMOTE_BUNDLE,
         "device": node.device,
         "log_dir": REMOTE_LOGS,
         "timeouts_ms": dict(c.timeouts_ms),
-        "max_message_mb": c.max_message_mb,
         "hop_delay_ms": 0.0,        # real network hops: nothing to inject
         "services": services,
     }
+    if c.max_message_mb is not None:
+        config["max_message_mb"] = c.max_message_mb
+    return config

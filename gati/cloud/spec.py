@@ -61,14 +61,14 @@ class Ports:
 
 @dataclass(frozen=True)
 class ClusterTuning:
-    """Fields copied into every instance's cluster config (see the cluster config schema)."""
+    """Settings copied into every instance's cluster config; None (or a timeout left out) keeps the
+    services' own default, which is defined once, in gati/rpc/config.py."""
 
-    timeouts_ms: Mapping[str, int] = field(
-        default_factory=lambda: {"connect": 1000, "call": 2000, "request": 5000})
-    max_message_mb: int = 64
-    queue_size: int = 64
-    workers: int = 4
-    sample_rate: float = 0.05
+    timeouts_ms: Mapping[str, int] = field(default_factory=dict)
+    max_message_mb: int | None = None
+    queue_size: int | None = None   # the aggregator's
+    workers: int | None = None      # the aggregator's
+    sample_rate: float | None = None
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ def drive(make_sender: Callable[[], Sender], images: np.ndarray, concurrency: in
 def run_bench(cfg: BenchConfig) -> BenchResult:
     bundle = load_bundle(cfg.bundle)
     engine = Engine(bundle)
-    data = load_split(cfg.dataset or bundle.manifest.get("dataset") or "cifar10", cfg.data_dir, cfg.split,
+    data = load_split(cfg.dataset or bundle.manifest.dataset, cfg.data_dir, cfg.split,
                       limit=cfg.limit, seed=cfg.seed)
     refs = references(bundle, engine, data.images)
     if cfg.endpoint:

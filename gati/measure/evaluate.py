@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gati.bundle import Bundle, read_calibration
+from gati.bundle import Bundle
 from gati.data import Dataset
 from gati.errors import GatiError
 from gati.runtime.engine import Engine
@@ -56,7 +56,7 @@ class EvalResult:
 
 
 def check_disjoint(bundle: Bundle, data: Dataset) -> None:
-    _, calib_ids = read_calibration(bundle.path)
+    _, calib_ids = bundle.info.calibration()
     overlap = set(calib_ids) & set(data.ids)
     if overlap:
         raise GatiError(f"split {data.split!r} shares {len(overlap)} images with the bundle's calibration "
@@ -109,8 +109,8 @@ def _summarise(bundle, data, order, seed, mode, device, base_ms, gati_ms, base_l
         agreement=float((gati_lbl == base_lbl).mean()), hit_rate=sum(hits.values()) / len(order),
         hits_per_layer=hits, mean_ms_base=mb, mean_ms_gati=mg, p50_ms_base=pb, p50_ms_gati=pg,
         p99_ms_base=_pct(base_ms, 99), p99_ms_gati=_pct(gati_ms, 99), speedup_mean=mb / mg,
-        speedup_p50=pb / pg, mean_stages_run=statistics.fmean(stages), target=float(bundle.manifest["target"]),
-        certified_lower_bound=float(bundle.manifest["certified"]["lower_bound"]), mode=mode, device=device,
+        speedup_p50=pb / pg, mean_stages_run=statistics.fmean(stages), target=float(bundle.manifest.target),
+        certified_lower_bound=float(bundle.manifest.certified.lower_bound), mode=mode, device=device,
         threads=torch.get_num_threads(), split=data.split, seed=seed, bundle=str(bundle.path))
 
 

@@ -22,19 +22,30 @@ from torch import nn
 from tqdm import tqdm
 
 from gati import __version__
-from gati.bundle import FORMAT_VERSION, import_factory, write_bundle
+from gati.bundle import import_factory, write_bundle
+from gati.bundle.layout import CHECKPOINT, CacheKey
+from gati.bundle.manifest import (
+    FORMAT_VERSION,
+    CacheRecord,
+    CalibrationInfo,
+    CheckpointRef,
+    Manifest,
+    Profile,
+    TrainInfo,
+)
 from gati.cache import VARIANTS, Cache, make_cache
-from gati.data import ids_hash, load_split, preprocess_for
+from gati.data import Dataset, Preprocess, ids_hash, load_split, preprocess_for
 from gati.errors import GatiError
 from gati.models import build_model, default_cuts, load_checkpoint, sha256_file
 from gati.models.split import split_model
+from gati.pipeline.certify import SELECT_CERTIFY_RULE
 from gati.pipeline.extract import (
     activation_shapes,
     extract,
     extraction_batch,
     wanted_reducers,
 )
-from gati.pipeline.planner import make_plan
+from gati.pipeline.planner import Planned, make_plan
 from gati.pipeline.profile import profile_model
 from gati.pipeline.score import calibration_arrays
 
@@ -89,11 +100,10 @@ def build(cfg: BuildConfig) -> Path:
     example = pre(calib.images[:1]).to(cfg.device)
     profile = profile_model(model, staged, caches, example, cfg.device)
     nbytes = {key: cache.nbytes() for key, cache in caches.items()}
-    plan, certified, choice = make_plan(calibration, calib.ids, calib.labels, profile, nbytes, cuts,
-                                        cfg.target, cfg.memory_mb)
-    manifest = _manifest(cfg, num_classes, cuts, act_shapes, train, calib, pre, caches, profile,
-                         plan, certified, choice, time.time() - started)
-    write_bundle(cfg.out, manifest, caches, calibration, calib.ids, overwrite=cfg.force)
+    planned = make_plan(calibration, calib.labels, profile, nbytes, cuts, cfg.target, cfg.memory_mb)
+    manifest = _manifest(cfg, num_classes, cuts, act_shapes, train, calib, pre, caches, profile, planned,
+                         time.time() - started)
+    write_bundle(cfg.out, manifest, caches, calibration, calib.ids, cfg.checkpoint, overwrite=cfg.force)
     return cfg.out
 
 
@@ -111,7 +121,7 @@ def _base_model(cfg: BuildConfig, num_classes: int) -> tuple[nn.Module, list[str
 
 
 def fit_caches(act_shapes, wanted, cfg: BuildConfig, feats, teacher: torch.Tensor,
-               num_classes: int) -> dict[tuple[int, str], Cache]:
+               num_classes: int) -> dict[CacheKey, Cache]:
     caches = {}
     jobs = [(cut, variant, key) for cut, vs in wanted.items() for variant, key in vs.items()]
     for cut, variant, key in tqdm(jobs, desc="fit caches", unit="cache", leave=False):
@@ -122,37 +132,36 @@ def fit_caches(act_shapes, wanted, cfg: BuildConfig, feats, teacher: torch.Tenso
     return caches
 
 
-def _manifest(cfg, num_classes, cuts, act_shapes, train, calib, pre, caches, profile, plan, certified,
-              choice, seconds) -> dict:
-    return {
-        "format_version": FORMAT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "arch": cfg.arch,
-        "model_module": cfg.model_module,
-        "num_classes": num_classes,
-        "checkpoint": {"path": str(Path(cfg.checkpoint).resolve()), "sha256": sha256_file(cfg.checkpoint)},
-        "dataset": cfg.dataset,
-        "preprocess": {"mean": list(map(float, pre.mean)), "std": list(map(float, pre.std))},
-        "input_shape": [int(train.images.shape[3]), int(train.images.shape[1]), int(train.images.shape[2])],
-        "classes": list(train.classes),
-        "cuts": list(cuts),
-        "cut_shapes": [list(map(int, s)) for s in act_shapes],
-        "caches": [{"cut": cut, "cut_name": cuts[cut], "variant": variant, "nbytes": int(c.nbytes()),
-                    "reducer": c.reducer_key} for (cut, variant), c in caches.items()],
-        "plan": plan.to_dict(),
-        "target": float(cfg.target),
-        "memory_mb": None if cfg.memory_mb == float("inf") else float(cfg.memory_mb),
-        "certified": certified,
-        "expected": {"latency_ms": choice.latency_ms, "base_ms": profile.base_ms,
-                     "hit_rate": choice.hit_rate, "agreement": choice.agreement},
-        "calibration": {"split": cfg.calib_split, "n": len(calib), "ids_sha256": ids_hash(calib.ids),
-                        "rule": "within each class, ids sorted: even positions select thresholds, odd certify"},
-        "train": {"split": "train", "limit": cfg.train_limit, "n": len(train), "seed": cfg.seed},
-        "profile": profile.to_dict(),
-        "versions": {"gati": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "faiss": _faiss_version(), "python": platform.python_version()},
-        "build_seconds": round(seconds, 1),
-    }
+def _manifest(cfg: BuildConfig, num_classes: int, cuts: list[str], act_shapes, train: Dataset, calib: Dataset,
+              pre: Preprocess, caches: dict[CacheKey, Cache], profile: Profile, planned: Planned,
+              seconds: float) -> Manifest:
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        arch=cfg.arch,
+        model_module=cfg.model_module,
+        num_classes=num_classes,
+        checkpoint=CheckpointRef(CHECKPOINT, sha256_file(cfg.checkpoint), str(Path(cfg.checkpoint).resolve())),
+        dataset=cfg.dataset,
+        preprocess=pre,
+        input_shape=(int(train.images.shape[3]), int(train.images.shape[1]), int(train.images.shape[2])),
+        classes=list(train.classes),
+        cuts=list(cuts),
+        cut_shapes=[tuple(map(int, s)) for s in act_shapes],
+        caches=[CacheRecord(cut, cuts[cut], variant, int(c.nbytes()), c.reducer_key)
+                for (cut, variant), c in caches.items()],
+        plan=planned.plan,
+        target=float(cfg.target),
+        memory_mb=None if cfg.memory_mb == float("inf") else float(cfg.memory_mb),
+        certified=planned.certified,
+        expected=planned.expected,
+        calibration=CalibrationInfo(cfg.calib_split, len(calib), ids_hash(calib.ids), SELECT_CERTIFY_RULE),
+        train=TrainInfo("train", cfg.train_limit, len(train), cfg.seed),
+        profile=profile,
+        versions={"gati": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                  "faiss": _faiss_version(), "python": platform.python_version()},
+        build_seconds=round(seconds, 1),
+    )
 
 
 def _faiss_version() -> str | None:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gati.runtime.plan import PlanEntry
+from gati.bundle.layout import CacheKey
+from gati.data import halves
 
 ALPHA = 0.05  # the certified bound holds with 95% confidence
 BUDGET_LEVELS = 16  # the greedy search's wrong-hit budget grows in this many steps (see greedy_path)
@@ -47,10 +48,10 @@ class Scores:
 class Costs:
     """Measured latencies (milliseconds) on the serving device, from gati.pipeline.profile."""
     stage_ms: list[float]                   # one per stage; the last stage is the head
-    lookup_ms: dict[tuple[int, str], float]  # (cut, variant) -> reduce + predict at batch 1
+    lookup_ms: dict[CacheKey, float]  # (cut, variant) -> what a lookup adds to the next stage (sync)
     # (cut, variant) -> what the lookup adds to the next stage when run beside it (async mode);
     # when not measured, the lookup's overrun of that stage
-    overlap_ms: dict[tuple[int, str], float] = field(default_factory=dict)
+    overlap_ms: dict[CacheKey, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,7 +90,7 @@ def exit_costs(entries: list[Scores], costs: Costs, mode: str) -> np.ndarray:
 def simulate(entries: list[Scores], thresholds: np.ndarray, exit_cost: np.ndarray) -> dict:
     """Replay the cascade on the scored images: expected latency, agreement, hit rate."""
     n = len(entries[0].conf) if entries else 0
-    exit_at = _exits(entries, thresholds, n)
+    exit_at = exit_index(entries, thresholds)
     wrong = _wrong_at(entries, exit_at)
     return {"latency_ms": float(exit_cost[exit_at].mean()) if n else float(exit_cost[-1]),
             "agreement": 1.0 - wrong.mean() if n else 1.0,
@@ -98,7 +99,13 @@ def simulate(entries: list[Scores], thresholds: np.ndarray, exit_cost: np.ndarra
             "hits": [int((exit_at == j).sum()) for j in range(len(entries))]}
 
 
-def _exits(entries: list[Scores], thresholds: np.ndarray, n: int) -> np.ndarray:
+def exit_index(entries: list[Scores], thresholds: np.ndarray) -> np.ndarray:
+    """Per scored image, the index of the entry that answers it (len(entries): the full model).
+
+    `gati.runtime.cascade.run_cascade`'s rule (the first hit in cut order), vectorised over stored
+    scores; tests/test_cascade.py checks that the two agree.
+    """
+    n = len(entries[0].conf) if entries else 0
     exit_at = np.full(n, len(entries))
     for j in reversed(range(len(entries))):  # reversed: the earliest hit wins
         exit_at[entries[j].conf >= thresholds[j]] = j
@@ -235,7 +242,7 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
     chosen = Certified(np.full(len(entries), np.inf), agreement_lower_bound(n, 0, alpha), 1.0, 0.0,
                        n, 0, 0)
     for tested, thresholds in enumerate(sequence, start=1):
-        exit_at = _exits(entries, thresholds, n)
+        exit_at = exit_index(entries, thresholds)
         wrong = int(_wrong_at(entries, exit_at).sum())
         bound = agreement_lower_bound(n, wrong, alpha)
         if bound < target:
@@ -246,17 +253,13 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
     return chosen
 
 
-def split_select_certify(labels: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The calibration images, halved by a fixed rule: within each class, ids sorted by name,
-    even positions select thresholds and odd positions certify them."""
-    select, cert = [], []
-    ids_arr = np.asarray(ids)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        members = members[np.argsort(ids_arr[members], kind="stable")]
-        select.extend(members[0::2])
-        cert.extend(members[1::2])
-    return np.sort(np.array(select, dtype=int)), np.sort(np.array(cert, dtype=int))
+SELECT_CERTIFY_RULE = "within each class, in canonical order: even positions select thresholds, odd certify"
+
+
+def split_select_certify(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration images (stored in canonical order), halved by the project's splitting rule
+    (`gati.data.halves`): the first half selects thresholds, the second certifies them."""
+    return halves(labels)
 
 
 def calibrate(entries: list[Scores], costs: Costs, mode: str, target: float,
@@ -266,7 +269,3 @@ def calibrate(entries: list[Scores], costs: Costs, mode: str, target: float,
     sequence = threshold_sequence([e.subset(select) for e in entries], exit_cost, target)
     result = certify([e.subset(cert) for e in entries], sequence, target)
     return [float(t) for t in result.thresholds], result
-
-
-def entries_with(entries: list[PlanEntry], thresholds: list[float]) -> list[PlanEntry]:
-    return [PlanEntry(e.cut, e.cut_name, e.variant, t) for e, t in zip(entries, thresholds)]

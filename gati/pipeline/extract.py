@@ -15,6 +15,8 @@ from gati.models.split import StagedModel
 
 log = logging.getLogger("gati.pipeline.extract")
 
+FeatureKey = tuple[int, str]  # (cut, reducer key): one stored reduced activation, shared by every variant reading it
+
 MAX_FEATURE_FLOATS = 16384  # larger reduced activations are not worth storing for tens of thousands of images
 
 
@@ -57,7 +59,7 @@ def wanted_reducers(act_shapes, variants: list[str], num_classes: int) -> dict[i
 
 
 def extract(staged: StagedModel, data: Dataset, pre: Preprocess, wanted: dict[int, dict[str, str]],
-            device: str, batch_size: int, desc: str) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
+            device: str, batch_size: int, desc: str) -> tuple[dict[FeatureKey, torch.Tensor], torch.Tensor]:
     """One pass of the base model: reduced activations per (cut, reducer key), and final logits.
 
     Reduced features of the training set are stored as float16 (halves memory; caches fit in

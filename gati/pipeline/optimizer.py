@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from gati.bundle.layout import CacheKey
 from gati.pipeline.certify import (
     Costs,
     Scores,
@@ -23,13 +24,12 @@ from gati.pipeline.certify import (
     search_thresholds,
     simulate,
 )
-
-Key = tuple[int, str]  # (cut, variant)
+from gati.runtime.plan import MODES
 
 
 @dataclass
 class Choice:
-    keys: list[Key]        # the chosen (cut, variant) pairs in cut order
+    keys: list[CacheKey]        # the chosen (cut, variant) pairs in cut order
     mode: str
     latency_ms: float      # expected, on the select part
     agreement: float
@@ -38,13 +38,13 @@ class Choice:
 
 @dataclass
 class Problem:
-    scores: dict[Key, Scores]  # every fitted cache, scored on the select part
+    scores: dict[CacheKey, Scores]  # every fitted cache, scored on the select part
     costs: Costs
-    nbytes: dict[Key, int]
+    nbytes: dict[CacheKey, int]
     target: float              # agreement to simulate (the user's target plus a margin)
     memory_bytes: float = float("inf")
 
-    def evaluate(self, keys: list[Key], mode: str) -> Choice:
+    def evaluate(self, keys: list[CacheKey], mode: str) -> Choice:
         keys = sorted(keys)
         entries = [self.scores[k] for k in keys]
         cost = exit_costs(entries, self.costs, mode)
@@ -55,7 +55,7 @@ class Problem:
         sim = simulate(entries, thresholds, cost)
         return Choice(keys, mode, sim["latency_ms"], sim["agreement"], sim["hit_rate"])
 
-    def fits(self, keys: list[Key]) -> bool:
+    def fits(self, keys: list[CacheKey]) -> bool:
         return sum(self.nbytes[k] for k in keys) <= self.memory_bytes
 
 
@@ -70,7 +70,7 @@ def greedy(problem: Problem, mode: str) -> Choice:
         best = better
 
 
-def _neighbours(keys: list[Key], problem: Problem):
+def _neighbours(keys: list[CacheKey], problem: Problem):
     used = {cut for cut, _ in keys}
     for key in problem.scores:
         if key[0] not in used:
@@ -96,14 +96,14 @@ def _drop_idle(choice: Choice, problem: Problem) -> Choice:
     return choice
 
 
-def optimize(problem: Problem, modes: tuple[str, ...] = ("sync", "async")) -> Choice:
+def optimize(problem: Problem, modes: tuple[str, ...] = MODES) -> Choice:
     """The best greedy plan over the engine's modes."""
     return min((greedy(problem, m) for m in modes), key=lambda c: c.latency_ms)
 
 
 def exhaustive(problem: Problem, mode: str) -> Choice:
     """Every assignment of at most one variant per cut: exponential, for small problems only."""
-    by_cut: dict[int, list[Key]] = {}
+    by_cut: dict[int, list[CacheKey]] = {}
     for key in problem.scores:
         by_cut.setdefault(key[0], []).append(key)
     options = [[None] + keys for keys in by_cut.values()]
@@ -115,11 +115,3 @@ def exhaustive(problem: Problem, mode: str) -> Choice:
             if choice.latency_ms < best.latency_ms:
                 best = choice
     return best
-
-
-def summary(choice: Choice, base_ms: float) -> str:
-    gain = base_ms / choice.latency_ms if choice.latency_ms > 0 else float("nan")
-    return (f"expected {choice.latency_ms:.3f} ms vs base {base_ms:.3f} ms ({gain:.2f}x), "
-            f"hit rate {choice.hit_rate:.1%}, simulated agreement {choice.agreement:.2%} ({choice.mode})")
-
-

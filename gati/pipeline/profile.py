@@ -11,42 +11,17 @@ import statistics
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
+from gati.bundle.layout import CacheKey, cache_key
+from gati.bundle.manifest import Profile
 from gati.errors import GatiError
 from gati.models.split import StagedModel
-from gati.runtime.engine import lookup_on_worker
 from gati.runtime.graphs import Graphed, graphed_argmax
-
-
-@dataclass
-class Profile:
-    device: str
-    device_name: str
-    threads: int
-    base_ms: float                       # the unsplit model
-    stage_ms: list[float]                # one per stage (the last is the head)
-    lookup_ms: dict[str, float] = field(default_factory=dict)   # "cut:variant" -> ms
-    overlap_ms: dict[str, float] = field(default_factory=dict)  # "cut:variant" -> ms added (async)
-    torch_version: str = torch.__version__
-
-    def lookup(self, cut: int, variant: str) -> float:
-        return self.lookup_ms[f"{cut}:{variant}"]
-
-    def overlap(self, cut: int, variant: str) -> float | None:
-        """What the lookup adds to the next stage when run beside it; None if never measured."""
-        return self.overlap_ms.get(f"{cut}:{variant}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Profile":
-        return cls(**d)
+from gati.runtime.verdicts import Lookup, judge_on_worker
 
 
 def device_name(device: str) -> str:
@@ -71,9 +46,9 @@ def time_ms(fn: Callable[[], object], device: str, repeats: int = 30, warmup: in
     return statistics.median(samples)
 
 
-def _rotation(caches: dict) -> tuple[dict[int, list[tuple[int, str]]], int]:
+def _rotation(caches: dict) -> tuple[dict[int, list[CacheKey]], int]:
     """Cut -> its cached variants, and how many passes visit each variant once."""
-    by_cut: dict[int, list[tuple[int, str]]] = {}
+    by_cut: dict[int, list[CacheKey]] = {}
     for key in sorted(caches):
         by_cut.setdefault(key[0], []).append(key)
     return by_cut, max(1, max((len(keys) for keys in by_cut.values()), default=0))
@@ -101,8 +76,8 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
     by_cut, rounds = _rotation(caches)
     base: list[float] = []
     stage_t: dict[int, list[float]] = defaultdict(list)
-    sync_t: dict[tuple[int, str], list[float]] = defaultdict(list)
-    beside_t: dict[tuple[int, str], list[float]] = defaultdict(list)
+    sync_t: dict[CacheKey, list[float]] = defaultdict(list)
+    beside_t: dict[CacheKey, list[float]] = defaultdict(list)
     runs = range((warmup + repeats) * rounds)
     with ThreadPoolExecutor(1, thread_name_prefix="gati-profile") as pool, torch.inference_mode():
         for rep in runs:
@@ -124,11 +99,11 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
 
     def added(table: dict) -> dict[str, float]:
         # never quite free: a zero would let the optimizer keep caches that cost time and never hit
-        return {f"{cut}:{variant}": max(1e-3, statistics.median(v) - stage_ms[cut + 1])
+        return {cache_key(cut, variant): max(1e-3, statistics.median(v) - stage_ms[cut + 1])
                 for (cut, variant), v in table.items()}
 
     return Profile("cpu", device_name("cpu"), torch.get_num_threads(), statistics.median(base), stage_ms,
-                   added(sync_t), added(beside_t))
+                   added(sync_t), added(beside_t), torch.__version__)
 
 
 def _clean_pass(stages: list[nn.Module], x: torch.Tensor) -> list[float]:
@@ -141,7 +116,7 @@ def _clean_pass(stages: list[nn.Module], x: torch.Tensor) -> list[float]:
 
 
 def _lookup_pass(stages: list[nn.Module], caches: dict, by_cut: dict, turn: int, x: torch.Tensor,
-                 pool: ThreadPoolExecutor | None) -> dict[tuple[int, str], float]:
+                 pool: ThreadPoolExecutor | None) -> dict[CacheKey, float]:
     """One pass that looks up the `turn`-th variant at every cut; each lookup timed with the stage
     after it (beside it on `pool`'s thread when given)."""
     times = {}
@@ -161,10 +136,12 @@ def _extend(table: dict, items) -> None:
 
 
 def _lookup_then_stage(pool: ThreadPoolExecutor | None, cache, stage: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """What the engine does at a planned cut: judge the lookup (before the stage, or beside it)."""
+    lookup = Lookup(cache, float("inf"))
     if pool is None:
-        cache.lookup(h)
+        lookup.judge(0, h)
         return stage(h)
-    future = pool.submit(lookup_on_worker, cache, h)
+    future = pool.submit(judge_on_worker, lookup, 0, h)
     out = stage(h)
     future.result()
     return out
@@ -211,7 +188,8 @@ def _profile_cuda(model: nn.Module, staged: StagedModel, caches: dict, x: torch.
     for (cut, variant), cache in caches.items():
         if cache.graphable:
             g = Graphed(lambda a, c=cache: torch.stack([t[0].float() for t in c.lookup(a)]), acts[cut])
-            lookup_ms[f"{cut}:{variant}"] = time_ms(lambda g=g: g().tolist(), device, repeats)
+            lookup_ms[cache_key(cut, variant)] = time_ms(lambda g=g: g().tolist(), device, repeats)
     base = graphed_argmax(model, x)
     base_ms = time_ms(lambda: base(x), device, repeats)
-    return Profile(device, device_name(device), torch.get_num_threads(), base_ms, stage_ms, lookup_ms)
+    return Profile(device, device_name(device), torch.get_num_threads(), base_ms, stage_ms, lookup_ms, {},
+                   torch.__version__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gati.bundle.layout import CacheKey, score_names, scored_caches
 from gati.pipeline.certify import Scores
 
 
@@ -21,17 +22,16 @@ def calibration_arrays(caches: dict, feats: dict, base: np.ndarray, labels: np.n
             p, c = cache.predict(x[start:start + 1024])
             pred.append(p)
             conf.append(c)
-        arrays[f"pred_{cut}_{variant}"] = torch.cat(pred).numpy().astype(np.int64)
-        arrays[f"conf_{cut}_{variant}"] = torch.cat(conf).numpy().astype(np.float32)
+        pred_name, conf_name = score_names(cut, variant)
+        arrays[pred_name] = torch.cat(pred).numpy().astype(np.int64)
+        arrays[conf_name] = torch.cat(conf).numpy().astype(np.float32)
     return arrays
 
 
-def scores_from(arrays: dict[str, np.ndarray]) -> dict[tuple[int, str], Scores]:
-    base = arrays["base"]
+def scores_from(arrays: dict[str, np.ndarray]) -> dict[CacheKey, Scores]:
+    """Every stored cache's scores: its confidence and whether it agrees with the base model."""
     scores = {}
-    for name in arrays:
-        if name.startswith("pred_"):
-            _, cut, variant = name.split("_", 2)
-            key = (int(cut), variant)
-            scores[key] = Scores(key[0], variant, arrays[f"conf_{cut}_{variant}"], arrays[name] == base)
+    for cut, variant in scored_caches(list(arrays)):
+        pred_name, conf_name = score_names(cut, variant)
+        scores[(cut, variant)] = Scores(cut, variant, arrays[conf_name], arrays[pred_name] == arrays["base"])
     return scores

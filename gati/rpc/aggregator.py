@@ -3,11 +3,10 @@
 It decodes and checks the request (InvalidRequest), admits it into a bounded queue (Overloaded
 when full, never growing), and hands it to a backend:
 
-- `ClusterBackend` (the distributed topology): sends the request to the executor and collects the
-  predictors' reports. The answer is the first confident hit *in cut order* (a later cut's hit
-  waits until the earlier cuts' reports are in, or until the executor, which relays every hit it
-  saw, has stopped: then an unreported cut is a miss), or the full model's answer. So the cluster answers exactly what the
-  in-process engine answers, unless a predictor is down or slow: then its cut is a miss.
+- `ClusterBackend` (the distributed topology): sends the request to the executor and waits for the
+  answer its cascade loop decides (`finished`), within the request's deadline. The loop is the
+  in-process engine's, so the cluster answers exactly what the engine answers, unless a predictor
+  is down or slow: then its cut is a miss.
 - `EngineBackend` (`--role all`): the in-process engine behind the same Thrift front door.
 
 A sampled share of requests is finished by the full model in the background; comparing it with
@@ -37,10 +36,10 @@ from gati.rpc.gen.gati_idl.ttypes import (
     InvalidRequest,
     Overloaded,
     Prediction,
-    Report,
     Request,
     RunRequest,
     ServiceStatus,
+    ShadowResult,
     Unavailable,
 )
 from gati.rpc.inputs import InputSpec
@@ -51,7 +50,7 @@ from gati.rpc.transport import PeerUnavailable, Pool
 from gati.runtime.engine import Engine
 
 log = logging.getLogger("gati.rpc.aggregator")
-SAMPLED_TTL_S = 120.0  # a sampled request whose executor result never comes is forgotten after this
+SAMPLED_TTL_S = 120.0  # a sampled request whose shadow result never comes is forgotten after this
 
 
 @dataclass
@@ -66,8 +65,8 @@ class Outcome:
 
 class Backend(Protocol):
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome: ...
-    def report(self, report: Report) -> None: ...             # a predictor's verdict
-    def finished(self, result: ExecutionResult) -> None: ...  # the executor's result
+    def finished(self, result: ExecutionResult) -> None: ...   # the executor's answer
+    def shadowed(self, result: ShadowResult) -> None: ...      # a sampled request, run to the end
     def close(self) -> None: ...
 
 
@@ -75,70 +74,41 @@ class Backend(Protocol):
 
 @dataclass
 class Pending:
-    """One request in the cluster: reports so far, the executor's result, the decision."""
+    """One request in the cluster: the executor's answer, and for a sampled one its shadow result."""
     request_id: int
     sampled: bool
-    cuts: list[int]                  # the plan's cuts, in order
     cut_names: dict[int, str]
-    n_stages: int
     created: float = field(default_factory=time.monotonic)
-    reports: dict[int, Report] = field(default_factory=dict)
-    result: ExecutionResult | None = None
     outcome: Outcome | None = None
     error: str = ""
+    shadow: ShadowResult | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_report(self, report: Report) -> None:
-        with self.lock:
-            self.reports.setdefault(report.cut, report)
-            self._decide()
-
-    def add_result(self, result: ExecutionResult) -> None:
-        with self.lock:
-            for r in result.reports or []:
-                self.reports.setdefault(r.cut, r)
-            self.result = result
-            self._decide()
-
-    def _decide(self) -> None:
+    def answer(self, result: ExecutionResult) -> None:
         if self.done.is_set():
             return
-        for cut in self.cuts:
-            r = self.reports.get(cut)
-            if r is None:
-                if self.result is None:
-                    return  # an earlier cut may still hit: wait for its report
-                continue    # the executor has stopped: an unreported cut is a miss
-            if r.hit:
-                self.outcome = Outcome(r.label, r.confidence, cut, self.cut_names[cut], cut + 1, self.request_id)
-                self.done.set()
-                return
-        if self.result is None:
-            return
-        res = self.result
-        if res.error:
-            self.error = res.error
-        elif res.completed:
-            self.outcome = Outcome(res.label, res.confidence, -1, "final", self.n_stages, self.request_id)
-        else:
+        if result.error:
+            self.error = result.error
+        elif result.cancelled:
             self.error = "the executor stopped the request before it was answered"
+        else:
+            name = self.cut_names.get(result.exit_cut, "final")
+            self.outcome = Outcome(result.label, result.confidence, result.exit_cut, name, result.stages_run,
+                                   self.request_id)
         self.done.set()
 
 
 class ClusterBackend:
-    def __init__(self, cuts: list[int], cut_names: dict[int, str], n_stages: int, executor: Pool,
-                 metrics: ServingMetrics, retrainer: Pool | None = None):
-        self.cuts, self.cut_names, self.n_stages = cuts, cut_names, n_stages
+    def __init__(self, cut_names: dict[int, str], executor: Pool, metrics: ServingMetrics,
+                 retrainer: Pool | None = None):
+        self.cut_names = cut_names
         self.executor, self.retrainer, self.metrics = executor, retrainer, metrics
         self._pending: dict[int, Pending] = {}
-        # A fresh random prefix per process: a restarted aggregator never reuses a live id.
-        self._prefix = random.SystemRandom().getrandbits(22) << 40
-        self._counter = 0
         self._lock = threading.Lock()
+        self._ids = random.SystemRandom()
 
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
-        p = Pending(self._next_id(), sampled, self.cuts, self.cut_names, self.n_stages)
+        p = Pending(self._next_id(), sampled, self.cut_names)
         self._pending[p.request_id] = p
         remaining = deadline - time.monotonic()
         try:
@@ -154,41 +124,39 @@ class ClusterBackend:
             self._pending.pop(p.request_id, None)
             self._cancel(p.request_id)
             raise DeadlineExceeded(f"no answer within {remaining * 1000:.0f} ms (request {p.request_id})")
-        if not sampled or p.result is not None:
+        if not sampled or p.error:
             self._pending.pop(p.request_id, None)
+        else:
+            self._learn(p)  # its shadow result may have come first
         if p.error:
             raise Unavailable(p.error)
         assert p.outcome is not None
         return p.outcome
 
-    def report(self, report: Report) -> None:
-        p = self._pending.get(report.request_id)
-        if p is not None:
-            p.add_report(report)
-
     def finished(self, result: ExecutionResult) -> None:
-        if result.cancelled and not result.error:
-            self.metrics.cancellations.inc()
         p = self._pending.get(result.request_id)
-        if p is None:
-            return
-        p.add_result(result)
-        if p.sampled:
-            self._learn(p, result)
+        if p is not None:
+            p.answer(result)
 
-    def _learn(self, p: Pending, result: ExecutionResult) -> None:
-        """A sampled request came back finished: score the answer given, pass samples on."""
-        if p.done.is_set() and p.outcome is not None and result.completed:
-            self._pending.pop(p.request_id, None)
-            hit = p.outcome.exit_cut >= 0
-            self.metrics.sample(hit, p.outcome.label == result.label)
-            if self.retrainer is not None and result.samples:
-                try:
-                    self.retrainer.send("add_samples", result.samples)
-                except PeerUnavailable as e:
-                    self.retrainer.warn(log, e)
-                    self.metrics.errors.labels("retrainer_unreachable").inc()
+    def shadowed(self, result: ShadowResult) -> None:
+        p = self._pending.get(result.request_id)
+        if p is not None and p.sampled:
+            p.shadow = result
+            self._learn(p)
         self._forget_stale()
+
+    def _learn(self, p: Pending) -> None:
+        """A sampled request has both its answer and its full-model answer: score it, pass samples on."""
+        with self._lock:  # the answer and the shadow result race; exactly one caller learns
+            if p.outcome is None or p.shadow is None or self._pending.pop(p.request_id, None) is None:
+                return
+        self.metrics.sample(p.outcome.exit_cut >= 0, p.outcome.label == p.shadow.base_label)
+        if self.retrainer is not None and p.shadow.samples:
+            try:
+                self.retrainer.send("add_samples", p.shadow.samples)
+            except PeerUnavailable as e:
+                self.retrainer.warn(log, e)
+                self.metrics.errors.labels("retrainer_unreachable").inc()
 
     def _forget_stale(self) -> None:
         old = time.monotonic() - SAMPLED_TTL_S
@@ -197,15 +165,15 @@ class ClusterBackend:
                 self._pending.pop(rid, None)
 
     def _cancel(self, request_id: int) -> None:
+        self.metrics.cancellations.inc()
         try:
             self.executor.send("cancel", request_id)
         except PeerUnavailable:
             pass
 
     def _next_id(self) -> int:
-        with self._lock:
-            self._counter += 1
-            return self._prefix | self._counter
+        """Unguessable: whoever sees one reply learns nothing about the ids of others."""
+        return self._ids.getrandbits(63)
 
     def close(self) -> None:
         self.executor.close()
@@ -231,11 +199,11 @@ class EngineBackend:
     def _score(self, x: torch.Tensor, hit: bool, label: int) -> None:
         self.metrics.sample(hit, not hit or self.engine.predict_base(x) == label)
 
-    def report(self, report: Report) -> None:
-        pass  # in-process: no predictors report
-
     def finished(self, result: ExecutionResult) -> None:
         pass  # in-process: no executor
+
+    def shadowed(self, result: ShadowResult) -> None:
+        pass
 
     def close(self) -> None:
         self._background.shutdown(wait=True)
@@ -280,11 +248,11 @@ class AggregatorHandler(ServiceBase):
         with self.admission.slot(deadline):
             return self.backend.run(x, deadline, self._rng.random() < self.cfg.sample_rate)
 
-    def report(self, report: Report) -> None:
-        self.backend.report(report)
-
     def finished(self, result: ExecutionResult) -> None:
         self.backend.finished(result)
+
+    def shadowed(self, result: ShadowResult) -> None:
+        self.backend.shadowed(result)
 
     def status(self) -> ServiceStatus:
         s = super().status()

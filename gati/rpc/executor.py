@@ -1,19 +1,16 @@
-"""The executor: holds the base model and runs each request stage by stage.
+"""The executor: holds the base model and runs each request through the cascade loop.
 
-After each cut the plan caches, it sends that cache's reduced input (e.g. the pooled vector, not
-the activation) to the cut's predictor and runs on without waiting for the reply, the verdict.
-How far the stages run ahead of the verdicts is bounded by `lookahead`: before stage i the
-executor reads the verdicts of cuts sent at stage i-1-lookahead or earlier (a predictor that is
-down or slower than `lookup_s` counts as a miss), and a hit stops the request there, so after a
-hit at most `lookahead` further stages run. lookahead 1 overlaps each lookup with the next stage
-(the plan's async mode, right when the predictors have cores of their own); lookahead 0 leaves
-the cores to the lookup (sync mode: on a small CPU host the speculative stage would compete with
-the lookup it waits for).
+The loop is `gati.runtime.cascade.run_cascade`, the same one the in-process engine runs; here its
+verdict source is `RemoteVerdicts`: after each planned cut the cache's reduced input (e.g. the
+pooled vector, not the activation) goes to the cut's predictor, whose reply is the verdict. A
+predictor that is down or slower than `lookup_s` gives no verdict: a miss. `lookahead` bounds how
+far the stages run ahead of the verdicts (0 for sync plans, 1 for async ones).
 
-When a request stops, the executor tells the aggregator (`finished`) what it ran, the full
-model's answer if it got there, the verdicts it read, and, for sampled requests (finished in the
-background whatever the caches said), the (reduced features, base label) samples the retrainer
-learns from.
+This handler keeps only what is specific to serving: a queue of requests and worker threads,
+cancellation (by the aggregator, or at the request's deadline) and the wire messages. The moment
+the loop decides an answer it goes to the aggregator (`finished`); a sampled request then runs to
+the end and its full-model answer and reduced features follow (`shadowed`), for live agreement and
+the retrainer.
 """
 from __future__ import annotations
 
@@ -30,18 +27,13 @@ import torch
 from gati.bundle import Bundle
 from gati.cache import Cache
 from gati.cache.base import confidence_and_label
+from gati.errors import Cancelled
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
-from gati.rpc.gen.gati_idl.ttypes import (
-    ExecutionResult,
-    Features,
-    Report,
-    RunRequest,
-    Sample,
-    Unavailable,
-)
+from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, RunRequest, Sample, ShadowResult, Unavailable
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
 from gati.rpc.transport import Call, Limits, PeerUnavailable, Pool
+from gati.runtime.cascade import Answer, Done, Step, Trace, Verdict, run_cascade
 
 log = logging.getLogger("gati.rpc.executor")
 REMEMBERED_CANCELS = 4096
@@ -57,29 +49,69 @@ class Route:
 
 @dataclass
 class RunState:
-    """One request's cancellation flag and the verdicts read so far."""
+    """One request's cancellation flag and deadline."""
     request_id: int
     sampled: bool
     deadline: float
-    cancelled: bool = False                       # by the aggregator: stop regardless
-    reports: dict[int, Report] = field(default_factory=dict)
-
-    def first_hit(self) -> int | None:
-        hits = [c for c, r in self.reports.items() if r.hit]
-        return min(hits) if hits else None
+    cancelled: bool = False   # by the aggregator: stop regardless
 
     def should_stop(self) -> bool:
-        if self.cancelled or time.time() > self.deadline:
-            return True
-        return not self.sampled and self.first_hit() is not None
+        return self.cancelled or time.time() > self.deadline
 
 
 @dataclass
-class Lookup:
-    """A cut's features sent to its predictor, verdict not read yet."""
+class _Reply:
+    """A lookup sent to a predictor; its reply is read (once) when the loop needs the verdict."""
+    source: "RemoteVerdicts"
     cut: int
-    call: Call | None      # None: the predictor could not be reached (a miss)
-    until: float           # time.monotonic() by which the verdict must arrive
+    call: Call
+    until: float   # time.monotonic() by which the verdict must arrive
+    read: bool = False
+
+    def verdict(self) -> Verdict | None:
+        self.read = True
+        try:
+            reply = self.call.result(self.until - time.monotonic())
+        except PeerUnavailable as e:  # slow or crashed: a miss
+            late = time.monotonic() >= self.until
+            self.source.counters.add("lookup_timeouts" if late else "predictor_unreachable")
+            self.call.pool.warn(log, e)
+            return None
+        return Verdict(reply.cut, reply.label, reply.confidence, reply.hit)
+
+
+@dataclass
+class RemoteVerdicts:
+    """The cascade's verdict source in the cluster, one per request: lookups on remote predictors."""
+    request_id: int
+    routes: dict[int, Route]
+    lookup_s: float
+    counters: object
+    keep_features: bool = False                  # sampled requests keep what they sent, for the retrainer
+    samples: list[Sample] = field(default_factory=list)
+    sent: list[_Reply] = field(default_factory=list)
+
+    def ask(self, cut: int, act: torch.Tensor) -> _Reply | Done:
+        route = self.routes[cut]
+        feats = to_tensor(route.cache.reduce(act).cpu().numpy())
+        if self.keep_features:
+            self.samples.append(Sample(cut=cut, features=feats, base_label=-1))
+        until = time.monotonic() + self.lookup_s
+        try:
+            call = route.pool.start("lookup", Features(request_id=self.request_id, cut=cut, features=feats))
+        except PeerUnavailable as e:  # its cut is a miss; the request goes on
+            route.pool.warn(log, e)
+            self.counters.add("predictor_unreachable")
+            return Done(None)
+        self.sent.append(_Reply(self, cut, call, until))
+        return self.sent[-1]
+
+    def drain(self) -> None:
+        """Read the replies the loop left unread (it stopped at a hit): a connection is reusable
+        only once its reply is read."""
+        for reply in self.sent:
+            if not reply.read:
+                reply.verdict()
 
 
 class ExecutorHandler(ServiceBase):
@@ -88,7 +120,9 @@ class ExecutorHandler(ServiceBase):
     def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool,
                  lookup_s: float, workers: int = 1, lookahead: int = 1, name: str = "executor"):
         super().__init__(name, bundle.sha256)
-        self.stages = list(bundle.staged.stages)
+        cuts = bundle.staged.cuts
+        self.steps = [Step(stage, i + 1, i if i in routes else None, cuts[i] if i in routes else "")
+                      for i, stage in enumerate(bundle.staged.stages)]
         self.device = next(bundle.model.parameters()).device
         self.routes, self.aggregator, self.lookup_s = routes, aggregator, lookup_s
         self.lookahead = lookahead
@@ -134,116 +168,95 @@ class ExecutorHandler(ServiceBase):
         for t in self._workers:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
 
-    # ---- the stage loop -------------------------------------------------------------------
+    # ---- one request ----------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
             request = self._jobs.get()
             if request is None:
                 return
-            self._finish(self._execute(request))
+            self._execute(request)
 
-    def _execute(self, request: RunRequest) -> ExecutionResult:
+    def _execute(self, request: RunRequest) -> None:
         state = RunState(request.request_id, request.sampled, request.deadline_unix)
         with self._lock:
             self._states[request.request_id] = state
             if request.request_id in self._early_cancels:
                 del self._early_cancels[request.request_id]
                 state.cancelled = True
+        source = RemoteVerdicts(request.request_id, self.routes, self.lookup_s, self.counters,
+                                keep_features=request.sampled)
+        answered = False
+
+        def on_answer(answer: Answer) -> None:
+            nonlocal answered
+            answered = True
+            self._send("finished", _result(request.request_id, answer))
+
         try:
-            return self._stage_loop(state, from_tensor(request.input, "run input"))
+            x = torch.from_numpy(from_tensor(request.input, "run input").copy()).to(self.device)
+            with torch.inference_mode():
+                trace = run_cascade(x, self.steps, source, self.lookahead, _head, shadow=request.sampled,
+                                    stop=state.should_stop, on_answer=on_answer)
+            self._count(trace, request.sampled)
+            if request.sampled:
+                self._send("shadowed", _shadow(request.request_id, trace, source.samples))
+        except Cancelled:
+            self.counters.add("cancelled")
+            if not answered:
+                self._send("finished", ExecutionResult(request_id=request.request_id, cancelled=True, error=""))
         except Exception as e:  # a bad tensor or a model failure: the aggregator gets a typed error
             log.exception("request %d failed", request.request_id)
             self.counters.add("errors")
-            return ExecutionResult(request_id=request.request_id, error=f"executor failed: {e}")
+            if not answered:
+                self._send("finished", ExecutionResult(request_id=request.request_id,
+                                                       error=f"executor failed: {e}"))
         finally:
+            source.drain()
             self._states.pop(request.request_id, None)
 
-    def _stage_loop(self, state: RunState, array: np.ndarray) -> ExecutionResult:
-        x = torch.from_numpy(array.copy()).to(self.device)
-        pending: list[Lookup] = []               # in cut order
-        samples: list[Sample] = []
-        stages_run, last = 0, len(self.stages) - 1
-        with torch.inference_mode():
-            for i, stage in enumerate(self.stages):
-                if state.should_stop():
-                    break
-                self._read_verdicts(state, pending, upto=i - 1 - self.lookahead)
-                if state.should_stop():
-                    break
-                x = stage(x)
-                stages_run = i + 1
-                route = self.routes.get(i) if i < last else None
-                if route is not None:
-                    pending.append(self._send(state, route, x, samples))
-        # Every verdict still out is read: the aggregator learns those before a hit from us, and a
-        # connection is reusable only once its reply is read.
-        self._read_verdicts(state, pending, upto=last)
-        return self._result(state, x, stages_run, state.first_hit(), samples)
+    def _count(self, trace: Trace, sampled: bool) -> None:
+        a = trace.answer
+        self.counters.add("completed" if trace.completed else "stopped_early")
+        self.counters.add("stages_run", trace.final.stages_run if trace.completed else a.stages_run)
+        if a.exit_cut is not None and not sampled:  # by construction at most `lookahead`
+            self.counters.max("max_stages_after_hit", a.stages_run - (a.exit_cut + 1))
 
-    def _send(self, state: RunState, route: Route, act: torch.Tensor, samples: list[Sample]) -> Lookup:
-        feats = to_tensor(route.cache.reduce(act).cpu().numpy())
-        if state.sampled:
-            samples.append(Sample(cut=route.cut, features=feats, base_label=-1))
-        until = time.monotonic() + self.lookup_s
+    def _send(self, method: str, message: object) -> None:
         try:
-            call = route.pool.start("lookup", Features(request_id=state.request_id, cut=route.cut, features=feats))
-        except PeerUnavailable as e:  # its cut is a miss; the request goes on
-            route.pool.warn(log, e)
-            self.counters.add("predictor_unreachable")
-            call = None
-        return Lookup(route.cut, call, until)
-
-    def _read_verdicts(self, state: RunState, pending: list[Lookup], upto: int) -> None:
-        while pending and pending[0].cut <= upto:
-            lookup = pending.pop(0)
-            if lookup.call is None:
-                continue
-            try:
-                report = lookup.call.result(lookup.until - time.monotonic())
-            except PeerUnavailable as e:  # slow or crashed: a miss
-                late = time.monotonic() >= lookup.until
-                self.counters.add("lookup_timeouts" if late else "predictor_unreachable")
-                lookup.call.pool.warn(log, e)
-                continue
-            state.reports.setdefault(report.cut, report)
-
-    def _result(self, state: RunState, x: torch.Tensor, stages_run: int, hit: int | None,
-                samples: list[Sample]) -> ExecutionResult:
-        completed = stages_run == len(self.stages)
-        label, conf = -1, 0.0
-        if completed:
-            lab, c = confidence_and_label(x.float())
-            label, conf = int(lab.item()), float(c.item())
-            if samples:  # only a sampled request needs the logits on the host, encoded
-                logits = to_tensor(x[0].float().cpu().numpy())
-                for s in samples:
-                    s.base_label, s.base_logits = label, logits
-        after_hit = stages_run - (hit + 1) if hit is not None else -1
-        self.counters.add("completed" if completed else "cancelled")
-        self.counters.add("stages_run", stages_run)
-        if hit is not None and not state.sampled:
-            self.counters.max("max_stages_after_hit", after_hit)
-        return ExecutionResult(request_id=state.request_id, completed=completed, label=label, confidence=conf,
-                               stages_run=stages_run, cancelled=not completed, stages_after_hit=after_hit,
-                               samples=samples if completed else [], error="",
-                               # misses need no relay: once this result is in, the aggregator
-                               # counts every unreported cut as a miss
-                               reports=[r for r in state.reports.values() if r.hit])
-
-    def _finish(self, result: ExecutionResult) -> None:
-        try:
-            self.aggregator.send("finished", result)
+            self.aggregator.send(method, message)
         except PeerUnavailable as e:
             self.aggregator.warn(log, e)
             self.counters.add("aggregator_unreachable")
+
+
+def _head(logits: torch.Tensor) -> tuple[int, float]:
+    label, conf = confidence_and_label(logits.float())
+    return int(label.item()), float(conf.item())
+
+
+def _result(request_id: int, answer: Answer) -> ExecutionResult:
+    return ExecutionResult(request_id=request_id, label=answer.label, confidence=answer.confidence,
+                           exit_cut=-1 if answer.exit_cut is None else answer.exit_cut,
+                           stages_run=answer.stages_run, error="", cancelled=False)
+
+
+def _shadow(request_id: int, trace: Trace, samples: list[Sample]) -> ShadowResult:
+    """The full model's answer and logits attached to every cut's features (the retrainer's teacher)."""
+    logits = to_tensor(trace.output[0].float().cpu().numpy().astype(np.float32))
+    for s in samples:
+        s.base_label, s.base_logits = trace.final.label, logits
+    return ShadowResult(request_id=request_id, base_label=trace.final.label, samples=samples)
 
 
 def make_routes(bundle: Bundle, placement: dict[str, tuple[str, int]], limits: Limits) -> dict[int, Route]:
     """cut index -> Route, from {cut name: (predictor host, port)}."""
     pools: dict[tuple[str, int], Pool] = {}
     routes = {}
+    last = len(bundle.staged.stages) - 1
     for entry in bundle.plan.entries:
+        if entry.cut >= last:
+            continue  # no lookup after the head
         host, port = placement[entry.cut_name]
         pool = pools.setdefault((host, port), Pool(Predictor.Client, host, port, limits, name=f"predictor@{host}:{port}"))
         routes[entry.cut] = Route(entry.cut, bundle.caches[entry.cut], pool)

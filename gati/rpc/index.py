@@ -8,12 +8,10 @@ help; predictors add later versions before they swap to them. `RemoteIndex` is t
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 
-from gati.bundle import cache_file, read_manifest
-from gati.cache import load_cache
+from gati.bundle import BundleInfo
 from gati.cache.knn import FaissIndex, KnnCache
 from gati.errors import GatiError, InvalidInput
 from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, SearchResult, Vectors
@@ -91,16 +89,14 @@ class IndexHandler(ServiceBase):
     def gauges(self) -> dict[str, float]:
         return {f"size.{k}": float(e.index.ntotal) for k, e in list(self._entries.items())}
 
-    def load_bundle_caches(self, bundle: Path) -> list[str]:
-        """Add the plan's kNN caches (version 0) from the bundle folder; returns their keys."""
-        manifest = read_manifest(bundle)
+    def load_bundle_caches(self, info: BundleInfo) -> list[str]:
+        """Add the plan's kNN caches (version 0) from the bundle; returns their keys."""
         keys = []
-        for e in manifest["plan"].get("entries", []):
-            if e["variant"] != KnnCache.variant:
+        for e in info.plan.entries:
+            if e.variant != KnnCache.variant:
                 continue
-            cache = load_cache(Path(bundle) / cache_file(e["cut"], e["variant"]))
-            vectors, labels = cache.index.export()
-            key = index_key(e["cut_name"], 0)
+            vectors, labels = info.load_cache(e.cut, e.variant).index.export()
+            key = index_key(e.cut_name, 0)
             self.reset(key)
             self.add(key, to_tensor(vectors), to_tensor(labels))
             keys.append(key)

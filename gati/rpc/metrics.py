@@ -30,7 +30,7 @@ class ServingMetrics:
         self.requests = Counter("gati_requests", "Requests by outcome", ["outcome"], registry=r)
         self.hits = Counter("gati_hits", "Requests answered by a cache, by cut ('final': the full model)",
                             ["cut"], registry=r)
-        self.cancellations = Counter("gati_cancellations", "Requests whose remaining stages were cancelled",
+        self.cancellations = Counter("gati_cancellations", "Requests cancelled at their deadline before an answer",
                                      registry=r)
         self.errors = Counter("gati_errors", "Failures by kind", ["kind"], registry=r)
         self.queue_depth = Gauge("gati_queue_depth", "Admitted requests waiting for a worker", registry=r)

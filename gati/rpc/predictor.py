@@ -1,9 +1,7 @@
 """A cache predictor: serves the learned caches of the cuts placed on it.
 
 `lookup` (a cut's reduced features from the executor) runs the cut's cache and returns the
-verdict to the executor, which stops at the next stage boundary on a hit and bounds its
-speculation on the verdicts. The aggregator gets the same report: before the reply on a hit (the
-client's answer waits on it), after the reply on a miss (the executor may be waiting on it).
+verdict to the executor, whose cascade loop stops at the first hit (see gati/runtime/cascade.py).
 
 `deploy` swaps in a new version of a cut's cache atomically: the served caches are one immutable
 mapping replaced as a whole, so a lookup in flight finishes on the version it started with.
@@ -27,13 +25,13 @@ from gati.rpc.gen.gati_idl.ttypes import (
     CacheUpdate,
     Features,
     InvalidRequest,
-    Report,
+    LookupReply,
 )
 from gati.rpc.index import RemoteIndex, index_key
-from gati.rpc.server import after_reply
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor
 from gati.rpc.transport import Limits, PeerUnavailable, Pool, Throttle
+from gati.runtime.cascade import Verdict
 
 log = logging.getLogger("gati.rpc.predictor")
 
@@ -52,10 +50,9 @@ class Slot:
 class PredictorHandler(ServiceBase):
     role = "predictor"
 
-    def __init__(self, name: str, slots: dict[int, Slot], aggregator: Pool, index: Pool | None = None,
-                 bundle_sha256: str = ""):
+    def __init__(self, name: str, slots: dict[int, Slot], index: Pool | None = None, bundle_sha256: str = ""):
         super().__init__(name, bundle_sha256)
-        self.aggregator, self.index = aggregator, index
+        self.index = index
         self._deploy_lock = threading.Lock()
         self._failures_logged = Throttle()
         self.slots: dict[int, Slot] = {}
@@ -65,43 +62,29 @@ class PredictorHandler(ServiceBase):
 
     # ---- request path ---------------------------------------------------------------------
 
-    def lookup(self, features: Features) -> Report:
+    def lookup(self, features: Features) -> LookupReply:
         with self.gate.track():  # served while draining: the executor's requests still need it
-            report = self._lookup(features)
-        if report.hit:
-            self._report(report)
-        else:
-            after_reply(lambda: self._report(report))
-        return report
+            return self._lookup(features)
 
-    def _lookup(self, features: Features) -> Report:
+    def _lookup(self, features: Features) -> LookupReply:
         slot = self.slots.get(features.cut)
         try:
             if slot is None:
                 raise GatiError(f"cut {features.cut} is not served by {self.name}")
             x = torch.from_numpy(from_tensor(features.features, "features").copy())
             label, conf = slot.cache.predict(x)
-            confidence = float(conf[0])
-            report = Report(features.request_id, slot.cut, int(label[0]), confidence,
-                            confidence >= slot.threshold, slot.version, self.name)
+            v = Verdict.judge(slot.cut, int(label[0]), float(conf[0]), slot.threshold)
         except Exception as e:  # a broken lookup is a miss, never a lost request
             if self._failures_logged.allow():  # e.g. the index is down: every lookup fails alike
                 log.warning("lookup for request %d at cut %d failed: %s", features.request_id, features.cut, e)
             self.counters.add("errors")
-            report = Report(features.request_id, features.cut, -1, 0.0, False,
-                            slot.version if slot else -1, self.name)
+            v = Verdict(features.cut, -1, 0.0, False)
         if slot is not None:
             self.counters.add(f"lookups.{slot.cut_name}")
-            if report.hit:
+            if v.hit:
                 self.counters.add(f"hits.{slot.cut_name}")
-        return report
-
-    def _report(self, report: Report) -> None:
-        try:
-            self.aggregator.send("report", report)
-        except PeerUnavailable as e:
-            self.aggregator.warn(log, e)
-            self.counters.add("aggregator_unreachable")
+        return LookupReply(features.request_id, v.cut, v.label, v.confidence, v.hit,
+                           slot.version if slot else -1, self.name)
 
     # ---- management -----------------------------------------------------------------------
 

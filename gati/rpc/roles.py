@@ -7,17 +7,13 @@ just the manifest.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from gati.bundle import MANIFEST, cache_file, load_bundle, read_manifest
-from gati.cache import Cache, load_cache
-from gati.data import Preprocess
+from gati.bundle import BundleInfo, load_bundle, read_bundle
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
 from gati.rpc.config import ClusterConfig, ConfigError
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
@@ -37,39 +33,10 @@ from gati.rpc.server import RpcServer, wait_for_signal
 from gati.rpc.service import ServiceBase
 from gati.rpc.transport import Limits, Pool
 from gati.runtime.engine import Engine
-from gati.runtime.plan import Plan
+from gati.runtime.plan import LOOKAHEAD, Plan
 
 log = logging.getLogger("gati.rpc.roles")
 ROLES = ("aggregator", "executor", "predictor", "index", "retrainer", "all")
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    """What most roles need from a bundle: the manifest, without the model."""
-    path: Path
-    manifest: dict
-    plan: Plan
-    sha256: str
-    input_shape: tuple[int, int, int]
-    classes: list[str]
-    preprocess: Preprocess
-    n_stages: int
-
-    @classmethod
-    def read(cls, path: Path) -> "BundleInfo":
-        m = read_manifest(path)
-        pre = m["preprocess"]
-        return cls(Path(path), m, Plan.from_dict(m["plan"]), hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest(),
-                   tuple(m.get("input_shape", (3, 32, 32))), list(m["classes"]),
-                   Preprocess(tuple(pre["mean"]), tuple(pre["std"])), len(m["cuts"]) + 1)
-
-    @property
-    def cut_names(self) -> list[str]:
-        return [e.cut_name for e in self.plan.entries]
-
-    def caches(self, cut_names: list[str]) -> dict[int, Cache]:
-        return {e.cut: load_cache(self.path / cache_file(e.cut, e.variant))
-                for e in self.plan.entries if e.cut_name in cut_names}
 
 
 @dataclass
@@ -122,8 +89,9 @@ def _server(processor: object, ep, cfg: ClusterConfig, name: str) -> RpcServer:
 
 def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: ServingMetrics) -> Service:
     a = cfg.aggregator
-    spec = InputSpec(info.input_shape, info.preprocess, a.max_request_kb * 1024)
-    handler = AggregatorHandler(backend, spec, info.classes, a, metrics, cfg.timeouts.request_ms / 1000, info.sha256)
+    m = info.manifest
+    spec = InputSpec(m.input_shape, m.preprocess, a.max_request_kb * 1024)
+    handler = AggregatorHandler(backend, spec, m.classes, a, metrics, cfg.timeouts.request_ms / 1000, info.sha256)
     server = _server(Aggregator.Processor(handler), a, cfg, "aggregator")
     if a.metrics_port:
         metrics.serve(a.host, a.metrics_port)
@@ -132,23 +100,21 @@ def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: ServingM
 
 def _aggregator(cfg: ClusterConfig) -> Service:
     torch.set_num_threads(1)  # decoding and preprocessing one small image
-    info = BundleInfo.read(cfg.bundle)
+    info = read_bundle(cfg.bundle)
     limits = Limits.from_config(cfg)
     ex = cfg.executor
     executor = Pool(Executor.Client, ex.host, ex.port, limits, size=cfg.aggregator.workers + 2, name="executor")
     retrainer = Pool(Retrainer.Client, cfg.retrainer.host, cfg.retrainer.port, limits, name="retrainer") \
         if cfg.retrainer else None
     metrics = ServingMetrics()
-    backend = ClusterBackend([e.cut for e in info.plan.entries], {e.cut: e.cut_name for e in info.plan.entries},
-                             info.n_stages, executor, metrics, retrainer)
+    backend = ClusterBackend({e.cut: e.cut_name for e in info.plan.entries}, executor, metrics, retrainer)
     return _front_door(cfg, info, backend, metrics)
 
 
 def _all(cfg: ClusterConfig) -> Service:
     bundle = load_bundle(cfg.bundle, cfg.device)
-    info = BundleInfo.read(cfg.bundle)
     metrics = ServingMetrics()
-    return _front_door(cfg, info, EngineBackend(Engine(bundle), metrics), metrics)
+    return _front_door(cfg, bundle.info, EngineBackend(Engine(bundle), metrics), metrics)
 
 
 def _executor(cfg: ClusterConfig) -> Service:
@@ -157,7 +123,7 @@ def _executor(cfg: ClusterConfig) -> Service:
     bundle = load_bundle(cfg.bundle, cfg.device)
     limits = Limits.from_config(cfg)
     where = {cut: (p.host, p.port) for p in cfg.predictors
-             for cut in cfg.placement([e.cut_name for e in bundle.plan.entries])[p.name]}
+             for cut in cfg.placement(plan_cut_names(bundle.info))[p.name]}
     handler = ExecutorHandler(bundle, make_routes(bundle, where, limits),
                               aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
                               cfg.timeouts.lookup_ms / 1000, cfg.executor.workers, lookahead(cfg, bundle.plan))
@@ -165,25 +131,28 @@ def _executor(cfg: ClusterConfig) -> Service:
     return Service("executor", handler, server, before_close=handler.drain)
 
 
+def plan_cut_names(info: BundleInfo) -> list[str]:
+    return [e.cut_name for e in info.plan.entries]
+
+
 def lookahead(cfg: ClusterConfig, plan: Plan) -> int:
     """Configured, or the plan's mode: sync plans wait for each verdict, async ones run one stage ahead."""
     if cfg.executor.lookahead >= 0:
         return cfg.executor.lookahead
-    return 0 if plan.mode == "sync" else 1
+    return LOOKAHEAD[plan.mode]
 
 
 def _predictor(cfg: ClusterConfig, name: str) -> Service:
     torch.set_num_threads(1)  # a lookup is a small matrix product; threads only contend
     pc = cfg.predictor(name)
-    info = BundleInfo.read(cfg.bundle)
-    cuts = cfg.placement(info.cut_names)[name]
-    caches = info.caches(cuts)
+    info = read_bundle(cfg.bundle)
+    cuts = cfg.placement(plan_cut_names(info))[name]
+    caches = info.plan_caches(cuts)
     slots = {e.cut: Slot(e.cut, e.cut_name, e.variant, e.threshold, caches[e.cut])
              for e in info.plan.entries if e.cut in caches}
     limits = Limits.from_config(cfg)
     index = index_pool(cfg.index.host, cfg.index.port, limits) if cfg.index else None
-    handler = PredictorHandler(name, slots, aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
-                               index, info.sha256)
+    handler = PredictorHandler(name, slots, index, info.sha256)
     return Service(name, handler, _server(Predictor.Processor(handler), pc, cfg, name))
 
 
@@ -191,9 +160,9 @@ def _index(cfg: ClusterConfig) -> Service:
     if cfg.index is None:
         raise ConfigError(f"{cfg.path}: services.index is not configured")
     torch.set_num_threads(1)
-    info = BundleInfo.read(cfg.bundle)
+    info = read_bundle(cfg.bundle)
     handler = IndexHandler(info.sha256)
-    keys = handler.load_bundle_caches(cfg.bundle)
+    keys = handler.load_bundle_caches(info)
     log.info("index: loaded %s", ", ".join(keys) or "no kNN caches (the plan has none)")
     return Service("index", handler, _server(NeighborIndex.Processor(handler), cfg.index, cfg, "index"))
 
@@ -202,13 +171,13 @@ def _retrainer(cfg: ClusterConfig) -> Service:
     if cfg.retrainer is None:
         raise ConfigError(f"{cfg.path}: services.retrainer is not configured")
     torch.set_num_threads(1)
-    info = BundleInfo.read(cfg.bundle)
+    info = read_bundle(cfg.bundle)
     limits = Limits.from_config(cfg)
-    placement = cfg.placement(info.cut_names)
-    caches = info.caches(info.cut_names)
+    placement = cfg.placement(plan_cut_names(info))
+    caches = info.plan_caches()
     pools = {p.name: Pool(Predictor.Client, p.host, p.port, limits, size=1, name=p.name) for p in cfg.predictors}
     owner = {cut: pname for pname, cuts in placement.items() for cut in cuts}
     states = {e.cut: CutState(e.cut, e.cut_name, e.threshold, caches[e.cut], 0, pools[owner[e.cut_name]])
               for e in info.plan.entries}
-    handler = RetrainerHandler(states, cfg.retrainer, int(info.manifest["num_classes"]), info.sha256)
+    handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes, info.sha256)
     return Service("retrainer", handler, _server(Retrainer.Processor(handler), cfg.retrainer, cfg, "retrainer"))

@@ -1,4 +1,4 @@
-"""The in-process runtime: run stages in order, consult the plan's caches, stop at the first hit.
+"""The in-process runtime: a bundle's stages and planned caches run by the cascade loop.
 
 Two modes, both measured by `gati eval` and modelled by the optimizer:
 
@@ -7,9 +7,9 @@ Two modes, both measured by `gati eval` and modelled by the optimizer:
 - async: hand the lookup to a worker thread and run the next stage meanwhile; the answer is checked
   once that stage is done. The lookup is hidden, but a hit is only acted on one stage later.
 
-On CUDA, sync mode runs as CUDA graphs (`gati.runtime.graphs`): one graph per segment between planned
-cuts, and the baseline as one graph of the whole model, because at batch 1 a GPU is bound by
-kernel launches and eager stages would compare a slow GATI with a slow baseline.
+On CUDA, sync mode runs as CUDA graphs (`gati.runtime.graphs`): one graph per segment between
+planned cuts, and the baseline as one graph of the whole model, because at batch 1 a GPU is bound
+by kernel launches and eager stages would compare a slow GATI with a slow baseline.
 
 Cancellation is cooperative: `predict(..., cancel=event)` checks the event between stages and
 raises `Cancelled`, leaving no state behind (the engine holds none per request).
@@ -18,44 +18,62 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
 from gati.bundle import Bundle
 from gati.cache.base import confidence_and_label
 from gati.errors import Cancelled, GatiError, InvalidInput
+from gati.runtime.cascade import Answer, Step, Trace, VerdictSource, run_cascade
 from gati.runtime.graphs import GraphedCascade, graphed_argmax
+from gati.runtime.plan import LOOKAHEAD
+from gati.runtime.verdicts import InlineVerdicts, Lookup, ThreadVerdicts
 
-
-@dataclass
-class Answer:
-    label: int
-    confidence: float
-    exit_cut: int | None   # the cut whose cache answered; None when the whole model ran
-    exit_name: str         # the cut's name, or "final"
-    stages_run: int
+__all__ = ["Answer", "Cancelled", "Engine"]
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, mode: str | None = None):
+    def __init__(self, bundle: Bundle, mode: str | None = None, graphs: bool | None = None):
+        """`graphs`: run as CUDA graphs (default: on a CUDA device in sync mode, the only way there)."""
         self.bundle = bundle
         self.mode = mode or bundle.plan.mode
-        if self.mode not in ("sync", "async"):
-            raise GatiError(f"engine mode must be 'sync' or 'async', got {self.mode!r}")
+        if self.mode not in LOOKAHEAD:
+            raise GatiError(f"engine mode must be one of {sorted(LOOKAHEAD)}, got {self.mode!r}")
+        self.lookahead = LOOKAHEAD[self.mode]
         self.stages = list(bundle.staged.stages)
         self.device = next(bundle.model.parameters()).device
-        # cut index -> (cache, threshold): the only per-cut work the hot loop looks up
-        self.lookups = {e.cut: (bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gati-lookup") if self.mode == "async" else None
         self._graphs: GraphedCascade | None = None
         self._base: Callable[[torch.Tensor], int] | None = None
-        if self.device.type == "cuda" and self.mode == "sync":
-            example = torch.zeros(1, *bundle.input_shape, device=self.device)
-            entries = [(e.cut, bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries]
-            self._graphs = GraphedCascade(self.stages, entries, example)
-            self._base = graphed_argmax(bundle.model, example)
+        if graphs is None:
+            graphs = self.device.type == "cuda" and self.mode == "sync"
+        if graphs and (self.device.type != "cuda" or self.mode != "sync"):
+            raise GatiError("CUDA graphs need a CUDA device and a sync plan")
+        if graphs:
+            self._graph(bundle)
+        else:
+            self._eager(bundle)
+
+    def _eager(self, bundle: Bundle) -> None:
+        """One step per stage; a planned cut's lookup follows its stage (never after the head)."""
+        planned = {e.cut: Lookup(bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries
+                   if e.cut < len(self.stages) - 1}
+        cuts = bundle.staged.cuts
+        self.steps = [Step(stage, i + 1, i if i in planned else None, cuts[i] if i in planned else "")
+                      for i, stage in enumerate(self.stages)]
+        self.source: VerdictSource = ThreadVerdicts(planned) if self.mode == "async" else InlineVerdicts(planned)
+        self.head = _logits_head
+
+    def _graph(self, bundle: Bundle) -> None:
+        example = torch.zeros(1, *bundle.input_shape, device=self.device)
+        entries = [(e.cut, bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries]
+        self._graphs = GraphedCascade(self.stages, entries, example)
+        self._base = graphed_argmax(bundle.model, example)
+        self.steps = self._graphs.steps(bundle.staged.cuts)
+        self.source, self.head = self._graphs, self._graphs.head
+
+    @property
+    def graphed(self) -> bool:
+        return self._graphs is not None
 
     def validate(self, x: torch.Tensor) -> torch.Tensor:
         """A single preprocessed image as 1 x C x H x W float32 on the engine's device (on the CUDA
@@ -85,70 +103,20 @@ class Engine:
             return int(self.bundle.model(x.to(self.device)).argmax(1).item())
 
     def predict(self, x: torch.Tensor, cancel: threading.Event | None = None) -> Answer:
+        return self.trace(x, cancel).answer
+
+    def trace(self, x: torch.Tensor, cancel: threading.Event | None = None, shadow: bool = False) -> Trace:
+        """One request through the cascade; `shadow` runs it to the end after a hit as well."""
         x = self.validate(x)
-        if self._graphs is not None:
-            return self._run_graphs(x, cancel)
         with torch.inference_mode():
-            if self._pool is not None:
-                return self._run_async(x, cancel)
-            return self._run_sync(x, cancel)
-
-    def _run_sync(self, x: torch.Tensor, cancel: threading.Event | None) -> Answer:
-        last = len(self.stages) - 1
-        for i, stage in enumerate(self.stages):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"cancelled before stage {i}")
-            x = stage(x)
-            lookup = self.lookups.get(i) if i < last else None
-            if lookup is not None:
-                label, conf = lookup[0].lookup(x)
-                confidence = float(conf[0])
-                if confidence >= lookup[1]:
-                    return Answer(int(label[0]), confidence, i, self.bundle.staged.cuts[i], i + 1)
-        return self._final(x)
-
-    def _run_async(self, x: torch.Tensor, cancel: threading.Event | None) -> Answer:
-        last = len(self.stages) - 1
-        pending: tuple[int, Future] | None = None
-        for i, stage in enumerate(self.stages):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"cancelled before stage {i}")
-            x = stage(x)
-            if pending is not None:  # the lookup that overlapped this stage
-                answer = self._check(pending, i + 1)
-                pending = None
-                if answer is not None:
-                    return answer
-            lookup = self.lookups.get(i) if i < last else None
-            if lookup is not None:
-                pending = (i, self._pool.submit(lookup_on_worker, lookup[0], x))
-        return self._final(x)
-
-    def _run_graphs(self, x: torch.Tensor, cancel: threading.Event | None) -> Answer:
-        out = self._graphs(x, cancel)
-        if out.entry is None:
-            return Answer(out.label, out.confidence, None, "final", len(self.stages))
-        cut = self._graphs.cuts[out.entry]
-        return Answer(out.label, out.confidence, cut, self.bundle.staged.cuts[cut], cut + 1)
-
-    def _check(self, pending: tuple[int, Future], stages_run: int) -> Answer | None:
-        cut, future = pending
-        label, conf = future.result()
-        confidence = float(conf[0])
-        if confidence >= self.lookups[cut][1]:
-            return Answer(int(label[0]), confidence, cut, self.bundle.staged.cuts[cut], stages_run)
-        return None
-
-    def _final(self, logits: torch.Tensor) -> Answer:
-        label, conf = confidence_and_label(logits)
-        return Answer(int(label.item()), float(conf.item()), None, "final", len(self.stages))
+            return run_cascade(x, self.steps, self.source, self.lookahead, self.head, shadow=shadow,
+                               stop=cancel.is_set if cancel is not None else None)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        if isinstance(self.source, ThreadVerdicts):
+            self.source.close()
 
 
-def lookup_on_worker(cache, act: torch.Tensor):
-    """`cache.lookup(act)` for a thread pool's worker (async mode, and the profile that times it)."""
-    with torch.inference_mode():  # inference mode is thread-local
-        return cache.lookup(act)
+def _logits_head(logits: torch.Tensor) -> tuple[int, float]:
+    label, conf = confidence_and_label(logits)
+    return int(label.item()), float(conf.item())

@@ -1,22 +1,20 @@
 """CUDA graphs for batch-1 serving: launch work as few graphs as the host's decisions allow.
 
-At batch 1 a CIFAR ResNet on a GPU is bound by kernel launches, not arithmetic: an H100 runs
-ResNet-18 in 2.3 ms eagerly but in 0.44 ms as one CUDA graph. The plain-model baseline is therefore
-one graph, and the cascade is one graph per *segment*: the stages from one planned cut to the
+At batch 1 a CIFAR ResNet on a GPU is bound by kernel launches, not arithmetic (docs/results.md
+has the measured eager and graphed times). The plain-model baseline is therefore one graph, and the cascade is one graph per *segment*: the stages from one planned cut to the
 next plus that cut's lookup. The host reads back one small tensor (confidence and label) per
 segment, the only synchronisation a cascade needs to decide whether to go on.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from gati.cache.base import confidence_and_label
-from gati.errors import Cancelled, GatiError, InvalidInput
+from gati.errors import GatiError, InvalidInput
+from gati.runtime.cascade import Done, Step, Verdict
 
 WARMUP = 3  # eager runs on a side stream before capture (cuDNN picks its algorithms here)
 
@@ -57,14 +55,6 @@ def graphed_argmax(model: nn.Module, example: Tensor) -> Callable[[Tensor], int]
     return lambda x: int(g(x).item())
 
 
-@dataclass
-class Exit:
-    """Where a cascade answered: the index of the plan entry (None: the whole model ran)."""
-    label: int
-    confidence: float
-    entry: int | None
-
-
 class GraphedCascade:
     """Stages and planned lookups as chained graphs, one per segment between two planned cuts.
 
@@ -74,6 +64,9 @@ class GraphedCascade:
     Segment j runs the stages after the previous planned cut up to cut j, then the lookup, and
     outputs the activation (the next segment's input, read in place) and [confidence, label,
     input finite] (the first segment also checks the request for NaN/inf, inside the graph).
+
+    It serves `run_cascade` as its steps (`steps()`), its verdict source (`ask`: read back the
+    verdict the segment's graph already computed) and its head (the last segment's verdict).
     """
 
     def __init__(self, stages: Sequence[nn.Module], entries: Sequence[tuple[int, object, float]],
@@ -83,31 +76,43 @@ class GraphedCascade:
                 raise GatiError(f"the {cache.variant} cache at cut {cut} cannot run inside a CUDA graph "
                                 "(it reads back to the host); re-plan for this device: "
                                 "gati plan --bundle B --device cuda")
-        self.thresholds = [t for _, _, t in entries]
+        self.thresholds = {c: t for c, _, t in entries}
         self.cuts = [c for c, _, _ in entries]
-        bounds = [-1, *self.cuts, len(stages) - 1]
+        self.bounds = [-1, *self.cuts, len(stages) - 1]   # segment j runs stages bounds[j]+1 .. bounds[j+1]
         self.segments: list[Graphed] = []
         x, copy_in = example, True
-        for j in range(len(bounds) - 1):
-            run = list(stages[bounds[j] + 1: bounds[j + 1] + 1])
+        for j in range(len(self.bounds) - 1):
+            run = list(stages[self.bounds[j] + 1: self.bounds[j + 1] + 1])
             cache = entries[j][1] if j < len(entries) else None
             g = capture(_segment(run, cache, check_input=(j == 0)), x, static_input=copy_in)
             self.segments.append(g)
             x, copy_in = g.output[0], False
 
-    def __call__(self, x: Tensor, cancel: threading.Event | None = None) -> Exit:
-        for j, g in enumerate(self.segments):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"cancelled before segment {j}")
-            _, verdict = g(x if j == 0 else None)
-            conf, label, finite = verdict.tolist()  # the one host synchronisation of a segment
-            if not finite:  # checked inside the first graph: no extra round trip per request
-                raise InvalidInput("input contains NaN or infinite values")
-            if j == len(self.thresholds):
-                return Exit(int(label), conf, None)
-            if conf >= self.thresholds[j]:
-                return Exit(int(label), conf, j)
-        raise AssertionError("unreachable: the last segment always answers")
+    def steps(self, cut_names: Sequence[str]) -> list[Step]:
+        """One step per segment; only the first copies the request in (the others read in place)."""
+        return [Step(self._runner(j), self.bounds[j + 1] + 1, cut, cut_names[cut] if cut is not None else "")
+                for j, cut in enumerate([*self.cuts, None])]
+
+    def _runner(self, j: int) -> Callable[[Tensor], Tensor]:
+        segment = self.segments[j]
+        if j == 0:
+            return lambda x: segment(x)[0]
+        return lambda _: segment()[0]
+
+    def ask(self, cut: int, act: Tensor) -> Done:
+        j = self.cuts.index(cut)
+        conf, label = self._read(j)
+        return Done(Verdict.judge(cut, int(label), conf, self.thresholds[cut]))
+
+    def head(self, _: Tensor) -> tuple[int, float]:
+        conf, label = self._read(len(self.segments) - 1)
+        return int(label), conf
+
+    def _read(self, j: int) -> tuple[float, float]:
+        conf, label, finite = self.segments[j].output[1].tolist()  # the one host synchronisation of a segment
+        if not finite:  # computed by the first graph: no extra round trip per request
+            raise InvalidInput("input contains NaN or infinite values")
+        return conf, label
 
 
 def _segment(stages: list[nn.Module], cache, check_input: bool) -> Callable[[Tensor], tuple[Tensor, Tensor]]:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-MODES = ("sync", "async")
+# A plan's mode says how its lookups run beside the stages. For the cascade loop it is a lookahead:
+# how many stages may run past a verdict not read yet (sync 0: wait for it; async 1: overlap the next stage).
+LOOKAHEAD = {"sync": 0, "async": 1}
+MODES = tuple(LOOKAHEAD)
 
 
 @dataclass

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import boto3
 import pytest
-import yaml
 from moto import mock_aws
 
 from gati.cloud.hooks import Hooks
@@ -63,21 +62,35 @@ def make_spec(name: str = "t1", **overrides: Any) -> DeploySpec:
     return parse_spec(raw)
 
 
+if TYPE_CHECKING:
+    from gati.bundle.manifest import Manifest
+
+
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
     d = tmp_path / "bundle"
     d.mkdir()
-    (d / "r18.pt").write_bytes(b"weights")
-    (d / "manifest.yaml").write_text(yaml.safe_dump(fake_manifest("r18.pt")))
+    (d / "checkpoint.pt").write_bytes(b"weights")
+    (d / "manifest.yaml").write_text(fake_manifest("checkpoint.pt").to_yaml())
     (d / "cache-layer2.1.pt").write_bytes(b"\0" * 128)
     return d
 
 
-def fake_manifest(checkpoint: str) -> dict:
-    """The keys gati.bundle.read_manifest requires, with placeholder values (nothing loads it)."""
-    return {"format_version": 1, "num_classes": 10, "checkpoint": {"path": checkpoint, "sha256": "ab"},
-            "cuts": ["layer2.1"], "plan": {"mode": "sync", "entries": []},
-            "preprocess": {"mean": [0.5] * 3, "std": [0.25] * 3}, "classes": [str(i) for i in range(10)]}
+def fake_manifest(checkpoint: str, format_version: int = 2) -> Manifest:
+    """A valid manifest with placeholder values (nothing loads the model it names)."""
+    from gati.bundle.manifest import CalibrationInfo, Certificate, CheckpointRef, Expected, Manifest, Profile, TrainInfo
+    from gati.data import Preprocess
+    from gati.runtime.plan import Plan
+    return Manifest(
+        format_version=format_version, created="", arch="resnet18", model_module=None, num_classes=10,
+        checkpoint=CheckpointRef(checkpoint, "ab"), dataset="cifar10",
+        preprocess=Preprocess((0.5,) * 3, (0.25,) * 3), input_shape=(3, 32, 32),
+        classes=[str(i) for i in range(10)], cuts=["layer2.1"], cut_shapes=[(128, 16, 16)], caches=[],
+        plan=Plan([], "sync"), target=0.97, memory_mb=None,
+        certified=Certificate(0.97, 0.95, "test", 1.0, 0.0, 10, 0, 0, 10, 0.0),
+        expected=Expected(1.0, 1.0, 0.0, 1.0), calibration=CalibrationInfo("test:calib", 10, "", ""),
+        train=TrainInfo("train", None, 10, 0), profile=Profile("cpu", "cpu", 1, 1.0, [1.0, 1.0]),
+        versions={}, build_seconds=0.0)
 
 
 def fake_wheel(project: Path, out_dir: Path) -> Path:

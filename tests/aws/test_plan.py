@@ -13,7 +13,7 @@ from gati.cloud.layout import nodes
 from gati.cloud.prices import HOURLY_USD_US_EAST_1
 from gati.cloud.spec import DeployError, load_spec
 from gati.cloud.wait import Endpoint, wait_for_ping
-from gati.errors import BundleError, GatiError
+from gati.errors import CheckpointError, GatiError
 from tests.aws.conftest import CIDR, Recorder, fake_manifest, make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,29 +137,30 @@ def test_wait_for_ping_retries_until_the_deadline():
     assert now[0] == 20   # gave up instead of sleeping past the deadline
 
 
-def test_bundle_archive_carries_the_checkpoint_and_points_the_manifest_at_it(tmp_path):
+def test_a_bundle_ships_as_it_is_and_an_old_one_gets_its_checkpoint_inside(tmp_path, bundle):
     import tarfile
 
     from gati.cloud.artifacts import pack_bundle
 
-    ckpt = tmp_path / "models" / "r18.pt"
+    with tarfile.open(pack_bundle(bundle, tmp_path / "b.tar.gz")) as tar:
+        assert tar.extractfile("manifest.yaml").read() == (bundle / "manifest.yaml").read_bytes()
+        assert tar.extractfile("checkpoint.pt").read() == b"weights"
+
+    ckpt = tmp_path / "models" / "r18.pt"  # format 1: the checkpoint by an absolute path
     ckpt.parent.mkdir()
-    ckpt.write_bytes(b"weights")
-    bundle = tmp_path / "b"
-    (bundle / "caches").mkdir(parents=True)
-    (bundle / "caches" / "layer2.1-linear.pt").write_bytes(b"cache")
-    manifest = fake_manifest(str(ckpt))
-    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest))
-    with tarfile.open(pack_bundle(bundle, tmp_path / "b.tar.gz", "/opt/gati/bundle")) as tar:
-        names = set(tar.getnames())
+    ckpt.write_bytes(b"old weights")
+    old = tmp_path / "old"
+    old.mkdir()
+    written = fake_manifest(str(ckpt), format_version=1).to_yaml()
+    (old / "manifest.yaml").write_text(written)
+    with tarfile.open(pack_bundle(old, tmp_path / "c.tar.gz")) as tar:
         shipped = yaml.safe_load(tar.extractfile("manifest.yaml").read())
-        assert tar.extractfile("checkpoint/r18.pt").read() == b"weights"
-    assert {"manifest.yaml", "caches/layer2.1-linear.pt", "checkpoint/r18.pt"} <= names
-    assert shipped["checkpoint"] == {"path": "/opt/gati/bundle/checkpoint/r18.pt", "sha256": "ab"}
-    assert yaml.safe_load((bundle / "manifest.yaml").read_text()) == manifest  # left as it was
+        assert tar.extractfile("checkpoint.pt").read() == b"old weights"
+    assert shipped["checkpoint"]["path"] == "checkpoint.pt" and shipped["checkpoint"]["source"] == str(ckpt)
+    assert (old / "manifest.yaml").read_text() == written  # left as it was
     ckpt.unlink()
-    with pytest.raises(BundleError, match="not on this machine"):
-        pack_bundle(bundle, tmp_path / "c.tar.gz", "/opt/gati/bundle")
+    with pytest.raises(CheckpointError, match="not found"):
+        pack_bundle(old, tmp_path / "d.tar.gz")
 
 
 def test_instance_configs_are_read_by_the_services_own_parser():

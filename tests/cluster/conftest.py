@@ -36,12 +36,13 @@ def cluster_bundle(tiny_bundle: Path, tiny_data, tmp_path_factory: pytest.TempPa
     at each cut and the rest reach the full model, whatever the tiny model learned. The kNN cache
     votes over 150 neighbours (the bundle's votes over 10 and is unanimous on these easy images).
     """
-    from gati.bundle import cache_file, load_bundle, update_manifest
+    from gati.bundle import cache_file, load_bundle, read_manifest, revise_bundle
     from gati.cache import load_cache
     from gati.data import load_split
+    from gati.runtime.plan import Plan, PlanEntry
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cluster-bundle") / "tiny3"
-    update_manifest(tiny_bundle, {}, out=out)
+    revise_bundle(tiny_bundle, read_manifest(tiny_bundle), out=out)
     edit_cache_file(out / cache_file(0, "knn"), lambda blob: blob["config"].update(k=150))
     base = load_bundle(out)
     calib = load_split("imagefolder", tiny_data[0], "test:calib")
@@ -56,8 +57,8 @@ def cluster_bundle(tiny_bundle: Path, tiny_data, tmp_path_factory: pytest.TempPa
         _, conf = cache(acts[cut])
         threshold = float(np.quantile(conf[alive].numpy(), 1 - share))
         alive &= conf < threshold
-        entries.append({"cut": cut, "cut_name": base.staged.cuts[cut], "variant": variant, "threshold": threshold})
-    update_manifest(out, {"plan": {"mode": "sync", "entries": entries}})
+        entries.append(PlanEntry(cut, base.staged.cuts[cut], variant, threshold))
+    revise_bundle(out, read_manifest(out).replace(plan=Plan(entries, "sync")))
     return out
 
 

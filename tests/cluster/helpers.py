@@ -63,18 +63,21 @@ class References:
     labels: list[int]
     exits: list[str]
     base: list[int]
+    stages: list[int]
 
     @classmethod
-    def of(cls, bundle: Path, images: np.ndarray) -> "References":
+    def of(cls, bundle: Path, images: np.ndarray, mode: str | None = None) -> "References":
+        """The engine's answers in `mode` (default: the plan's); async equals an executor with lookahead 1."""
         from gati.bundle import load_bundle
         from gati.runtime.engine import Engine
         torch.set_num_threads(1)
         b = load_bundle(bundle)
-        engine = Engine(b)
+        engine = Engine(b, mode)
         x = b.preprocess(images)
         answers = [engine.predict(x[i:i + 1]) for i in range(len(x))]
+        engine.close()
         return cls([a.label for a in answers], [a.exit_name for a in answers],
-                   [engine.predict_base(x[i:i + 1]) for i in range(len(x))])
+                   [engine.predict_base(x[i:i + 1]) for i in range(len(x))], [a.stages_run for a in answers])
 
 
 @dataclass

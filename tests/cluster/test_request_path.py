@@ -18,7 +18,6 @@ from gati.rpc.gen.gati_idl.ttypes import (
     DeadlineExceeded,
     ExecutionResult,
     Overloaded,
-    Report,
     Request,
     Tensor,
 )
@@ -106,47 +105,33 @@ def test_admission_refuses_beyond_capacity_and_times_out_waiting_for_a_worker():
     assert (adm.admitted, adm.running) == (0, 0) and max(depths) == 1 and depths[-1] == 0
 
 
-def report(cut: int, hit: bool, label: int = 3) -> Report:
-    return Report(request_id=7, cut=cut, label=label, confidence=0.9 if hit else 0.2, hit=hit)
+CUT_NAMES = {0: "a", 2: "b", 5: "c"}
 
 
 def pending() -> Pending:
-    return Pending(7, False, [0, 2, 5], {0: "a", 2: "b", 5: "c"}, n_stages=8)
+    return Pending(7, False, CUT_NAMES)
 
 
-def test_a_later_hit_waits_for_the_earlier_cuts_reports():
+def test_the_executors_answer_names_its_cut_or_final():
     p = pending()
-    p.add_report(report(2, True, label=4))
-    assert not p.done.is_set()       # cut 0 may still hit first: the engine would answer from it
-    p.add_report(report(0, False))
-    assert p.done.is_set() and (p.outcome.exit_cut, p.outcome.label, p.outcome.stages_run) == (2, 4, 3)
-
-
-def test_the_first_hit_in_cut_order_wins():
-    p = pending()
-    p.add_report(report(2, True, label=4))
-    p.add_report(report(0, True, label=1))
-    assert (p.outcome.exit_cut, p.outcome.exit_name, p.outcome.label) == (0, "a", 1)
-
-
-def test_unreported_cuts_are_misses_once_the_executor_stopped():
-    p = pending()
-    p.add_report(report(2, True, label=4))
-    p.add_result(ExecutionResult(request_id=7, completed=False, cancelled=True, reports=[]))
-    assert p.outcome.exit_cut == 2  # cut 0's predictor never answered: a miss
-
-
-def test_reports_relayed_by_the_executor_count_and_a_full_run_answers_final():
-    p = pending()
-    p.add_result(ExecutionResult(request_id=7, completed=False, cancelled=True, reports=[report(0, True, 9)]))
-    assert (p.outcome.exit_cut, p.outcome.label) == (0, 9)
+    p.answer(ExecutionResult(request_id=7, label=4, confidence=0.9, exit_cut=2, stages_run=3))
+    assert p.done.is_set() and (p.outcome.exit_cut, p.outcome.exit_name, p.outcome.label) == (2, "b", 4)
     q = pending()
-    q.add_result(ExecutionResult(request_id=7, completed=True, label=6, confidence=0.7, stages_run=8,
-                                 reports=[report(0, False), report(2, False), report(5, False)]))
-    assert (q.outcome.exit_cut, q.outcome.exit_name, q.outcome.label, q.outcome.stages_run) == (-1, "final", 6, 8)
+    q.answer(ExecutionResult(request_id=7, label=6, confidence=0.7, exit_cut=-1, stages_run=8))
+    assert (q.outcome.exit_cut, q.outcome.exit_name, q.outcome.stages_run) == (-1, "final", 8)
 
 
-def test_an_executor_error_becomes_the_request_error():
+def test_only_the_first_answer_counts():
     p = pending()
-    p.add_result(ExecutionResult(request_id=7, error="executor is draining"))
+    p.answer(ExecutionResult(request_id=7, label=4, confidence=0.9, exit_cut=2, stages_run=3))
+    p.answer(ExecutionResult(request_id=7, label=1, confidence=0.9, exit_cut=0, stages_run=1))
+    assert (p.outcome.exit_cut, p.outcome.label) == (2, 4)
+
+
+def test_an_executor_error_or_cancel_becomes_the_request_error():
+    p = pending()
+    p.answer(ExecutionResult(request_id=7, error="executor is draining"))
     assert p.done.is_set() and p.outcome is None and p.error == "executor is draining"
+    q = pending()
+    q.answer(ExecutionResult(request_id=7, cancelled=True, error=""))
+    assert q.outcome is None and "stopped" in q.error

@@ -28,15 +28,15 @@ class Iface(gati.rpc.gen.gati_idl.Service.Iface):
         """
         pass
 
-    def report(self, report):
+    def finished(self, result):
         """
         Parameters:
-         - report
+         - result
 
         """
         pass
 
-    def finished(self, result):
+    def shadowed(self, result):
         """
         Parameters:
          - result
@@ -89,22 +89,6 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
             raise result.deadline
         raise TApplicationException(TApplicationException.MISSING_RESULT, "predict failed: unknown result")
 
-    def report(self, report):
-        """
-        Parameters:
-         - report
-
-        """
-        self.send_report(report)
-
-    def send_report(self, report):
-        self._oprot.writeMessageBegin('report', TMessageType.ONEWAY, self._seqid)
-        args = report_args()
-        args.report = report
-        args.write(self._oprot)
-        self._oprot.writeMessageEnd()
-        self._oprot.trans.flush()
-
     def finished(self, result):
         """
         Parameters:
@@ -121,13 +105,29 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
 
+    def shadowed(self, result):
+        """
+        Parameters:
+         - result
+
+        """
+        self.send_shadowed(result)
+
+    def send_shadowed(self, result):
+        self._oprot.writeMessageBegin('shadowed', TMessageType.ONEWAY, self._seqid)
+        args = shadowed_args()
+        args.result = result
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
 
 class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
     def __init__(self, handler):
         gati.rpc.gen.gati_idl.Service.Processor.__init__(self, handler)
         self._processMap["predict"] = Processor.process_predict
-        self._processMap["report"] = Processor.process_report
         self._processMap["finished"] = Processor.process_finished
+        self._processMap["shadowed"] = Processor.process_shadowed
         self._on_message_begin = None
 
     def on_message_begin(self, func):
@@ -185,23 +185,23 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         oprot.writeMessageEnd()
         oprot.trans.flush()
 
-    def process_report(self, seqid, iprot, oprot):
-        args = report_args()
-        args.read(iprot)
-        iprot.readMessageEnd()
-        try:
-            self._handler.report(args.report)
-        except TTransport.TTransportException:
-            raise
-        except Exception:
-            logging.exception('Exception in oneway handler')
-
     def process_finished(self, seqid, iprot, oprot):
         args = finished_args()
         args.read(iprot)
         iprot.readMessageEnd()
         try:
             self._handler.finished(args.result)
+        except TTransport.TTransportException:
+            raise
+        except Exception:
+            logging.exception('Exception in oneway handler')
+
+    def process_shadowed(self, seqid, iprot, oprot):
+        args = shadowed_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        try:
+            self._handler.shadowed(args.result)
         except TTransport.TTransportException:
             raise
         except Exception:
@@ -387,69 +387,6 @@ predict_result.thrift_spec = (
 )
 
 
-class report_args(object):
-    """
-    Attributes:
-     - report
-
-    """
-
-
-    def __init__(self, report=None,):
-        self.report = report
-
-    def read(self, iprot):
-        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
-            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
-            return
-        iprot.readStructBegin()
-        while True:
-            (fname, ftype, fid) = iprot.readFieldBegin()
-            if ftype == TType.STOP:
-                break
-            if fid == 1:
-                if ftype == TType.STRUCT:
-                    self.report = Report()
-                    self.report.read(iprot)
-                else:
-                    iprot.skip(ftype)
-            else:
-                iprot.skip(ftype)
-            iprot.readFieldEnd()
-        iprot.readStructEnd()
-
-    def write(self, oprot):
-        if oprot._fast_encode is not None and self.thrift_spec is not None:
-            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
-            return
-        oprot.writeStructBegin('report_args')
-        if self.report is not None:
-            oprot.writeFieldBegin('report', TType.STRUCT, 1)
-            self.report.write(oprot)
-            oprot.writeFieldEnd()
-        oprot.writeFieldStop()
-        oprot.writeStructEnd()
-
-    def validate(self):
-        return
-
-    def __repr__(self):
-        L = ['%s=%r' % (key, value)
-             for key, value in self.__dict__.items()]
-        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
-
-    def __eq__(self, other):
-        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
-
-    def __ne__(self, other):
-        return not (self == other)
-all_structs.append(report_args)
-report_args.thrift_spec = (
-    None,  # 0
-    (1, TType.STRUCT, 'report', [Report, None], None, ),  # 1
-)
-
-
 class finished_args(object):
     """
     Attributes:
@@ -510,6 +447,69 @@ all_structs.append(finished_args)
 finished_args.thrift_spec = (
     None,  # 0
     (1, TType.STRUCT, 'result', [ExecutionResult, None], None, ),  # 1
+)
+
+
+class shadowed_args(object):
+    """
+    Attributes:
+     - result
+
+    """
+
+
+    def __init__(self, result=None,):
+        self.result = result
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.result = ShadowResult()
+                    self.result.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('shadowed_args')
+        if self.result is not None:
+            oprot.writeFieldBegin('result', TType.STRUCT, 1)
+            self.result.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(shadowed_args)
+shadowed_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'result', [ShadowResult, None], None, ),  # 1
 )
 fix_spec(all_structs)
 del all_structs

@@ -323,7 +323,7 @@ class lookup_result(object):
                 break
             if fid == 0:
                 if ftype == TType.STRUCT:
-                    self.success = Report()
+                    self.success = LookupReply()
                     self.success.read(iprot)
                 else:
                     iprot.skip(ftype)
@@ -359,7 +359,7 @@ class lookup_result(object):
         return not (self == other)
 all_structs.append(lookup_result)
 lookup_result.thrift_spec = (
-    (0, TType.STRUCT, 'success', [Report, None], None, ),  # 0
+    (0, TType.STRUCT, 'success', [LookupReply, None], None, ),  # 0
 )
 
 
@@ -429,11 +429,11 @@ class caches_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype42, _size39) = iprot.readListBegin()
-                    for _i43 in range(_size39):
-                        _elem44 = CacheInfo()
-                        _elem44.read(iprot)
-                        self.success.append(_elem44)
+                    (_etype35, _size32) = iprot.readListBegin()
+                    for _i36 in range(_size32):
+                        _elem37 = CacheInfo()
+                        _elem37.read(iprot)
+                        self.success.append(_elem37)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -450,8 +450,8 @@ class caches_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter45 in self.success:
-                iter45.write(oprot)
+            for iter38 in self.success:
+                iter38.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

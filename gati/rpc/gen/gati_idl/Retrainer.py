@@ -254,11 +254,11 @@ class add_samples_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.samples = []
-                    (_etype49, _size46) = iprot.readListBegin()
-                    for _i50 in range(_size46):
-                        _elem51 = Sample()
-                        _elem51.read(iprot)
-                        self.samples.append(_elem51)
+                    (_etype42, _size39) = iprot.readListBegin()
+                    for _i43 in range(_size39):
+                        _elem44 = Sample()
+                        _elem44.read(iprot)
+                        self.samples.append(_elem44)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -275,8 +275,8 @@ class add_samples_args(object):
         if self.samples is not None:
             oprot.writeFieldBegin('samples', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.samples))
-            for iter52 in self.samples:
-                iter52.write(oprot)
+            for iter45 in self.samples:
+                iter45.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

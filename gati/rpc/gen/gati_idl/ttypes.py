@@ -882,7 +882,7 @@ class Features(object):
         return not (self == other)
 
 
-class Report(object):
+class LookupReply(object):
     """
     Attributes:
      - request_id
@@ -958,7 +958,7 @@ class Report(object):
         if oprot._fast_encode is not None and self.thrift_spec is not None:
             oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
             return
-        oprot.writeStructBegin('Report')
+        oprot.writeStructBegin('LookupReply')
         if self.request_id is not None:
             oprot.writeFieldBegin('request_id', TType.I64, 1)
             oprot.writeI64(self.request_id)
@@ -1101,30 +1101,24 @@ class ExecutionResult(object):
     """
     Attributes:
      - request_id
-     - completed
      - label
      - confidence
+     - exit_cut
      - stages_run
-     - cancelled
-     - stages_after_hit
-     - samples
      - error
-     - reports
+     - cancelled
 
     """
 
 
-    def __init__(self, request_id=None, completed=None, label=None, confidence=None, stages_run=None, cancelled=None, stages_after_hit=None, samples=None, error=None, reports=None,):
+    def __init__(self, request_id=None, label=None, confidence=None, exit_cut=None, stages_run=None, error=None, cancelled=None,):
         self.request_id = request_id
-        self.completed = completed
         self.label = label
         self.confidence = confidence
+        self.exit_cut = exit_cut
         self.stages_run = stages_run
-        self.cancelled = cancelled
-        self.stages_after_hit = stages_after_hit
-        self.samples = samples
         self.error = error
-        self.reports = reports
+        self.cancelled = cancelled
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1141,18 +1135,18 @@ class ExecutionResult(object):
                 else:
                     iprot.skip(ftype)
             elif fid == 2:
-                if ftype == TType.BOOL:
-                    self.completed = iprot.readBool()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 3:
                 if ftype == TType.I32:
                     self.label = iprot.readI32()
                 else:
                     iprot.skip(ftype)
-            elif fid == 4:
+            elif fid == 3:
                 if ftype == TType.DOUBLE:
                     self.confidence = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.I32:
+                    self.exit_cut = iprot.readI32()
                 else:
                     iprot.skip(ftype)
             elif fid == 5:
@@ -1161,40 +1155,13 @@ class ExecutionResult(object):
                 else:
                     iprot.skip(ftype)
             elif fid == 6:
-                if ftype == TType.BOOL:
-                    self.cancelled = iprot.readBool()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 7:
-                if ftype == TType.I32:
-                    self.stages_after_hit = iprot.readI32()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 8:
-                if ftype == TType.LIST:
-                    self.samples = []
-                    (_etype28, _size25) = iprot.readListBegin()
-                    for _i29 in range(_size25):
-                        _elem30 = Sample()
-                        _elem30.read(iprot)
-                        self.samples.append(_elem30)
-                    iprot.readListEnd()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 9:
                 if ftype == TType.STRING:
                     self.error = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
-            elif fid == 10:
-                if ftype == TType.LIST:
-                    self.reports = []
-                    (_etype34, _size31) = iprot.readListBegin()
-                    for _i35 in range(_size31):
-                        _elem36 = Report()
-                        _elem36.read(iprot)
-                        self.reports.append(_elem36)
-                    iprot.readListEnd()
+            elif fid == 7:
+                if ftype == TType.BOOL:
+                    self.cancelled = iprot.readBool()
                 else:
                     iprot.skip(ftype)
             else:
@@ -1211,46 +1178,116 @@ class ExecutionResult(object):
             oprot.writeFieldBegin('request_id', TType.I64, 1)
             oprot.writeI64(self.request_id)
             oprot.writeFieldEnd()
-        if self.completed is not None:
-            oprot.writeFieldBegin('completed', TType.BOOL, 2)
-            oprot.writeBool(self.completed)
-            oprot.writeFieldEnd()
         if self.label is not None:
-            oprot.writeFieldBegin('label', TType.I32, 3)
+            oprot.writeFieldBegin('label', TType.I32, 2)
             oprot.writeI32(self.label)
             oprot.writeFieldEnd()
         if self.confidence is not None:
-            oprot.writeFieldBegin('confidence', TType.DOUBLE, 4)
+            oprot.writeFieldBegin('confidence', TType.DOUBLE, 3)
             oprot.writeDouble(self.confidence)
+            oprot.writeFieldEnd()
+        if self.exit_cut is not None:
+            oprot.writeFieldBegin('exit_cut', TType.I32, 4)
+            oprot.writeI32(self.exit_cut)
             oprot.writeFieldEnd()
         if self.stages_run is not None:
             oprot.writeFieldBegin('stages_run', TType.I32, 5)
             oprot.writeI32(self.stages_run)
             oprot.writeFieldEnd()
-        if self.cancelled is not None:
-            oprot.writeFieldBegin('cancelled', TType.BOOL, 6)
-            oprot.writeBool(self.cancelled)
-            oprot.writeFieldEnd()
-        if self.stages_after_hit is not None:
-            oprot.writeFieldBegin('stages_after_hit', TType.I32, 7)
-            oprot.writeI32(self.stages_after_hit)
-            oprot.writeFieldEnd()
-        if self.samples is not None:
-            oprot.writeFieldBegin('samples', TType.LIST, 8)
-            oprot.writeListBegin(TType.STRUCT, len(self.samples))
-            for iter37 in self.samples:
-                iter37.write(oprot)
-            oprot.writeListEnd()
-            oprot.writeFieldEnd()
         if self.error is not None:
-            oprot.writeFieldBegin('error', TType.STRING, 9)
+            oprot.writeFieldBegin('error', TType.STRING, 6)
             oprot.writeString(self.error.encode('utf-8') if sys.version_info[0] == 2 else self.error)
             oprot.writeFieldEnd()
-        if self.reports is not None:
-            oprot.writeFieldBegin('reports', TType.LIST, 10)
-            oprot.writeListBegin(TType.STRUCT, len(self.reports))
-            for iter38 in self.reports:
-                iter38.write(oprot)
+        if self.cancelled is not None:
+            oprot.writeFieldBegin('cancelled', TType.BOOL, 7)
+            oprot.writeBool(self.cancelled)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class ShadowResult(object):
+    """
+    Attributes:
+     - request_id
+     - base_label
+     - samples
+
+    """
+
+
+    def __init__(self, request_id=None, base_label=None, samples=None,):
+        self.request_id = request_id
+        self.base_label = base_label
+        self.samples = samples
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.I64:
+                    self.request_id = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.I32:
+                    self.base_label = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.LIST:
+                    self.samples = []
+                    (_etype28, _size25) = iprot.readListBegin()
+                    for _i29 in range(_size25):
+                        _elem30 = Sample()
+                        _elem30.read(iprot)
+                        self.samples.append(_elem30)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('ShadowResult')
+        if self.request_id is not None:
+            oprot.writeFieldBegin('request_id', TType.I64, 1)
+            oprot.writeI64(self.request_id)
+            oprot.writeFieldEnd()
+        if self.base_label is not None:
+            oprot.writeFieldBegin('base_label', TType.I32, 2)
+            oprot.writeI32(self.base_label)
+            oprot.writeFieldEnd()
+        if self.samples is not None:
+            oprot.writeFieldBegin('samples', TType.LIST, 3)
+            oprot.writeListBegin(TType.STRUCT, len(self.samples))
+            for iter31 in self.samples:
+                iter31.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -1818,8 +1855,8 @@ Features.thrift_spec = (
     (2, TType.I32, 'cut', None, None, ),  # 2
     (3, TType.STRUCT, 'features', [Tensor, None], None, ),  # 3
 )
-all_structs.append(Report)
-Report.thrift_spec = (
+all_structs.append(LookupReply)
+LookupReply.thrift_spec = (
     None,  # 0
     (1, TType.I64, 'request_id', None, None, ),  # 1
     (2, TType.I32, 'cut', None, None, ),  # 2
@@ -1841,15 +1878,19 @@ all_structs.append(ExecutionResult)
 ExecutionResult.thrift_spec = (
     None,  # 0
     (1, TType.I64, 'request_id', None, None, ),  # 1
-    (2, TType.BOOL, 'completed', None, None, ),  # 2
-    (3, TType.I32, 'label', None, None, ),  # 3
-    (4, TType.DOUBLE, 'confidence', None, None, ),  # 4
+    (2, TType.I32, 'label', None, None, ),  # 2
+    (3, TType.DOUBLE, 'confidence', None, None, ),  # 3
+    (4, TType.I32, 'exit_cut', None, None, ),  # 4
     (5, TType.I32, 'stages_run', None, None, ),  # 5
-    (6, TType.BOOL, 'cancelled', None, None, ),  # 6
-    (7, TType.I32, 'stages_after_hit', None, None, ),  # 7
-    (8, TType.LIST, 'samples', (TType.STRUCT, [Sample, None], False), None, ),  # 8
-    (9, TType.STRING, 'error', 'UTF8', None, ),  # 9
-    (10, TType.LIST, 'reports', (TType.STRUCT, [Report, None], False), None, ),  # 10
+    (6, TType.STRING, 'error', 'UTF8', None, ),  # 6
+    (7, TType.BOOL, 'cancelled', None, None, ),  # 7
+)
+all_structs.append(ShadowResult)
+ShadowResult.thrift_spec = (
+    None,  # 0
+    (1, TType.I64, 'request_id', None, None, ),  # 1
+    (2, TType.I32, 'base_label', None, None, ),  # 2
+    (3, TType.LIST, 'samples', (TType.STRUCT, [Sample, None], False), None, ),  # 3
 )
 all_structs.append(CacheUpdate)
 CacheUpdate.thrift_spec = (
