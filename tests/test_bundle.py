@@ -9,6 +9,7 @@ import yaml
 from gati.bundle import load_bundle, read_bundle, read_manifest, write_bundle
 from gati.cli import main
 from gati.errors import BundleError, CheckpointError
+from tests.legacy import as_format_1
 
 
 @pytest.fixture
@@ -67,9 +68,10 @@ def test_an_old_bundle_loads_where_its_checkpoint_is_and_says_what_to_do_where_n
     outside = tmp_path / "models" / "tiny.pt"
     outside.parent.mkdir()
     shutil.move(copy / "checkpoint.pt", outside)
-    raw["format_version"], raw["checkpoint"] = 1, {"path": str(outside), "sha256": raw["checkpoint"]["sha256"]}
+    raw = as_format_1(raw, str(outside))
     (copy / "manifest.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert load_bundle(copy).plan.entries
+    old = load_bundle(copy)
+    assert old.plan.entries and old.manifest.certified.claim == "agreement with the base model >= 0.9"
     outside.unlink()
     with pytest.raises(CheckpointError, match="older gati .* absolute path"):
         load_bundle(copy)
@@ -77,9 +79,9 @@ def test_an_old_bundle_loads_where_its_checkpoint_is_and_says_what_to_do_where_n
 
 def test_a_manifest_with_unknown_or_missing_keys_is_refused(copy):
     raw = yaml.safe_load((copy / "manifest.yaml").read_text())
-    raw["certified"]["lower_boundd"] = raw["certified"].pop("lower_bound")
+    raw["certified"]["nominal_lower_boundd"] = raw["certified"].pop("nominal_lower_bound")
     (copy / "manifest.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(BundleError, match="lower_boundd"):
+    with pytest.raises(BundleError, match="nominal_lower_boundd"):
         read_bundle(copy)
 
 
@@ -122,8 +124,11 @@ def test_calibrate_retargets_without_retraining(tiny_bundle, tmp_path, capsys):
     assert main(["calibrate", "--bundle", str(tiny_bundle), "--target", "0.97", "--out", str(out)]) == 0
     loose, strict = read_manifest(tiny_bundle), read_manifest(out)
     assert strict.target == 0.97 and loose.target == 0.9
-    assert strict.certified.lower_bound >= 0.97 or not strict.plan.entries
+    assert strict.certified.claim.endswith(">= 0.97") or not strict.plan.entries
     assert strict.certified.hit_rate <= loose.certified.hit_rate
+    # the second look at the same certify images spends a smaller share of the error budget
+    assert [look.command for look in strict.looks] == ["build", "calibrate"] and strict.certified.look == 2
+    assert strict.certified.alpha < loose.certified.alpha and sum(look.alpha for look in strict.looks) < 0.05
     assert sorted(p.name for p in (out / "caches").iterdir()) == sorted(p.name for p in (tiny_bundle / "caches").iterdir())
 
 
@@ -131,7 +136,7 @@ def test_plan_reprofiles_on_a_device(tiny_bundle, tmp_path):
     out = tmp_path / "replanned"
     assert main(["plan", "--bundle", str(tiny_bundle), "--device", "cpu", "--out", str(out)]) == 0
     m = read_manifest(out)
-    assert m.profile.device == "cpu" and m.target == 0.9
+    assert m.profile.device == "cpu" and m.target == 0.9 and [look.command for look in m.looks] == ["build", "plan"]
     assert load_bundle(out).plan.entries
 
 

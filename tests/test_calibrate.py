@@ -11,6 +11,7 @@ from gati.pipeline.certify import (
     certify,
     exit_costs,
     greedy_path,
+    look_alpha,
     search_thresholds,
     simulate,
     split_select_certify,
@@ -81,7 +82,7 @@ def test_certified_bound_holds_on_fresh_data():
     for seed in range(8):
         calib = synthetic_scores(3000, seed=seed)
         labels = np.arange(3000) % 10
-        select, cert = split_select_certify(labels)
+        select, cert = split_select_certify(labels, [f"img{i:05d}" for i in range(3000)])
         thresholds, result = calibrate(calib, COSTS, "sync", target, select, cert)
         assert result.lower_bound >= target or np.isinf(thresholds).all()
         fresh = synthetic_scores(20000, seed=100 + seed)
@@ -91,9 +92,23 @@ def test_certified_bound_holds_on_fresh_data():
     assert misses <= 1  # the bound may fail with probability 5% per run
 
 
+def test_the_error_budget_is_split_over_looks():
+    shares = [look_alpha(k) for k in range(1, 10_000)]
+    assert shares[0] == pytest.approx(0.05 * 6 / math.pi ** 2) and sum(shares) < 0.05
+    assert all(a > b for a, b in zip(shares, shares[1:]))
+
+
+def test_the_hit_rate_bound_is_below_the_measured_hit_rate():
+    calib = synthetic_scores(2000, seed=3)
+    select, cert = split_select_certify(np.arange(2000) % 10, [f"i{i}" for i in range(2000)])
+    _, result = calibrate(calib, COSTS, "sync", 0.95, select, cert, alpha=0.01)
+    assert 0 < result.hit_rate_lower_bound < result.hit_rate and result.alpha == 0.01
+
+
 def test_select_and_certify_halves_are_disjoint_and_balanced():
     labels = np.repeat(np.arange(4), 50)
-    select, cert = split_select_certify(labels)
+    ids = [f"x/{i:03d}" for i in range(200)]
+    select, cert = split_select_certify(labels, ids)
     assert len(set(select) & set(cert)) == 0 and len(select) + len(cert) == 200
     assert all((labels[select] == c).sum() == 25 for c in range(4))
     assert math.isclose(len(select), len(cert))

@@ -26,7 +26,8 @@ def test_dense_caches_halve_and_calibration_is_redone(tiny_bundle, compacted):
     new, new_ids = after.calibration()
     assert new_ids == old_ids and np.array_equal(new["base"], old["base"])
     m = after.manifest
-    assert m.certified.lower_bound >= m.target or not m.plan.entries
+    assert m.certified.claim.endswith(f">= {m.target}") or not m.plan.entries
+    assert [look.command for look in m.looks] == ["build", "compact"] and "bfloat16" in m.certified.scored_on
 
 
 def test_the_compacted_bundle_serves_and_misses_are_exact(compacted, tiny_data):

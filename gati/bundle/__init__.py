@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +175,7 @@ def write_bundle(out: Path, manifest: Manifest, caches: dict[CacheKey, Cache], c
         np.savez_compressed(tmp / CALIBRATION, **calibration)
         (tmp / CALIBRATION_IDS).write_text("\n".join(calibration_ids) + "\n")
         _link_or_copy(Path(checkpoint), tmp / CHECKPOINT)
-        (tmp / MANIFEST).write_text(manifest.to_yaml())
+        (tmp / MANIFEST).write_text(_sealed(manifest, tmp).to_yaml())
     return out
 
 
@@ -198,8 +198,17 @@ def revise_bundle(path: Path, manifest: Manifest, out: Path | None = None,
             (tmp / CALIBRATION).unlink(missing_ok=True)
             np.savez_compressed(tmp / CALIBRATION, **calibration)
         (tmp / MANIFEST).unlink(missing_ok=True)
-        (tmp / MANIFEST).write_text(manifest.to_yaml())
+        (tmp / MANIFEST).write_text(_sealed(manifest, tmp).to_yaml())
     return out
+
+
+def _sealed(manifest: Manifest, folder: Path) -> Manifest:
+    """The manifest with its certificate bound to the plan's cache files as written (their SHA-256,
+    in plan order): the certificate is about exactly these caches."""
+    digest = hashlib.sha256()
+    for e in manifest.plan.entries:
+        digest.update(sha256_file(folder / cache_file(e.cut, e.variant)).encode())
+    return manifest.replace(certified=replace(manifest.certified, caches_sha256=digest.hexdigest()))
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:

@@ -12,6 +12,7 @@ by an absolute path, still load where that path exists.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,17 +48,36 @@ class CacheRecord:
 
 @dataclass
 class Certificate:
-    """What calibration proved about the plan's thresholds (see gati.pipeline.certify)."""
-    lower_bound: float       # one-sided lower confidence bound on agreement
+    """What calibration proved about the plan's thresholds, and under which assumptions
+    (gati.pipeline.certify). `claim` holds with probability >= `confidence` for `population`."""
+    claim: str               # e.g. "agreement with the base model >= 0.97"
+    target: float
     confidence: float        # 1 - alpha
+    alpha: float             # this look's share of the certify part's error budget
+    look: int                # this certification's number among the looks at the certify part
     method: str
+    population: str          # what the claim is about: the exchangeability assumption, spelled out
+    scored_on: str           # device and dtype the calibration scores were computed with
+    caches_sha256: str       # of the plan's cache files: the claim is about exactly these caches
+    nominal_lower_bound: float  # Clopper-Pearson at the chosen vector, floored: an estimate, not the claim
     agreement: float         # measured on the certify part
     hit_rate: float          # measured on the certify part
+    hit_rate_lower_bound: float  # one-sided lower bound at `confidence`: the speed part of the promise
     n: int                   # images in the certify part
     wrong_hits: int
     vectors_tested: int
     select_n: int
     select_margin: float
+
+
+@dataclass
+class Look:
+    """One certification on the bundle's certify part: the ledger that splits the error budget."""
+    command: str             # build, calibrate, plan, compact
+    target: float
+    alpha: float
+    passed: bool             # a vector with early exits was certified (False: no early exits)
+    created: str
 
 
 @dataclass
@@ -134,6 +154,7 @@ class Manifest:
     versions: dict[str, str | None]
     build_seconds: float
     cache_dtype: str = "float32"
+    looks: list[Look] = field(default_factory=list)
 
     @property
     def n_stages(self) -> int:
@@ -184,10 +205,11 @@ class Manifest:
             cuts=list(raw["cuts"]), cut_shapes=[tuple(s) for s in raw.get("cut_shapes", [])],
             caches=[_record(CacheRecord, c) for c in raw["caches"]], plan=Plan.from_dict(raw["plan"]),
             target=float(raw["target"]), memory_mb=raw.get("memory_mb"),
-            certified=_record(Certificate, raw["certified"]), expected=_record(Expected, raw["expected"]),
+            certified=_certificate(raw), expected=_record(Expected, raw["expected"]),
             calibration=_record(CalibrationInfo, raw["calibration"]), train=_record(TrainInfo, raw["train"]),
             profile=_record(Profile, raw["profile"]), versions=dict(raw.get("versions", {})),
-            build_seconds=float(raw.get("build_seconds", 0.0)), cache_dtype=raw.get("cache_dtype", "float32"))
+            build_seconds=float(raw.get("build_seconds", 0.0)), cache_dtype=raw.get("cache_dtype", "float32"),
+            looks=[_record(Look, look) for look in raw.get("looks", [])])
 
 
 def read_manifest(bundle: str | Path) -> Manifest:
@@ -195,6 +217,23 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if not file.is_file():
         raise BundleError(f"{bundle} is not a bundle: {MANIFEST} is missing")
     return Manifest.from_yaml(file.read_text(), str(file))
+
+
+def _certificate(raw: dict) -> Certificate:
+    """Format 2's certificate as written; format 1's (one look at alpha 0.05, its Clopper-Pearson value
+    quoted as the bound) restated as what its test proved."""
+    cert = raw["certified"]
+    if raw["format_version"] >= 2:
+        return _record(Certificate, cert)
+    target, alpha = float(raw["target"]), 1.0 - float(cert["confidence"])
+    return Certificate(
+        claim=f"agreement with the base model >= {target}", target=target, confidence=1.0 - alpha, alpha=alpha,
+        look=1, method=cert["method"], population=f"requests exchangeable with {raw['calibration']['split']} "
+        "(written by an older gati: the certify half was the even/odd one its design choices were tuned on)",
+        scored_on="cpu float32", caches_sha256="", nominal_lower_bound=math.floor(cert["lower_bound"] * 1e4) / 1e4,
+        agreement=cert["agreement"], hit_rate=cert["hit_rate"], hit_rate_lower_bound=0.0, n=cert["n"],
+        wrong_hits=cert["wrong_hits"], vectors_tested=cert["vectors_tested"], select_n=cert["select_n"],
+        select_margin=cert["select_margin"])
 
 
 def _record(cls: type, raw: Any) -> Any:

@@ -43,7 +43,9 @@ class EvalResult:
     speedup_p50: float
     mean_stages_run: float
     target: float
-    certified_lower_bound: float
+    certified: str                 # the bundle's claim, e.g. "agreement with the base model >= 0.97"
+    confidence: float              # at which the claim was proven
+    nominal_lower_bound: float     # Clopper-Pearson on the certify part (an estimate, not the claim)
     mode: str
     device: str
     threads: int
@@ -110,7 +112,8 @@ def _summarise(bundle, data, order, seed, mode, device, base_ms, gati_ms, base_l
         hits_per_layer=hits, mean_ms_base=mb, mean_ms_gati=mg, p50_ms_base=pb, p50_ms_gati=pg,
         p99_ms_base=_pct(base_ms, 99), p99_ms_gati=_pct(gati_ms, 99), speedup_mean=mb / mg,
         speedup_p50=pb / pg, mean_stages_run=statistics.fmean(stages), target=float(bundle.manifest.target),
-        certified_lower_bound=float(bundle.manifest.certified.lower_bound), mode=mode, device=device,
+        certified=bundle.manifest.certified.claim, confidence=bundle.manifest.certified.confidence,
+        nominal_lower_bound=bundle.manifest.certified.nominal_lower_bound, mode=mode, device=device,
         threads=torch.get_num_threads(), split=data.split, seed=seed, bundle=str(bundle.path))
 
 
@@ -126,8 +129,8 @@ def format_table(r: EvalResult) -> str:
         f"{'p50 ms':14}{r.p50_ms_base:>10.3f}{r.p50_ms_gati:>10.3f}{r.speedup_p50:>9.2f}x",
         f"{'p99 ms':14}{r.p99_ms_base:>10.3f}{r.p99_ms_gati:>10.3f}",
         f"{'accuracy':14}{r.base_acc:>10.4f}{r.gati_acc:>10.4f}",
-        f"agreement with base {r.agreement:.4f} (target {r.target}, certified >= {r.certified_lower_bound:.4f}), "
-        f"hit rate {r.hit_rate:.1%}, mean stages run {r.mean_stages_run:.2f}",
+        f"agreement with base {r.agreement:.4f} (target {r.target}; certified: {r.certified} at "
+        f"{r.confidence:.2%}), hit rate {r.hit_rate:.1%}, mean stages run {r.mean_stages_run:.2f}",
         "hits per cut: " + ", ".join(f"{k}={v}" for k, v in r.hits_per_layer.items()),
     ]
     return "\n".join(lines)

@@ -45,7 +45,7 @@ from gati.pipeline.extract import (
     extraction_batch,
     wanted_reducers,
 )
-from gati.pipeline.planner import Planned, make_plan
+from gati.pipeline.planner import CertifyContext, Planned, make_plan
 from gati.pipeline.profile import profile_model
 from gati.pipeline.score import calibration_arrays
 
@@ -100,7 +100,8 @@ def build(cfg: BuildConfig) -> Path:
     example = pre(calib.images[:1]).to(cfg.device)
     profile = profile_model(model, staged, caches, example, cfg.device)
     nbytes = {key: cache.nbytes() for key, cache in caches.items()}
-    planned = make_plan(calibration, calib.labels, profile, nbytes, cuts, cfg.target, cfg.memory_mb)
+    context = CertifyContext("build", 1, cfg.dataset, cfg.calib_split, f"{cfg.device} float32", profile.device)
+    planned = make_plan(calibration, calib.ids, calib.labels, profile, nbytes, cuts, cfg.target, context, cfg.memory_mb)
     manifest = _manifest(cfg, num_classes, cuts, act_shapes, train, calib, pre, caches, profile, planned,
                          time.time() - started)
     write_bundle(cfg.out, manifest, caches, calibration, calib.ids, cfg.checkpoint, overwrite=cfg.force)
@@ -161,6 +162,7 @@ def _manifest(cfg: BuildConfig, num_classes: int, cuts: list[str], act_shapes, t
         versions={"gati": __version__, "torch": torch.__version__, "numpy": np.__version__,
                   "faiss": _faiss_version(), "python": platform.python_version()},
         build_seconds=round(seconds, 1),
+        looks=[planned.look],
     )
 
 

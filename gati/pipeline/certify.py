@@ -5,7 +5,8 @@ The promised quantity is end-to-end agreement with the base model on new request
 cache only sees the requests every earlier cache missed. Thresholds are therefore chosen for the
 whole cascade at once, never layer by layer.
 
-Two disjoint parts of the calibration images are used (see `split_select_certify`):
+Two disjoint parts of the calibration images are used (see `split_select_certify`: a salted hash
+that no design choice was tuned on decides which part an image falls in):
 
 1. *select*: a greedy search lowers one cache's threshold at a time, always taking the move that
    saves the most expected latency per added wrong hit, while the simulated number of wrong hits
@@ -14,12 +15,19 @@ Two disjoint parts of the calibration images are used (see `split_select_certify
    select part only.
 2. *certify*: fixed-sequence testing (as in Learn-then-Test) walks that sequence in order on the
    other part and stops at the first vector whose one-sided Clopper-Pearson lower bound on A falls
-   below the target. The last vector that passed is returned with its bound. Because the order was
-   fixed before looking at the certify part, the bound holds (at level `1 - alpha`) despite the
-   many candidates; selecting the best vector on the same images would void it.
+   below the target. The last vector that passed is returned. Because the order was fixed before
+   looking at the certify part, the test proves "agreement >= target" at level `1 - alpha` despite
+   the many candidates; selecting the best vector on the same images would void it. What it proves
+   is that claim; the Clopper-Pearson value at the chosen vector is a nominal estimate, no more.
+
+Every certification spends part of one error budget per certify part (`ALPHA`): re-targeting,
+re-planning and compacting look at the same images again, so look k tests at `look_alpha(k)`, and
+the shares sum to ALPHA (a union bound over looks whose candidate sequences were built without the
+certify part). The bundle keeps the ledger of looks.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -28,7 +36,7 @@ import numpy as np
 from gati.bundle.layout import CacheKey
 from gati.data import halves
 
-ALPHA = 0.05  # the certified bound holds with 95% confidence
+ALPHA = 0.05  # the error budget of one certify part, spent over every look at it (look_alpha)
 BUDGET_LEVELS = 16  # the greedy search's wrong-hit budget grows in this many steps (see greedy_path)
 
 
@@ -57,12 +65,22 @@ class Costs:
 @dataclass
 class Certified:
     thresholds: np.ndarray
-    lower_bound: float   # one-sided lower confidence bound on agreement, at level 1 - ALPHA
+    alpha: float         # this look's share of the error budget
+    lower_bound: float   # one-sided Clopper-Pearson bound at the chosen vector (nominal: see the module doc)
     agreement: float     # measured on the certify part
     hit_rate: float      # measured on the certify part
+    hit_rate_lower_bound: float  # one-sided Clopper-Pearson lower bound on the hit rate, at level 1 - alpha
     n: int               # size of the certify part
     wrong_hits: int
     tested: int          # how many vectors of the sequence were tested
+
+
+def look_alpha(look: int, alpha: float = ALPHA) -> float:
+    """The share of `alpha` that look number `look` (1, 2, ...) may spend: alpha * 6 / (pi^2 look^2),
+    which sums to alpha over all looks (the first look gets 61% of it)."""
+    if look < 1:
+        raise ValueError(f"looks are numbered from 1, got {look}")
+    return alpha * 6.0 / (math.pi ** 2 * look ** 2)
 
 
 def exit_costs(entries: list[Scores], costs: Costs, mode: str) -> np.ndarray:
@@ -239,7 +257,7 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
             alpha: float = ALPHA) -> Certified:
     """Fixed-sequence test on the certify part; falls back to no hits if the first vector fails."""
     n = len(entries[0].conf) if entries else 0
-    chosen = Certified(np.full(len(entries), np.inf), agreement_lower_bound(n, 0, alpha), 1.0, 0.0,
+    chosen = Certified(np.full(len(entries), np.inf), alpha, agreement_lower_bound(n, 0, alpha), 1.0, 0.0, 0.0,
                        n, 0, 0)
     for tested, thresholds in enumerate(sequence, start=1):
         exit_at = exit_index(entries, thresholds)
@@ -248,24 +266,31 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
         if bound < target:
             chosen.tested = tested
             break
-        chosen = Certified(thresholds, bound, 1.0 - wrong / n, float((exit_at < len(entries)).mean()),
-                           n, wrong, tested)
+        hits = int((exit_at < len(entries)).sum())
+        chosen = Certified(thresholds, alpha, bound, 1.0 - wrong / n, hits / n,
+                           agreement_lower_bound(n, n - hits, alpha), n, wrong, tested)
     return chosen
 
 
-SELECT_CERTIFY_RULE = "within each class, in canonical order: even positions select thresholds, odd certify"
+# Chosen once, when the procedure (budget levels, move sizes, training-set size) was frozen: none of
+# those choices ever saw the certify part this salt defines.
+CERTIFY_SALT = "gati-certify-v2"
+SELECT_CERTIFY_RULE = (f"within each class, ids ordered by SHA-256('{CERTIFY_SALT}' + id): even positions "
+                       "select thresholds, odd positions certify them")
 
 
-def split_select_certify(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The calibration images (stored in canonical order), halved by the project's splitting rule
-    (`gati.data.halves`): the first half selects thresholds, the second certifies them."""
-    return halves(labels)
+def split_select_certify(labels: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration images halved, class by class, in the order a salted hash of their ids gives
+    (the project's splitting rule, `gati.data.halves`, applied to that order)."""
+    order = np.argsort([hashlib.sha256((CERTIFY_SALT + i).encode()).hexdigest() for i in ids], kind="stable")
+    first, second = halves(np.asarray(labels)[order])
+    return np.sort(order[first]), np.sort(order[second])
 
 
 def calibrate(entries: list[Scores], costs: Costs, mode: str, target: float,
-              select: np.ndarray, cert: np.ndarray) -> tuple[list[float], Certified]:
-    """Thresholds for a fixed set of plan entries: selected on `select`, certified on `cert`."""
+              select: np.ndarray, cert: np.ndarray, alpha: float = ALPHA) -> tuple[list[float], Certified]:
+    """Thresholds for a fixed set of plan entries: selected on `select`, certified on `cert` at `alpha`."""
     exit_cost = exit_costs(entries, costs, mode)
     sequence = threshold_sequence([e.subset(select) for e in entries], exit_cost, target)
-    result = certify([e.subset(cert) for e in entries], sequence, target)
+    result = certify([e.subset(cert) for e in entries], sequence, target, alpha)
     return [float(t) for t in result.thresholds], result

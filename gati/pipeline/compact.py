@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ def compact(path: str | Path, data_dir: str | Path, out: str | Path | None = Non
 
     records = [CacheRecord(c.cut, c.cut_name, c.variant, int(caches[(c.cut, c.variant)].nbytes()), c.reducer)
                for c in m.caches]
-    rescored = m.replace(caches=records, cache_dtype="bfloat16")
+    rescored = m.replace(caches=records, cache_dtype="bfloat16",
+                         certified=replace(m.certified, scored_on="cpu float32, bfloat16 caches"))
     # The rescored manifest still holds the float32 plan: it is never served, because the re-plan
     # below writes `out` from this private copy in one atomic step (and `path` stays intact if it fails).
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,4 +74,4 @@ def compact(path: str | Path, data_dir: str | Path, out: str | Path | None = Non
 def replan_in_fresh_process(path: Path, device: str, out: Path) -> None:
     """`replan_for_device` in a spawned interpreter, so the profile measures a quiet process."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(replan_for_device, path, device, out).result()
+        pool.submit(replan_for_device, path, device, out, None, "compact").result()

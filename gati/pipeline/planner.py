@@ -6,64 +6,109 @@ data nor a pass of the base model: only the stored scores and a (new) profile.
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from gati.bundle.layout import CacheKey
-from gati.bundle.manifest import Certificate, Expected, Manifest, Profile
-from gati.pipeline.certify import ALPHA, Costs, agreement_lower_bound, calibrate, split_select_certify
+from gati.bundle.manifest import Certificate, Expected, Look, Manifest, Profile
+from gati.pipeline.certify import (
+    Certified,
+    Costs,
+    agreement_lower_bound,
+    calibrate,
+    look_alpha,
+    split_select_certify,
+)
 from gati.pipeline.optimizer import Problem, optimize
 from gati.pipeline.score import scores_from
 from gati.runtime.plan import MODES, Plan, PlanEntry
 
 
-def certification_margin(target: float, n_certify: int) -> float:
+def certification_margin(target: float, n_certify: int, alpha: float) -> float:
     """How far above the target the select part must aim so that the certify part's lower bound
-    can still clear the target (the gap Clopper-Pearson leaves at this sample size)."""
+    can still clear the target (the gap Clopper-Pearson leaves at this sample size and level)."""
     for margin in np.arange(0.0, 1.0 - target + 1e-9, 0.0005):
         wrong = int((1.0 - target - margin) * n_certify)
-        if agreement_lower_bound(n_certify, wrong) >= target:
+        if agreement_lower_bound(n_certify, wrong, alpha) >= target:
             return float(margin)
     return float(1.0 - target)
 
 
+@dataclass(frozen=True)
+class CertifyContext:
+    """What a certification needs to know beyond the scores: where it stands in the ledger of looks
+    at this certify part, and what the claim is about."""
+    command: str            # build, calibrate, plan, compact
+    look: int               # 1 for the build's own look
+    dataset: str
+    split: str              # the calibration split
+    scored_on: str          # e.g. "cpu float32"
+    served_on: str          # the profile's device
+
+
 @dataclass
 class Planned:
-    """A certified plan and what the latency model expects of it."""
+    """A certified plan, what the latency model expects of it, and the look it cost."""
     plan: Plan
     certified: Certificate
     expected: Expected
+    look: Look
 
 
-def make_plan(arrays: dict[str, np.ndarray], labels: np.ndarray, profile: Profile,
-              nbytes: dict[CacheKey, int], cuts: list[str], target: float,
+def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray, profile: Profile,
+              nbytes: dict[CacheKey, int], cuts: list[str], target: float, context: CertifyContext,
               memory_mb: float = float("inf"), modes: tuple[str, ...] = MODES) -> Planned:
     """Optimise the plan on the select part, then calibrate and certify its thresholds."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"target must be in (0, 1), got {target}")
-    select, cert = split_select_certify(np.asarray(labels))
+    alpha = look_alpha(context.look)
+    select, cert = split_select_certify(np.asarray(labels), ids)
     # only caches the profile could time on this device are candidates (kNN has no CUDA graph)
     scores = {k: s for k, s in scores_from(arrays).items() if profile.times(*k)}
     if profile.device.startswith("cuda"):
         modes = ("sync",)  # the CUDA engine runs graphs; it has no async mode
     costs = Costs(profile.stage_ms, {key: profile.lookup(*key) for key in scores},
                   {key: profile.overlap(*key) for key in scores if profile.overlap(*key) is not None})
-    margin = certification_margin(target, len(cert))
+    margin = certification_margin(target, len(cert), alpha)
     problem = Problem({k: s.subset(select) for k, s in scores.items()}, costs, nbytes,
                       min(target + margin, 1.0), memory_mb * 2**20)
     choice = optimize(problem, modes)
     entries = [scores[k] for k in choice.keys]
-    thresholds, cert_result = calibrate(entries, costs, choice.mode, target, select, cert)
+    thresholds, result = calibrate(entries, costs, choice.mode, target, select, cert, alpha)
     plan = Plan([PlanEntry(k[0], cuts[k[0]], k[1], t) for k, t in zip(choice.keys, thresholds)
                  if np.isfinite(t)], choice.mode)
-    certified = Certificate(lower_bound=round(cert_result.lower_bound, 6), confidence=1 - ALPHA,
-                            method="fixed-sequence test, one-sided Clopper-Pearson",
-                            agreement=round(cert_result.agreement, 6), hit_rate=round(cert_result.hit_rate, 6),
-                            n=cert_result.n, wrong_hits=cert_result.wrong_hits, vectors_tested=cert_result.tested,
-                            select_n=int(len(select)), select_margin=round(margin, 4))
+    certified = _certificate(result, plan, target, context, len(select), margin)
     expected = Expected(choice.latency_ms, profile.base_ms, choice.hit_rate, choice.agreement)
-    return Planned(plan, certified, expected)
+    look = Look(context.command, float(target), alpha, bool(plan.entries),
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return Planned(plan, certified, expected, look)
+
+
+def _certificate(result: Certified, plan: Plan, target: float, context: CertifyContext, select_n: int,
+                 margin: float) -> Certificate:
+    claim = (f"agreement with the base model >= {target}" if plan.entries
+             else "no early exits: every answer is the base model's (agreement 1 by construction)")
+    population = (f"requests exchangeable with the images of {context.dataset} {context.split} (their class mix; "
+                  f"{result.n} certify images chosen by a salted hash), answered on {context.served_on} by this "
+                  "plan's caches (caches_sha256)")
+    if context.served_on.startswith("cuda"):
+        population += "; CUDA numerics pinned to float32 (TF32 off) to match the scores"
+    return Certificate(
+        claim=claim, target=float(target), confidence=1 - result.alpha, alpha=result.alpha, look=context.look,
+        method="fixed-sequence test over a greedy threshold path (Learn-then-Test), one-sided Clopper-Pearson",
+        population=population, scored_on=context.scored_on, caches_sha256="",
+        nominal_lower_bound=_floor(result.lower_bound), agreement=_floor(result.agreement),
+        hit_rate=_floor(result.hit_rate), hit_rate_lower_bound=_floor(result.hit_rate_lower_bound),
+        n=result.n, wrong_hits=result.wrong_hits, vectors_tested=result.tested, select_n=select_n,
+        select_margin=round(margin, 4))
+
+
+def _floor(x: float, digits: int = 4) -> float:
+    """Rounded down, never up: a printed estimate must not claim more than was measured."""
+    return math.floor(x * 10 ** digits) / 10 ** digits
 
 
 def plan_report(manifest: Manifest) -> str:
@@ -73,5 +118,6 @@ def plan_report(manifest: Manifest) -> str:
     return (f"{manifest.plan.describe()}\n"
             f"expected {e.latency_ms:.3f} ms vs base {e.base_ms:.3f} ms ({gain:.2f}x), hit rate {e.hit_rate:.1%}, "
             f"simulated agreement {e.agreement:.2%} ({manifest.plan.mode})\n"
-            f"certified agreement >= {c.lower_bound:.4f} ({c.confidence:.0%} confidence, "
-            f"{c.n} held-out calibration images, hit rate {c.hit_rate:.1%})")
+            f"certified: {c.claim} with {c.confidence:.2%} confidence (look {c.look} at {c.n} certify images; "
+            f"nominal Clopper-Pearson {c.nominal_lower_bound:.4f}; hit rate {c.hit_rate:.1%}, "
+            f">= {c.hit_rate_lower_bound:.1%} certified)")

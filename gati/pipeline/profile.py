@@ -20,7 +20,7 @@ from gati.bundle.layout import CacheKey, cache_key
 from gati.bundle.manifest import Profile
 from gati.errors import GatiError
 from gati.models.split import StagedModel
-from gati.runtime.graphs import Graphed, graphed_argmax
+from gati.runtime.graphs import Graphed, graphed_argmax, pin_float32_numerics
 from gati.runtime.verdicts import Lookup, judge_on_worker
 
 
@@ -151,6 +151,7 @@ def profile_model(model: nn.Module, staged: StagedModel, caches: dict, x: torch.
                   device: str, repeats: int = 30) -> Profile:
     """Profile a model and its candidate caches; `caches` maps (cut, variant) -> Cache."""
     if device.startswith("cuda"):
+        pin_float32_numerics()  # as the engine serves: the costs must be those of what is served
         return _profile_cuda(model, staged, caches, x, device, repeats)
     if device != "cpu":
         raise GatiError(f"cannot profile on device {device!r}: use 'cpu' or 'cuda[:N]'")

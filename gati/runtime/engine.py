@@ -25,7 +25,7 @@ from gati.bundle import Bundle
 from gati.cache.base import confidence_and_label
 from gati.errors import Cancelled, GatiError, InvalidInput
 from gati.runtime.cascade import Answer, Step, Trace, VerdictSource, run_cascade
-from gati.runtime.graphs import GraphedCascade, graphed_argmax
+from gati.runtime.graphs import GraphedCascade, graphed_argmax, pin_float32_numerics
 from gati.runtime.plan import LOOKAHEAD
 from gati.runtime.verdicts import InlineVerdicts, Lookup, ThreadVerdicts
 
@@ -44,6 +44,8 @@ class Engine:
         self.device = next(bundle.model.parameters()).device
         self._graphs: GraphedCascade | None = None
         self._base: Callable[[torch.Tensor], int] | None = None
+        if self.device.type == "cuda":
+            pin_float32_numerics()  # the numerics the calibration scores were computed in
         if graphs is None:
             graphs = self.device.type == "cuda" and self.mode == "sync"
         if graphs and (self.device.type != "cuda" or self.mode != "sync"):

@@ -49,6 +49,13 @@ class Graphed:
         return self.output
 
 
+def pin_float32_numerics() -> None:
+    """Run CUDA convolutions and matrix products in full float32 (PyTorch allows TF32 for convolutions
+    by default): calibration scores are float32, and the certificate covers those numerics only."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def graphed_argmax(model: nn.Module, example: Tensor) -> Callable[[Tensor], int]:
     """The baseline on CUDA: the whole model and its argmax as one graph; one read-back per call."""
     g = Graphed(lambda x: model(x).argmax(1), example)

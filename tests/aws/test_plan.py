@@ -15,6 +15,7 @@ from gati.cloud.spec import DeployError, load_spec
 from gati.cloud.wait import Endpoint, wait_for_ping
 from gati.errors import CheckpointError, GatiError
 from tests.aws.conftest import CIDR, Recorder, fake_manifest, make_spec
+from tests.legacy import as_format_1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,7 +152,7 @@ def test_a_bundle_ships_as_it_is_and_an_old_one_gets_its_checkpoint_inside(tmp_p
     ckpt.write_bytes(b"old weights")
     old = tmp_path / "old"
     old.mkdir()
-    written = fake_manifest(str(ckpt), format_version=1).to_yaml()
+    written = yaml.safe_dump(as_format_1(yaml.safe_load(fake_manifest("checkpoint.pt").to_yaml()), str(ckpt)))
     (old / "manifest.yaml").write_text(written)
     with tarfile.open(pack_bundle(old, tmp_path / "c.tar.gz")) as tar:
         shipped = yaml.safe_load(tar.extractfile("manifest.yaml").read())
