@@ -29,10 +29,10 @@ import yaml
 from torch import nn
 
 from gati.cache import Cache, load_cache
-from gati.data import Preprocess
 from gati.errors import BundleError, CheckpointError, GatiError
 from gati.models import build_model, load_checkpoint, sha256_file
 from gati.models.split import StagedModel, split_model
+from gati.preprocess import Preprocess
 from gati.runtime.plan import Plan
 
 MANIFEST = "manifest.yaml"
@@ -61,7 +61,7 @@ def make_model(manifest: dict) -> nn.Module:
     """The base architecture named in a manifest: a built-in arch or a user's `pkg.mod:factory`."""
     if manifest.get("model_module"):
         return import_factory(manifest["model_module"])(manifest["num_classes"])
-    return build_model(manifest["arch"], manifest["num_classes"])
+    return build_model(manifest["arch"], manifest["num_classes"], Preprocess.from_dict(manifest["preprocess"]).channels)
 
 
 def import_factory(spec: str) -> Callable[[int], nn.Module]:
@@ -190,10 +190,9 @@ def load_bundle(path: str | Path, device: str = "cpu", verify_checkpoint: bool =
     for cache in caches.values():
         if hasattr(cache, "to"):
             cache.to(device)
-    pre = manifest["preprocess"]
+    pre = Preprocess.from_dict(manifest["preprocess"])
     digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
-    return Bundle(path, manifest, model, staged, caches, plan, Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
-                  list(manifest["classes"]), tuple(manifest.get("input_shape", (3, 32, 32))), digest)
+    return Bundle(path, manifest, model, staged, caches, plan, pre, list(manifest["classes"]), pre.input_shape, digest)
 
 
 def torch_device_ok(device: str) -> None:

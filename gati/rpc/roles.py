@@ -17,7 +17,7 @@ import torch
 
 from gati.bundle import MANIFEST, cache_file, load_bundle, read_manifest
 from gati.cache import Cache, load_cache
-from gati.data import Preprocess
+from gati.preprocess import Preprocess
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
 from gati.rpc.config import ClusterConfig, ConfigError
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
@@ -58,10 +58,9 @@ class BundleInfo:
     @classmethod
     def read(cls, path: Path) -> "BundleInfo":
         m = read_manifest(path)
-        pre = m["preprocess"]
+        pre = Preprocess.from_dict(m["preprocess"])
         return cls(Path(path), m, Plan.from_dict(m["plan"]), hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest(),
-                   tuple(m.get("input_shape", (3, 32, 32))), list(m["classes"]),
-                   Preprocess(tuple(pre["mean"]), tuple(pre["std"])), len(m["cuts"]) + 1)
+                   pre.input_shape, list(m["classes"]), pre, len(m["cuts"]) + 1)
 
     @property
     def cut_names(self) -> list[str]:
@@ -122,7 +121,7 @@ def _server(processor: object, ep, cfg: ClusterConfig, name: str) -> RpcServer:
 
 def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: ServingMetrics) -> Service:
     a = cfg.aggregator
-    spec = InputSpec(info.input_shape, info.preprocess, a.max_request_kb * 1024)
+    spec = InputSpec(info.preprocess, a.max_request_kb * 1024)
     handler = AggregatorHandler(backend, spec, info.classes, a, metrics, cfg.timeouts.request_ms / 1000, info.sha256)
     server = _server(Aggregator.Processor(handler), a, cfg, "aggregator")
     if a.metrics_port:
