@@ -19,7 +19,7 @@ def _build(a: argparse.Namespace) -> None:
                       arch=a.arch, model_module=a.model_module, cuts=_list(a.cuts), num_classes=a.num_classes,
                       target=a.target, device=a.device, variants=_list(a.variants) or list(VARIANTS), train_limit=a.train_limit or None,
                       calib_limit=a.calib_limit, memory_mb=a.memory_mb, batch_size=a.batch_size, seed=a.seed,
-                      force=a.force)
+                      force=a.force, preprocess=_preprocess(a))
     out = build(cfg)
     print(plan_report(read_manifest(out)))
     print(f"bundle written to {out}")
@@ -64,8 +64,32 @@ def _train_base(a: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def _preprocess(a: argparse.Namespace):
+    """The preprocessing the user gave (gaps filled from the data set's), or None: the data set's own."""
+    if a.mean is None and a.std is None and a.input_size is None and a.channels is None:
+        return None
+    from gati.data import preprocess_for
+    return preprocess_for(a.dataset, Path(a.data_dir), mean=a.mean, std=a.std, size=a.input_size, channels=a.channels)
+
+
 def _list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.5,0.5,0.5; got {value!r}") \
+            from None
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 32x32 or 98x40; got {value!r}") from None
+    return height, width
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,9 +102,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model-module", help="your own model: 'pkg.module:factory' called with num_classes")
     b.add_argument("--cuts", help="comma-separated module names to cut after (default: the arch's)")
     b.add_argument("--checkpoint", required=True, help="state_dict file of the trained base model")
-    b.add_argument("--dataset", required=True, help="cifar10, cifar100, tinyimagenet100 or imagefolder")
+    b.add_argument("--dataset", required=True,
+                   help="cifar10, cifar100, speechcommands, tinyimagenet100 or imagefolder")
     b.add_argument("--data-dir", required=True)
     b.add_argument("--num-classes", type=int, help="default: the dataset's class count")
+    b.add_argument("--mean", type=_floats, help="per-channel mean the model was trained with, on pixels / 255, "
+                   "e.g. 0.5,0.5,0.5 (default: the data set's)")
+    b.add_argument("--std", type=_floats, help="per-channel std the model was trained with (default: the data set's)")
+    b.add_argument("--input-size", type=_size, help="HxW the model takes, e.g. 32x32; images of another size are "
+                   "resized to it, bilinear (default: the data set's image size)")
+    b.add_argument("--channels", type=int, choices=(1, 3), help="input channels the model takes: 1 (greyscale) or 3 "
+                   "(RGB); images are converted (default: the data set's)")
     b.add_argument("--target", type=float, default=0.97, help="agreement with the base model to keep")
     b.add_argument("--device", default="cpu")
     b.add_argument("--variants", help="comma-separated cache variants to consider (default: all)")

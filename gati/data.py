@@ -15,9 +15,15 @@ Rows come in a fixed order: by label, then file name (torchvision format: by lab
 Ids are the image's path in the archive or folder without any top folder, e.g. "test/cat/0001.jpg"; labels follow
 the class folder names sorted (Tiny ImageNet: the sorted wnids; `classes` holds readable names from `classes.txt`).
 
+Images are uint8 N x H x W x C arrays of any size: C = 1 when the images are greyscale (e.g. the Speech Commands
+spectrograms, N x 98 x 40 x 1), else 3 (RGB; a split mixing greyscale and colour images loads as RGB). The images of
+one split must share one size. Nothing is resized or converted here: the model's `Preprocess` (gati/preprocess.py)
+brings any size and channel count to its input.
+
 Where the data is found, for `load_split(dataset, data_dir, ...)`, first match wins:
 1. `path`, when given (and for `imagefolder`, `path` or else `data_dir`): a `.tar.gz` archive or a folder.
-2. The archive `<data_dir>/<dataset>-jpg.tar.gz` (tinyimagenet100: `tinyimagenet100-32-jpg.tar.gz`).
+2. The archive `<data_dir>/<dataset>-jpg.tar.gz` (tinyimagenet100: `tinyimagenet100-32-jpg.tar.gz`, speechcommands:
+   `speechcommands-spectrogram-jpg.tar.gz`).
 3. torchvision's files: `<data_dir>/cifar-10-batches-py/` (cifar10), `<data_dir>/cifar-100-python/` (cifar100).
 4. An unpacked folder, `<data_dir>/<dataset>/` or `<data_dir>` itself, holding `train/<class>/*`, `test/<class>/*`.
 5. cifar10 / cifar100 only: torchvision downloads the data into `data_dir`. This comes last because it is the only
@@ -26,8 +32,7 @@ Where the data is found, for `load_split(dataset, data_dir, ...)`, first match w
 Archives are read front to back in one pass (random access into a gzip stream is quadratic), and only the images
 of the requested split and subset are decoded. Decoded splits are cached as uncompressed .npz files under
 `$GATI_CACHE_DIR` (default `~/.cache/gati/`), keyed by the source's path, size and modification time (a folder: its
-file listing) and the request, so loading the same split again takes well under a second. Images must be RGB
-32x32; nothing is resized.
+file listing) and the request, so loading the same split again takes well under a second.
 """
 
 from __future__ import annotations
@@ -45,49 +50,33 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from gati.errors import DatasetError, InvalidInput
+from gati.errors import DatasetError, GatiError, InvalidInput
+from gati.preprocess import Preprocess, image_pixels, to_channels
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "tinyimagenet100", "imagefolder")
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "speechcommands", "tinyimagenet100", "imagefolder")
 SPLITS: tuple[str, ...] = ("train", "test", "test:calib", "test:eval")
 
-IMAGE_SIZE = 32
-LAYOUT = "train/<class>/<image> and test/<class>/<image> (e.g. test/cat/0001.jpg), 32x32 RGB images"
+LAYOUT = ("train/<class>/<image> and test/<class>/<image> (e.g. test/cat/0001.jpg), greyscale or RGB images of "
+          "one size per split")
 _ARCHIVES = {"cifar10": "cifar10-jpg.tar.gz", "cifar100": "cifar100-jpg.tar.gz",
+             "speechcommands": "speechcommands-spectrogram-jpg.tar.gz",
              "tinyimagenet100": "tinyimagenet100-32-jpg.tar.gz"}
 _TORCHVISION_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
-# Fixed statistics; the others are computed from the train split's pixels.
-_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),  # shared/README.md, the checkpoints' input
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+_CIFAR_SIZE = 32  # torchvision's pickles hold 32 x 32 RGB rows
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+# The data sets whose preprocessing is fixed (their models' input); the others' statistics are computed from the
+# train split's pixels.
+_FIXED_PREPROCESS = {
+    # shared/README.md: the CIFAR-10 checkpoints' input
+    "cifar10": Preprocess((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (32, 32)),
+    "cifar100": Preprocess((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (32, 32)),
+    # shared/README.md: 98 time frames x 40 frequency bins, statistics of the train split
+    "speechcommands": Preprocess((0.3325,), (0.1969,), (98, 40)),
 }
 # Bump when the cached content or its order changes, so stale caches are never read.
-_CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Per-channel normalisation of uint8 RGB images into the model's float input."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __call__(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 N x H x W x 3 -> float32 N x 3 x H x W, (x / 255 - mean) / std."""
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-                or images.shape[-1] != 3:
-            shape = getattr(images, "shape", None)
-            raise InvalidInput(f"expected uint8 images of shape N x H x W x 3, got {type(images).__name__} "
-                               f"{getattr(images, 'dtype', '')} {shape}")
-        # torch warns about read-only arrays (np.frombuffer, shared memory); .float() copies anyway.
-        images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous()
+_CACHE_VERSION = 2
 
 
 @dataclass
@@ -96,7 +85,7 @@ class Dataset:
 
     name: str
     split: str
-    images: np.ndarray  # uint8 N x 32 x 32 x 3
+    images: np.ndarray  # uint8 N x H x W x C, C = 1 (greyscale) or 3 (RGB)
     labels: np.ndarray  # int64 N
     ids: list[str]  # stable image ids, e.g. "test/cat/0001.jpg"
     classes: list[str]  # class names in label order
@@ -263,21 +252,26 @@ def _canonical(entries: list[tuple[str, str, object]], classes: list[str], split
 def _decode_one(blob: bytes | Path, image_id: str, source: _Source) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(blob) if isinstance(blob, bytes) else blob) as img:
-            rgb = img.convert("RGB")
+            return image_pixels(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"cannot decode {image_id} in {source.path}: {exc}") from exc
-    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-        hint = " (GATI does not resize: resize the images to 32x32 first)" if source.dataset == "imagefolder" else ""
-        raise DatasetError(f"{image_id} in {source.path} is {rgb.size[0]}x{rgb.size[1]}, expected "
-                           f"{IMAGE_SIZE}x{IMAGE_SIZE}{hint}")
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _decoder(payloads: list[object], ids: list[str], source: _Source) -> Callable[[np.ndarray], np.ndarray]:
     def decode(rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        """The rows' images in one array, sized by the first; one colour image among greyscale ones makes it RGB."""
+        out = np.zeros((0, 0, 0, 3), dtype=np.uint8)
         for k, r in enumerate(rows):
-            out[k] = _decode_one(payloads[r], ids[r], source)
+            img = _decode_one(payloads[r], ids[r], source)
+            if k == 0:
+                out, first = np.empty((len(rows), *img.shape), dtype=np.uint8), ids[r]
+            elif img.shape[:2] != out.shape[1:3]:
+                raise DatasetError(f"{ids[r]} in {source.path} is {img.shape[0]}x{img.shape[1]} (HxW) but {first} "
+                                   f"is {out.shape[1]}x{out.shape[2]}: the images of a split must share one size "
+                                   "(resize them first; serving resizes each request to the model's input size)")
+            elif img.shape[2] > out.shape[3]:
+                out = to_channels(out, 3)
+            out[k] = to_channels(img, out.shape[3])
         return out
     return decode
 
@@ -357,7 +351,7 @@ def _read_torchvision(source: _Source, split: str) -> _Raw:
     else:
         files, meta, names_key, labels_key = [split], "meta", b"fine_label_names", b"fine_labels"
     batches = [_unpickle(source.path / f) for f in files]
-    images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, _CIFAR_SIZE, _CIFAR_SIZE)
     images = images.transpose(0, 2, 3, 1)
     labels = np.concatenate([np.asarray(b[labels_key], dtype=np.int64) for b in batches])
     order = np.argsort(labels, kind="stable")
@@ -485,11 +479,11 @@ def load_split(dataset: str, data_dir: str | Path, split: str, limit: int | None
 # --- preprocessing -----------------------------------------------------------------------------------------------
 
 
-def _pixel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of pixel values / 255, accumulated in float64 chunks."""
-    total, squares, count = np.zeros(3), np.zeros(3), 0
+def _pixel_stats(images: np.ndarray, channels: int, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of pixel values / 255 in `channels` channels, in float64 chunks."""
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        x = to_channels(images[start:start + chunk], channels).reshape(-1, channels).astype(np.float64) / 255.0
         total += x.sum(axis=0)
         squares += np.square(x).sum(axis=0)
         count += len(x)
@@ -500,22 +494,45 @@ def _pixel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ..
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def preprocess_for(dataset: str, data_dir: str | Path) -> Preprocess:
-    """The normalisation a model of `dataset` expects.
+def preprocess_for(dataset: str, data_dir: str | Path, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, size: tuple[int, int] | None = None,
+                   channels: int | None = None) -> Preprocess:
+    """The preprocessing a model of `dataset` expects: the data set's own, with what the caller gives in its place.
 
-    cifar10 and cifar100 use fixed statistics; tinyimagenet100 and imagefolder compute them from the train split's
-    pixels once and cache the six numbers (keyed like the decoded splits).
+    The data set's own: cifar10, cifar100 and speechcommands have fixed statistics (their models' input);
+    tinyimagenet100 and imagefolder compute them from the train split's pixels once (in `channels` channels, by
+    default the images' own) and cache them, with the train images' size. A model trained with other statistics, on
+    another size or channel count, gives `mean` and `std` (one per channel), `size` (H, W) and `channels`; the data
+    set is not read when `mean`, `std` and `size` are all given.
     """
-    if dataset in _STATS:
-        mean, std = _STATS[dataset]
-        return Preprocess(mean, std)
+    if (mean is None) != (std is None):
+        raise GatiError("give both the mean and the std (one value per channel), or neither")
+    if mean is not None and channels is not None and len(mean) != channels:
+        raise GatiError(f"{len(mean)} mean values given for {channels} channels")
+    if mean is not None and size is not None:
+        return Preprocess(tuple(mean), tuple(std), tuple(size))
+    own = _dataset_preprocess(dataset, data_dir, channels if mean is None else None)
+    return Preprocess(own.mean if mean is None else tuple(mean), own.std if std is None else tuple(std),
+                      own.size if size is None else tuple(size))
+
+
+def _dataset_preprocess(dataset: str, data_dir: str | Path, channels: int | None) -> Preprocess:
+    """The data set's own preprocessing, its statistics in `channels` channels (None: the images' own)."""
+    if dataset in _FIXED_PREPROCESS:
+        pre = _FIXED_PREPROCESS[dataset]
+        if channels not in (None, pre.channels):
+            raise GatiError(f"the {dataset} statistics are for {pre.channels} channel(s); give the mean and std of "
+                            f"the {channels}-channel input the model was trained on")
+        return pre
     source = _find_source(dataset, data_dir, None)
-    stats_path = _cache_path("stats", source.fingerprint(), dataset)
+    stats_path = _cache_path("stats", source.fingerprint(), dataset, channels)
     try:
         stats = json.loads(stats_path.read_text())
-        return Preprocess(tuple(stats["mean"]), tuple(stats["std"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return Preprocess(stats["mean"], stats["std"], stats["size"])
+    except (OSError, ValueError, KeyError, TypeError, GatiError):
         pass  # not computed yet (or damaged): compute below
-    mean, std = _pixel_stats(load_split(dataset, data_dir, "train").images)
-    _atomic_write(stats_path, lambda f: f.write(json.dumps({"mean": mean, "std": std}).encode()))
-    return Preprocess(mean, std)
+    images = load_split(dataset, data_dir, "train").images
+    mean, std = _pixel_stats(images, channels or images.shape[3])
+    size = images.shape[1:3]
+    _atomic_write(stats_path, lambda f: f.write(json.dumps({"mean": mean, "std": std, "size": size}).encode()))
+    return Preprocess(mean, std, size)

@@ -38,7 +38,8 @@ struct Tensor {
   3: binary data,
 }
 
-// Exactly one of image (PNG/JPEG bytes) or tensor (uint8 HWC pixels, or float32 CHW already
+// Exactly one of image (an image file's bytes: PNG, JPEG, BMP, GIF, WebP, TIFF, any size) or tensor
+// (uint8 HWC pixels, C = 1 or 3, any size; or float32 CHW of the model's input shape, already
 // normalised) is set. Batch size is 1: a batch is sent as that many requests.
 struct Request {
   1: optional binary image,

@@ -144,7 +144,7 @@ def test_class_balanced_subset():
 
 
 def test_preprocess_matches_manual_normalisation():
-    pre = Preprocess(mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4))
+    pre = Preprocess(mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4), size=(5, 4))
     images = np.random.default_rng(0).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
     out = pre(images)
     manual = (images.astype(np.float64) / 255 - np.array(pre.mean)) / np.array(pre.std)
@@ -212,9 +212,12 @@ def test_wrong_layouts_raise_dataset_error(tmp_path, cache):
         load_split("tinyimagenet100", tmp_path / "empty", "test")
 
 
-def test_wrong_size_and_bad_arguments(tmp_path, cache):
+def test_mixed_sizes_and_bad_arguments(tmp_path, cache):
     _write_folder(tmp_path / "big", {"test": 1}, size=64)
-    with pytest.raises(DatasetError, match="64x64, expected 32x32.*does not resize"):
+    assert load_split("imagefolder", tmp_path / "big", "test").images.shape == (3, 64, 64, 3)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "big" / "test" / "cow" / "001.png")
+    with pytest.raises(DatasetError, match=r"test/cow/001.png .* is 48x64 \(HxW\) but test/ant/000.png is 64x64: "
+                                           "the images of a split must share one size"):
         load_split("imagefolder", tmp_path / "big", "test")
     with pytest.raises(DatasetError, match="unknown split"):
         load_split("imagefolder", tmp_path / "big", "validation")
@@ -252,6 +255,73 @@ def test_imagefolder_statistics_from_train_pixels(folder, cache):
     np.testing.assert_allclose(pre.std, train.std(axis=0), rtol=1e-9)
     assert len(list((cache / "stats").glob("*.json"))) == 1
     assert preprocess_for("imagefolder", root) == pre
+
+
+def test_greyscale_folder_of_any_size_loads_as_one_channel(tmp_path, cache):
+    rng = np.random.default_rng(1)
+    pixels = {}
+    for split, c, i in [(s, c, i) for s in ("train", "test") for c in CLASSES for i in range(2)]:
+        (tmp_path / split / c).mkdir(parents=True, exist_ok=True)
+        pixels[f"{split}/{c}/{i}.png"] = img = rng.integers(0, 256, (20, 14), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / split / c / f"{i}.png")
+    test = load_split("imagefolder", tmp_path, "test")
+    assert test.images.shape == (6, 20, 14, 1)
+    assert all(np.array_equal(img[..., 0], pixels[i]) for img, i in zip(test.images, test.ids))
+    train = np.stack([p for i, p in pixels.items() if i.startswith("train/")]) / 255.0
+    pre = preprocess_for("imagefolder", tmp_path)
+    assert pre.input_shape == (1, 20, 14)
+    np.testing.assert_allclose(pre.mean, [train.mean()], rtol=1e-9)
+    np.testing.assert_allclose(pre.std, [train.std()], rtol=1e-9)
+    # One colour image among greyscale ones: the split loads as RGB, the greyscale ones repeated as PIL would.
+    colour = rng.integers(0, 256, (20, 14, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "test" / "cow" / "2.png")
+    mixed = load_split("imagefolder", tmp_path, "test")
+    assert mixed.images.shape == (7, 20, 14, 3)
+    assert np.array_equal(mixed.images[0], np.repeat(pixels["test/ant/0.png"][..., None], 3, axis=2))
+    assert np.array_equal(mixed.images[-1], colour)
+
+
+@pytest.fixture(scope="module")
+def speech(shared_dir):
+    return load_split("speechcommands", shared_dir / "data", "test")
+
+
+def test_speech_commands_archive(shared_dir, speech):
+    """The shared spectrograms: 98 time frames x 40 frequency bins, one channel, the data set's own test split."""
+    assert speech.images.shape == (5552, 98, 40, 1) and speech.images.dtype == np.uint8
+    assert speech.classes == ["_silence_", "_unknown_", "down", "go", "left", "no", "off", "on", "right", "stop",
+                              "up", "yes"]
+    assert np.bincount(speech.labels).tolist() == [91, 1387, 406, 402, 412, 405, 402, 396, 396, 411, 425, 419]
+    img = _member_image(shared_dir / "data" / "speechcommands-spectrogram-jpg.tar.gz", speech.ids[0])
+    assert (img.size, img.mode) == ((40, 98), "L")
+    assert np.array_equal(np.asarray(img), speech.images[0, ..., 0])
+    calib = load_split("speechcommands", shared_dir / "data", "test:calib")
+    evals = load_split("speechcommands", shared_dir / "data", "test:eval")
+    for label in range(len(speech.classes)):
+        files = sorted(i for i, lab in zip(speech.ids, speech.labels) if lab == label)
+        assert [i for i, lab in zip(calib.ids, calib.labels) if lab == label] == files[0::2]
+        assert [i for i, lab in zip(evals.ids, evals.labels) if lab == label] == files[1::2]
+    assert preprocess_for("speechcommands", shared_dir / "data") == Preprocess((0.3325,), (0.1969,), (98, 40))
+
+
+def _member_image(archive: Path, image_id: str) -> Image.Image:
+    """One image of an archive, decoded by PIL alone (the first test image comes early in the shared archives)."""
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.name.endswith(image_id):
+                img = Image.open(tar.extractfile(member))
+                img.load()
+                return img
+    raise AssertionError(f"{image_id} not in {archive}")
+
+
+def test_cifar100_archive(shared_dir):
+    ds = load_split("cifar100", shared_dir / "data", "test:eval", limit=100)
+    assert ds.images.shape == (100, 32, 32, 3) and len(ds.classes) == 100
+    assert ds.classes[:3] == ["apple", "aquarium_fish", "baby"] and ds.classes[-1] == "worm"
+    assert np.bincount(ds.labels).tolist() == [1] * 100
+    assert preprocess_for("cifar100", shared_dir / "data") == Preprocess(
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (32, 32))
 
 
 TORCHVISION_FORMATS = {

@@ -37,10 +37,10 @@ from gati.bundle.layout import (
 )
 from gati.bundle.manifest import FORMAT_VERSION, Manifest, read_manifest
 from gati.cache import Cache, load_cache
-from gati.data import Preprocess
 from gati.errors import BundleError, CheckpointError, GatiError
 from gati.models import build_model, load_checkpoint, sha256_file
 from gati.models.split import StagedModel, split_model
+from gati.preprocess import Preprocess
 from gati.runtime.plan import Plan
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "BundleInfo", "Manifest", "cache_file", "load_bundle",
@@ -146,7 +146,7 @@ def make_model(manifest: Manifest) -> nn.Module:
     """The base architecture a manifest names: a built-in arch or a user's `pkg.mod:factory`."""
     if manifest.model_module:
         return import_factory(manifest.model_module)(manifest.num_classes)
-    return build_model(manifest.arch, manifest.num_classes)
+    return build_model(manifest.arch, manifest.num_classes, manifest.preprocess.channels)
 
 
 def import_factory(spec: str) -> Callable[[int], nn.Module]:

@@ -21,8 +21,8 @@ import numpy as np
 import yaml
 
 from gati.bundle.layout import MANIFEST, cache_key
-from gati.data import Preprocess
-from gati.errors import BundleError
+from gati.errors import BundleError, GatiError
+from gati.preprocess import Preprocess
 from gati.runtime.plan import Plan
 
 FORMAT_VERSION = 2
@@ -137,8 +137,7 @@ class Manifest:
     num_classes: int
     checkpoint: CheckpointRef
     dataset: str
-    preprocess: Preprocess
-    input_shape: tuple[int, int, int]    # C x H x W
+    preprocess: Preprocess               # channels, size, mean/std, resize: the model's input (C x H x W)
     classes: list[str]
     cuts: list[str]
     cut_shapes: list[tuple[int, int, int]]
@@ -155,6 +154,10 @@ class Manifest:
     build_seconds: float
     cache_dtype: str = "float32"
     looks: list[Look] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.preprocess.input_shape
 
     @property
     def n_stages(self) -> int:
@@ -174,7 +177,7 @@ class Manifest:
     def to_yaml(self) -> str:
         data = dataclasses.asdict(self)
         data["plan"] = self.plan.to_dict()
-        data["preprocess"] = {"mean": list(self.preprocess.mean), "std": list(self.preprocess.std)}
+        data["preprocess"] = self.preprocess.to_dict()
         return yaml.safe_dump(_plain(data), sort_keys=False)
 
     @classmethod
@@ -190,18 +193,16 @@ class Manifest:
             raise BundleError(f"{where} has format {version!r}; this gati reads formats {READABLE_FORMATS}")
         try:
             return cls._parse(raw)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, GatiError) as e:
             raise BundleError(f"{where} is corrupt or not written by gati: {type(e).__name__}: {e}") from e
 
     @classmethod
     def _parse(cls, raw: dict) -> "Manifest":
-        pre = raw["preprocess"]
         return cls(
             format_version=int(raw["format_version"]), created=str(raw.get("created", "")),
             arch=raw.get("arch"), model_module=raw.get("model_module"), num_classes=int(raw["num_classes"]),
             checkpoint=_record(CheckpointRef, raw["checkpoint"]), dataset=str(raw["dataset"]),
-            preprocess=Preprocess(tuple(pre["mean"]), tuple(pre["std"])),
-            input_shape=tuple(raw.get("input_shape", (3, 32, 32))), classes=list(raw["classes"]),
+            preprocess=Preprocess.from_dict(raw["preprocess"]), classes=list(raw["classes"]),
             cuts=list(raw["cuts"]), cut_shapes=[tuple(s) for s in raw.get("cut_shapes", [])],
             caches=[_record(CacheRecord, c) for c in raw["caches"]], plan=Plan.from_dict(raw["plan"]),
             target=float(raw["target"]), memory_mb=raw.get("memory_mb"),

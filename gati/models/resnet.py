@@ -89,9 +89,9 @@ RESNET_SPECS: dict[str, ResNetSpec] = {
 class ResNet(nn.Module):
     """CIFAR ResNet: stem, four stages (64/128/256/512 base planes, stride 2 from layer2 on), pool, `linear`."""
 
-    def __init__(self, spec: ResNetSpec, num_classes: int = 10) -> None:
+    def __init__(self, spec: ResNetSpec, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
         in_planes = 64

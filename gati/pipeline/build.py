@@ -34,7 +34,7 @@ from gati.bundle.manifest import (
     TrainInfo,
 )
 from gati.cache import VARIANTS, Cache, make_cache
-from gati.data import Dataset, Preprocess, ids_hash, load_split, preprocess_for
+from gati.data import Dataset, ids_hash, load_split, preprocess_for
 from gati.errors import GatiError
 from gati.models import build_model, default_cuts, load_checkpoint, sha256_file
 from gati.models.split import split_model
@@ -48,6 +48,7 @@ from gati.pipeline.extract import (
 from gati.pipeline.planner import CertifyContext, Planned, make_plan
 from gati.pipeline.profile import profile_model
 from gati.pipeline.score import calibration_arrays
+from gati.preprocess import Preprocess
 
 log = logging.getLogger("gati.pipeline.build")
 
@@ -73,6 +74,7 @@ class BuildConfig:
     seed: int = 0
     force: bool = False
     cache_hparams: dict = field(default_factory=dict)  # variant -> hparams
+    preprocess: Preprocess | None = None  # what the model was trained on; None: the data set's (preprocess_for)
 
 
 def build(cfg: BuildConfig) -> Path:
@@ -81,11 +83,11 @@ def build(cfg: BuildConfig) -> Path:
     train = load_split(cfg.dataset, cfg.data_dir, "train", limit=cfg.train_limit, seed=cfg.seed)
     calib = load_split(cfg.dataset, cfg.data_dir, cfg.calib_split, limit=cfg.calib_limit, seed=cfg.seed)
     num_classes = cfg.num_classes or len(train.classes)
-    model, cuts = _base_model(cfg, num_classes)
+    pre = cfg.preprocess or preprocess_for(cfg.dataset, cfg.data_dir)
+    model, cuts = _base_model(cfg, num_classes, pre.channels)
     staged = split_model(model, cuts).to(cfg.device).eval()
-    pre = preprocess_for(cfg.dataset, cfg.data_dir)
 
-    act_shapes = activation_shapes(staged, train.images[0].shape)
+    act_shapes = activation_shapes(staged, pre.input_shape)
     wanted = wanted_reducers(act_shapes, cfg.variants, num_classes)
     log.info("extracting %d reduced activations at %d cuts", sum(map(len, wanted.values())), len(cuts))
     batch = cfg.batch_size or extraction_batch(cfg.device)
@@ -108,13 +110,13 @@ def build(cfg: BuildConfig) -> Path:
     return cfg.out
 
 
-def _base_model(cfg: BuildConfig, num_classes: int) -> tuple[nn.Module, list[str]]:
+def _base_model(cfg: BuildConfig, num_classes: int, in_channels: int) -> tuple[nn.Module, list[str]]:
     if cfg.model_module:
         if not cfg.cuts:
             raise GatiError("a model from --model-module needs --cuts (module names, in forward order)")
         model = import_factory(cfg.model_module)(num_classes)
     elif cfg.arch:
-        model = build_model(cfg.arch, num_classes)
+        model = build_model(cfg.arch, num_classes, in_channels)
     else:
         raise GatiError("give --arch (a built-in architecture) or --model-module pkg.mod:factory")
     load_checkpoint(model, cfg.checkpoint)
@@ -145,7 +147,6 @@ def _manifest(cfg: BuildConfig, num_classes: int, cuts: list[str], act_shapes, t
         checkpoint=CheckpointRef(CHECKPOINT, sha256_file(cfg.checkpoint), str(Path(cfg.checkpoint).resolve())),
         dataset=cfg.dataset,
         preprocess=pre,
-        input_shape=(int(train.images.shape[3]), int(train.images.shape[1]), int(train.images.shape[2])),
         classes=list(train.classes),
         cuts=list(cuts),
         cut_shapes=[tuple(map(int, s)) for s in act_shapes],

@@ -9,9 +9,10 @@ import torch
 from tqdm import tqdm
 
 from gati.cache import make_cache, make_reducer, reduced_shape
-from gati.data import Dataset, Preprocess
+from gati.data import Dataset
 from gati.errors import GatiError
 from gati.models.split import StagedModel
+from gati.preprocess import Preprocess
 
 log = logging.getLogger("gati.pipeline.extract")
 
@@ -30,10 +31,9 @@ def extraction_batch(device: str) -> int:
     return 256 if str(device).startswith("cuda") else 16
 
 
-def activation_shapes(staged: StagedModel, image_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """Per-sample activation shape at each cut (C, H, W)."""
-    h, w, c = image_shape
-    x = torch.zeros(1, c, h, w, device=next(staged.parameters()).device)
+def activation_shapes(staged: StagedModel, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """Per-sample activation shape at each cut (C, H, W), for model inputs of `input_shape` (C, H, W)."""
+    x = torch.zeros(1, *input_shape, device=next(staged.parameters()).device)
     shapes = []
     with torch.inference_mode():
         for stage in staged.stages[:-1]:

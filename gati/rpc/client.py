@@ -59,11 +59,11 @@ class GatiClient:
         return self._pool.call("predict", request)
 
     def predict_image(self, data: bytes, deadline_ms: int | None = None) -> Prediction:
-        """PNG/JPEG bytes of one image."""
+        """The bytes of one image file (PNG, JPEG, BMP, GIF, WebP, TIFF), of any size."""
         return self.predict(Request(image=data, deadline_ms=deadline_ms))
 
     def predict_pixels(self, pixels: np.ndarray, deadline_ms: int | None = None) -> Prediction:
-        """uint8 H x W x 3 pixels of one image (preprocessed by the server)."""
+        """uint8 H x W x C pixels of one image, C = 1 or 3, any size (preprocessed and resized by the server)."""
         return self.predict(Request(tensor=to_tensor(pixels), deadline_ms=deadline_ms))
 
     def status(self) -> ServiceStatus:

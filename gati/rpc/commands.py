@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="classify image files through a running aggregator")
     p.add_argument("--endpoint", required=True, help="the aggregator's HOST:PORT")
-    p.add_argument("images", nargs="+", help="PNG/JPEG files")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF) of any size: the server "
+                   "resizes them to the model's input")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.set_defaults(func=_predict)

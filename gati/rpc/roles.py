@@ -90,7 +90,7 @@ def _server(processor: object, ep, cfg: ClusterConfig, name: str) -> RpcServer:
 def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: ServingMetrics) -> Service:
     a = cfg.aggregator
     m = info.manifest
-    spec = InputSpec(m.input_shape, m.preprocess, a.max_request_kb * 1024)
+    spec = InputSpec(m.preprocess, a.max_request_kb * 1024)
     handler = AggregatorHandler(backend, spec, m.classes, a, metrics, cfg.timeouts.request_ms / 1000, info.sha256)
     server = _server(Aggregator.Processor(handler), a, cfg, "aggregator")
     if a.metrics_port:

@@ -79,12 +79,12 @@ def bundle(tmp_path: Path) -> Path:
 def fake_manifest(checkpoint: str) -> Manifest:
     """A valid manifest with placeholder values (nothing loads the model it names)."""
     from gati.bundle.manifest import CalibrationInfo, Certificate, CheckpointRef, Expected, Manifest, Profile, TrainInfo
-    from gati.data import Preprocess
+    from gati.preprocess import Preprocess
     from gati.runtime.plan import Plan
     return Manifest(
         format_version=2, created="", arch="resnet18", model_module=None, num_classes=10,
         checkpoint=CheckpointRef(checkpoint, "ab"), dataset="cifar10",
-        preprocess=Preprocess((0.5,) * 3, (0.25,) * 3), input_shape=(3, 32, 32),
+        preprocess=Preprocess((0.5,) * 3, (0.25,) * 3),
         classes=[str(i) for i in range(10)], cuts=["layer2.1"], cut_shapes=[(128, 16, 16)], caches=[],
         plan=Plan([], "sync"), target=0.97, memory_mb=None,
         certified=Certificate("agreement with the base model >= 0.97", 0.97, 0.97, 0.03, 1, "test", "test", "cpu float32",

@@ -90,7 +90,8 @@ BAD = [
     Request(image=b"not an image at all"),
     Request(image=b""),
     Request(image=b"\x89PNG" + bytes(600 * 1024)),                                   # over max_request_kb
-    Request(tensor=to_tensor(np.zeros((31, 32, 3), np.uint8))),                       # wrong shape
+    Request(tensor=to_tensor(np.zeros((32, 32, 4), np.uint8))),                       # four channels
+    Request(tensor=to_tensor(np.zeros((3, 31, 32), np.float32))),                     # not the model's shape
     Request(tensor=to_tensor(np.zeros((32, 32, 3), np.float64))),                     # wrong dtype
     Request(tensor=to_tensor(np.full((3, 32, 32), np.nan, np.float32))),              # NaN
     Request(tensor=Tensor(shape=[32, 32, 3], dtype="uint8", data=b"")),               # empty payload
@@ -162,6 +163,10 @@ def test_gati_predict_and_bench_against_the_cluster(cluster, eval_images, refere
     for i in range(3):
         files.append(tmp_path / f"img{i}.png")
         files[-1].write_bytes(png(eval_images[i]))
+    # Another size and format: the server resizes it as the manifest's preprocessing says, as the engine would.
+    big = np.asarray(Image.fromarray(eval_images[3]).resize((60, 80), Image.BICUBIC))
+    files.append(tmp_path / "big.bmp")
+    Image.fromarray(big).save(files[-1])
     (tmp_path / "junk.png").write_bytes(b"junk")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     address = f"{cluster.cfg.aggregator.host}:{cluster.cfg.aggregator.port}"
@@ -171,7 +176,8 @@ def test_gati_predict_and_bench_against_the_cluster(cluster, eval_images, refere
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert out.returncode == 1  # one file was not an image
     assert [r["label"] for r in rows[:3]] == references.labels[:3]
-    assert rows[3]["error"] == "InvalidRequest" and "cannot be decoded" in rows[3]["message"]
+    assert rows[3]["label"] == References.of(cluster_bundle, big[None]).labels[0]
+    assert rows[4]["error"] == "InvalidRequest" and "cannot be decoded" in rows[4]["message"]
 
     bench = subprocess.run([sys.executable, "-m", "gati.cli", "bench", "--bundle", str(cluster_bundle),
                             "--endpoint", address, "--data-dir", str(tiny_data[0]), "--dataset", "imagefolder",

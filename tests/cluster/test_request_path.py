@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from gati.data import Preprocess
 from gati.errors import InvalidInput
+from gati.preprocess import Preprocess
 from gati.rpc.admission import Admission
 from gati.rpc.aggregator import Pending
 from gati.rpc.gen.gati_idl.ttypes import (
@@ -25,14 +27,26 @@ from gati.rpc.inputs import InputSpec
 from gati.rpc.tensors import from_tensor, to_tensor
 
 PRE = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-SPEC = InputSpec((3, 32, 32), PRE, max_bytes=64 * 1024)
+SPEC = InputSpec(PRE, max_bytes=64 * 1024)
 PIXELS = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
 
 
-def png(pixels: np.ndarray) -> bytes:
+def encoded(pixels: np.ndarray, fmt: str = "PNG", **options) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    return encoded(pixels)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height greyscale pixels and holds none: decoding it would fail, opening it not."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
 
 
 def test_tensor_round_trip_and_byte_count_check():
@@ -61,8 +75,12 @@ def test_png_pixels_and_float_inputs_decode_to_the_same_model_input():
     (Request(image=b"\x89PNG" + b"\0" * 100), "cannot be decoded"),
     (Request(image=png(PIXELS)[:60]), "cannot be decoded"),
     (Request(image=b"\0" * (64 * 1024 + 1)), "exceeds the limit"),
-    (Request(image=png(np.zeros((16, 16, 3), np.uint8))), "16x16 pixels, the model takes 32x32"),
+    (Request(image=png_header(20000, 20000)), "too many pixels"),
+    (Request(image=png_header(4097, 4096)), "4096x4097 \\(HxW\\) pixels exceeds the limit of 16777216 pixels"),
+    (Request(image=b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"), "formats accepted: PNG, JPEG"),
     (Request(tensor=to_tensor(np.zeros((32, 32, 4), np.uint8))), "uint8 H x W x C"),
+    (Request(tensor=to_tensor(np.zeros((4097, 4096, 1), np.uint8))), "pixel tensor of 4097x4096"),
+    (Request(tensor=to_tensor(np.zeros((3, 16, 16), np.float32))), r"float32 C x H x W = \(3, 32, 32\)"),
     (Request(tensor=to_tensor(np.zeros((2, 32, 32, 3), np.uint8))), "batch size must be 1"),
     (Request(tensor=to_tensor(np.zeros((0, 32, 3), np.uint8))), "empty"),
     (Request(tensor=to_tensor(np.zeros((32, 32, 3), np.int64))), "dtype must be uint8"),
@@ -72,6 +90,52 @@ def test_png_pixels_and_float_inputs_decode_to_the_same_model_input():
 def test_bad_requests_are_invalid_input_with_a_message(request_, message):
     with pytest.raises(InvalidInput, match=message):
         SPEC.decode(request_)
+
+
+LOSSLESS = {"PNG": {}, "BMP": {}, "TIFF": {}, "WEBP": {"lossless": True}}
+
+
+@pytest.mark.parametrize("fmt", sorted(LOSSLESS))
+@pytest.mark.parametrize("size", [(32, 32), (75, 50), (17, 23)])
+def test_images_of_any_size_and_common_format_are_resized_as_the_manifest_says(fmt, size):
+    pixels = np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8)
+    x = SPEC.decode(Request(image=encoded(pixels, fmt, **LOSSLESS[fmt])))
+    assert x.shape == (1, 3, 32, 32)
+    assert torch.equal(x, PRE(pixels[None]))
+    assert torch.equal(SPEC.decode(Request(tensor=to_tensor(pixels))), x)
+
+
+def test_lossy_and_palette_formats_and_greyscale_images_decode():
+    smooth = np.repeat(np.linspace(0, 255, 48, dtype=np.uint8)[None, :, None], 40, axis=0).repeat(3, axis=2)
+    for data in (encoded(smooth, "JPEG", quality=95), encoded(smooth, "GIF")):
+        x = SPEC.decode(Request(image=data))
+        assert x.shape == (1, 3, 32, 32) and (x - PRE(smooth[None])).abs().max() < 0.2  # 0.2 = 13 of 255 levels
+    grey = smooth[..., :1]
+    assert torch.equal(SPEC.decode(Request(image=encoded(grey))), PRE(np.repeat(grey, 3, axis=2)[None]))
+
+
+def test_a_greyscale_model_takes_colour_images_converted_as_pil_does():
+    pre = Preprocess((0.3325,), (0.1969,), (98, 40))
+    spec = InputSpec(pre, max_bytes=64 * 1024)
+    colour = np.random.default_rng(2).integers(0, 256, (60, 30, 3), dtype=np.uint8)
+    luma = np.asarray(Image.fromarray(colour).convert("L"))[None, ..., None]
+    for request in (Request(image=encoded(colour)), Request(tensor=to_tensor(colour))):
+        x = spec.decode(request)
+        assert x.shape == (1, 1, 98, 40) and torch.equal(x, pre(luma))
+    exact = pre(luma)[0].numpy()
+    assert torch.equal(spec.decode(Request(tensor=to_tensor(exact))), pre(luma))
+    with pytest.raises(InvalidInput, match=r"float32 C x H x W = \(1, 98, 40\)"):
+        spec.decode(Request(tensor=to_tensor(np.zeros((3, 98, 40), np.float32))))
+
+
+def test_the_declared_size_is_refused_before_any_pixel_is_decoded():
+    small = InputSpec(PRE, max_bytes=64 * 1024, max_pixels=32 * 32)
+    small.decode(Request(image=png(PIXELS)))
+    # The header alone declares one pixel too many; the file holds no pixel data, so decoding would fail otherwise.
+    with pytest.raises(InvalidInput, match="32x33 \\(HxW\\) pixels exceeds the limit of 1024"):
+        small.decode(Request(image=png_header(33, 32)))
+    with pytest.raises(InvalidInput, match="cannot be decoded"):
+        small.decode(Request(image=png_header(32, 32)))
 
 
 def test_admission_refuses_beyond_capacity_and_times_out_waiting_for_a_worker():
