@@ -23,3 +23,11 @@ class BundleError(GatiError):
 
 class Cancelled(GatiError):
     """The request was cancelled between two stages."""
+
+
+class WorkloadError(GatiError, ValueError):
+    """A workload spec, parameter or trace file that cannot make a request stream (names the parameter or line)."""
+
+
+class GuaranteeError(GatiError, ValueError):
+    """A live-agreement or fallback argument out of range, or an observation that cannot happen."""

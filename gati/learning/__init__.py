@@ -1,0 +1,1 @@
+"""Learning while serving: live agreement guarantees, the fallback rule, and what retrains the caches."""
