@@ -23,3 +23,11 @@ class BundleError(GatiError):
 
 class Cancelled(GatiError):
     """The request was cancelled between two stages."""
+
+
+class AddressInUse(GatiError):
+    """A service's host:port is taken (another process listens there)."""
+
+
+class MissingDependency(GatiError, ImportError):
+    """An optional package a command needs is not installed; the message names the pip package."""

@@ -40,13 +40,13 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Report,
     Request,
     RunRequest,
-    ServiceStatus,
     Unavailable,
 )
 from gati.rpc.inputs import InputSpec
-from gati.rpc.metrics import ServingMetrics
+from gati.rpc.metrics import AggregatorMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import to_tensor
+from gati.rpc.timing import Stopwatch
 from gati.rpc.transport import PeerUnavailable, Pool
 from gati.runtime.engine import Engine
 
@@ -62,6 +62,10 @@ class Outcome:
     exit_name: str
     stages_run: int
     request_id: int = 0
+    # Where the backend's time went, as far as it was measured (Prediction's timing fields):
+    queue_ms: float | None = None     # the executor's queue
+    compute_ms: float | None = None   # stages run for this answer
+    lookup_ms: float | None = None    # cache lookups on its path
 
 
 class Backend(Protocol):
@@ -111,7 +115,8 @@ class Pending:
                     return  # an earlier cut may still hit: wait for its report
                 continue    # the executor has stopped: an unreported cut is a miss
             if r.hit:
-                self.outcome = Outcome(r.label, r.confidence, cut, self.cut_names[cut], cut + 1, self.request_id)
+                self.outcome = Outcome(r.label, r.confidence, cut, self.cut_names[cut], cut + 1, self.request_id,
+                                       compute_ms=r.compute_ms, lookup_ms=r.lookup_ms)
                 self.done.set()
                 return
         if self.result is None:
@@ -120,7 +125,8 @@ class Pending:
         if res.error:
             self.error = res.error
         elif res.completed:
-            self.outcome = Outcome(res.label, res.confidence, -1, "final", self.n_stages, self.request_id)
+            self.outcome = Outcome(res.label, res.confidence, -1, "final", self.n_stages, self.request_id,
+                                   res.queue_ms, res.compute_ms, res.lookup_ms)
         else:
             self.error = "the executor stopped the request before it was answered"
         self.done.set()
@@ -128,7 +134,7 @@ class Pending:
 
 class ClusterBackend:
     def __init__(self, cuts: list[int], cut_names: dict[int, str], n_stages: int, executor: Pool,
-                 metrics: ServingMetrics, retrainer: Pool | None = None):
+                 metrics: AggregatorMetrics, retrainer: Pool | None = None):
         self.cuts, self.cut_names, self.n_stages = cuts, cut_names, n_stages
         self.executor, self.retrainer, self.metrics = executor, retrainer, metrics
         self._pending: dict[int, Pending] = {}
@@ -167,8 +173,6 @@ class ClusterBackend:
             p.add_report(report)
 
     def finished(self, result: ExecutionResult) -> None:
-        if result.cancelled and not result.error:
-            self.metrics.cancellations.inc()
         p = self._pending.get(result.request_id)
         if p is None:
             return
@@ -187,7 +191,7 @@ class ClusterBackend:
                     self.retrainer.send("add_samples", result.samples)
                 except PeerUnavailable as e:
                     self.retrainer.warn(log, e)
-                    self.metrics.errors.labels("retrainer_unreachable").inc()
+                    self.metrics.peer_unreachable.labels("retrainer").inc()
         self._forget_stale()
 
     def _forget_stale(self) -> None:
@@ -216,17 +220,20 @@ class ClusterBackend:
 # ---- the in-process backend (--role all) ----------------------------------------------------
 
 class EngineBackend:
-    def __init__(self, engine: Engine, metrics: ServingMetrics):
+    def __init__(self, engine: Engine, metrics: AggregatorMetrics):
         self.engine, self.metrics = engine, metrics
         self._background = ThreadPoolExecutor(1, thread_name_prefix="gati-sample")
         self._ids = itertools.count(1)
 
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
+        started = time.perf_counter()
         a = self.engine.predict(x)
+        compute_ms = (time.perf_counter() - started) * 1000  # stages and lookups: one thread runs both
         exit_cut = -1 if a.exit_cut is None else a.exit_cut
         if sampled:
             self._background.submit(self._score, x, exit_cut >= 0, a.label)
-        return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, next(self._ids))
+        return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, next(self._ids),
+                       compute_ms=compute_ms)
 
     def _score(self, x: torch.Tensor, hit: bool, label: int) -> None:
         self.metrics.sample(hit, not hit or self.engine.predict_base(x) == label)
@@ -247,8 +254,8 @@ class AggregatorHandler(ServiceBase):
     role = "aggregator"
 
     def __init__(self, backend: Backend, spec: InputSpec, classes: list[str], cfg: AggregatorConfig,
-                 metrics: ServingMetrics, request_timeout_s: float, bundle_sha256: str = ""):
-        super().__init__("aggregator", bundle_sha256)
+                 metrics: AggregatorMetrics, request_timeout_s: float):
+        super().__init__(metrics)
         self.backend, self.spec, self.classes, self.cfg = backend, spec, classes, cfg
         self.metrics, self.request_timeout_s = metrics, request_timeout_s
         self.admission = Admission(cfg.queue_size, cfg.workers, metrics.queue_depth.set)
@@ -256,20 +263,21 @@ class AggregatorHandler(ServiceBase):
         self._rng = random.Random(os.getpid())
 
     def predict(self, request: Request) -> Prediction:
-        start = time.perf_counter()
+        clock = Stopwatch()
         try:
             with self.gate.enter(lambda: Unavailable("the aggregator is draining; send to another replica")):
-                outcome = self._admit_and_run(request)
+                outcome = self._admit_and_run(request, clock)
         except (InvalidRequest, Overloaded, Unavailable, DeadlineExceeded) as e:
             self.metrics.failed(type(e).__name__)
             raise
-        seconds = time.perf_counter() - start
+        seconds = clock.stop()
         self.metrics.answered(seconds, outcome.exit_name)
         return Prediction(label=outcome.label, class_name=self._class_name(outcome.label),
                           confidence=outcome.confidence, exit_cut=outcome.exit_cut, exit_name=outcome.exit_name,
-                          stages_run=outcome.stages_run, server_ms=seconds * 1000, request_id=outcome.request_id)
+                          stages_run=outcome.stages_run, server_ms=seconds * 1000, request_id=outcome.request_id,
+                          **clock.breakdown(outcome.queue_ms, outcome.compute_ms, outcome.lookup_ms))
 
-    def _admit_and_run(self, request: Request) -> Outcome:
+    def _admit_and_run(self, request: Request, clock: Stopwatch) -> Outcome:
         timeout_s = request.deadline_ms / 1000 if request.deadline_ms and request.deadline_ms > 0 \
             else self.request_timeout_s
         deadline = time.monotonic() + timeout_s
@@ -277,7 +285,9 @@ class AggregatorHandler(ServiceBase):
             x = self.spec.decode(request)
         except InvalidInput as e:
             raise InvalidRequest(str(e)) from e
+        clock.decoded()
         with self.admission.slot(deadline):
+            clock.admitted()
             return self.backend.run(x, deadline, self._rng.random() < self.cfg.sample_rate)
 
     def report(self, report: Report) -> None:
@@ -286,12 +296,6 @@ class AggregatorHandler(ServiceBase):
     def finished(self, result: ExecutionResult) -> None:
         self.backend.finished(result)
 
-    def status(self) -> ServiceStatus:
-        s = super().status()
-        counters, gauges = self.metrics.snapshot()
-        s.counters.update(counters)
-        s.gauges.update(gauges)
-        return s
-
     def _class_name(self, label: int) -> str:
         return self.classes[label] if 0 <= label < len(self.classes) else str(label)
+

@@ -39,6 +39,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Sample,
     Unavailable,
 )
+from gati.rpc.metrics import ExecutorMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
 from gati.rpc.transport import Call, Limits, PeerUnavailable, Pool
@@ -86,8 +87,9 @@ class ExecutorHandler(ServiceBase):
     role = "executor"
 
     def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool,
-                 lookup_s: float, workers: int = 1, lookahead: int = 1, name: str = "executor"):
-        super().__init__(name, bundle.sha256)
+                 lookup_s: float, workers: int = 1, lookahead: int = 1, metrics: ExecutorMetrics | None = None):
+        self.metrics: ExecutorMetrics = metrics or ExecutorMetrics()
+        super().__init__(self.metrics)
         self.stages = list(bundle.staged.stages)
         self.device = next(bundle.model.parameters()).device
         self.routes, self.aggregator, self.lookup_s = routes, aggregator, lookup_s
@@ -97,6 +99,8 @@ class ExecutorHandler(ServiceBase):
         self._early_cancels: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
         self._jobs: queue.Queue[RunRequest | None] = queue.Queue()
+        self.metrics.queue_depth.set_function(self._jobs.qsize)  # read at scrape time
+        self.metrics.in_flight.set_function(lambda: len(self._states))
         self._workers = [threading.Thread(target=self._work, name=f"executor-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._workers:
@@ -107,7 +111,6 @@ class ExecutorHandler(ServiceBase):
     def run(self, request: RunRequest) -> None:
         if self.draining:
             raise Unavailable("the executor is draining")
-        self.counters.add("received")
         self._jobs.put(request)
 
     def cancel(self, request_id: int) -> None:
@@ -119,9 +122,6 @@ class ExecutorHandler(ServiceBase):
             self._early_cancels[request_id] = None  # it may still be queued
             while len(self._early_cancels) > REMEMBERED_CANCELS:
                 self._early_cancels.popitem(last=False)
-
-    def gauges(self) -> dict[str, float]:
-        return {"queue_depth": float(self._jobs.qsize()), "running": float(len(self._states))}
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class ExecutorHandler(ServiceBase):
             return self._stage_loop(state, from_tensor(request.input, "run input"))
         except Exception as e:  # a bad tensor or a model failure: the aggregator gets a typed error
             log.exception("request %d failed", request.request_id)
-            self.counters.add("errors")
+            self.metrics.requests.labels("failed").inc()
             return ExecutionResult(request_id=request.request_id, error=f"executor failed: {e}")
         finally:
             self._states.pop(request.request_id, None)
@@ -190,7 +190,7 @@ class ExecutorHandler(ServiceBase):
             call = route.pool.start("lookup", Features(request_id=state.request_id, cut=route.cut, features=feats))
         except PeerUnavailable as e:  # its cut is a miss; the request goes on
             route.pool.warn(log, e)
-            self.counters.add("predictor_unreachable")
+            self.metrics.lookup_failures.labels("unreachable").inc()
             call = None
         return Lookup(route.cut, call, until)
 
@@ -203,7 +203,7 @@ class ExecutorHandler(ServiceBase):
                 report = lookup.call.result(lookup.until - time.monotonic())
             except PeerUnavailable as e:  # slow or crashed: a miss
                 late = time.monotonic() >= lookup.until
-                self.counters.add("lookup_timeouts" if late else "predictor_unreachable")
+                self.metrics.lookup_failures.labels("timeout" if late else "unreachable").inc()
                 lookup.call.pool.warn(log, e)
                 continue
             state.reports.setdefault(report.cut, report)
@@ -220,10 +220,10 @@ class ExecutorHandler(ServiceBase):
                 for s in samples:
                     s.base_label, s.base_logits = label, logits
         after_hit = stages_run - (hit + 1) if hit is not None else -1
-        self.counters.add("completed" if completed else "cancelled")
-        self.counters.add("stages_run", stages_run)
+        self.metrics.requests.labels("completed" if completed else "stopped").inc()
+        self.metrics.stages.inc(stages_run)
         if hit is not None and not state.sampled:
-            self.counters.max("max_stages_after_hit", after_hit)
+            self.metrics.stages_after_hit.observe(after_hit)
         return ExecutionResult(request_id=state.request_id, completed=completed, label=label, confidence=conf,
                                stages_run=stages_run, cancelled=not completed, stages_after_hit=after_hit,
                                samples=samples if completed else [], error="",
@@ -236,7 +236,7 @@ class ExecutorHandler(ServiceBase):
             self.aggregator.send("finished", result)
         except PeerUnavailable as e:
             self.aggregator.warn(log, e)
-            self.counters.add("aggregator_unreachable")
+            self.metrics.peer_unreachable.labels("aggregator").inc()
 
 
 def make_routes(bundle: Bundle, placement: dict[str, tuple[str, int]], limits: Limits) -> dict[int, Route]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Report,
 )
 from gati.rpc.index import RemoteIndex, index_key
+from gati.rpc.metrics import PredictorMetrics
 from gati.rpc.server import after_reply
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor
@@ -52,9 +54,10 @@ class Slot:
 class PredictorHandler(ServiceBase):
     role = "predictor"
 
-    def __init__(self, name: str, slots: dict[int, Slot], aggregator: Pool, index: Pool | None = None,
-                 bundle_sha256: str = ""):
-        super().__init__(name, bundle_sha256)
+    def __init__(self, slots: dict[int, Slot], aggregator: Pool, index: Pool | None = None,
+                 metrics: PredictorMetrics | None = None):
+        self.metrics: PredictorMetrics = metrics or PredictorMetrics()
+        super().__init__(self.metrics)
         self.aggregator, self.index = aggregator, index
         self._deploy_lock = threading.Lock()
         self._failures_logged = Throttle()
@@ -62,6 +65,8 @@ class PredictorHandler(ServiceBase):
         for slot in slots.values():
             self._attach_index(slot, populate=False)  # the index service loads version 0 itself
         self.slots = dict(slots)
+        for slot in self.slots.values():
+            self.metrics.version.labels(slot.cut_name).set(slot.version)
 
     # ---- request path ---------------------------------------------------------------------
 
@@ -76,6 +81,7 @@ class PredictorHandler(ServiceBase):
 
     def _lookup(self, features: Features) -> Report:
         slot = self.slots.get(features.cut)
+        started = time.perf_counter()
         try:
             if slot is None:
                 raise GatiError(f"cut {features.cut} is not served by {self.name}")
@@ -84,16 +90,16 @@ class PredictorHandler(ServiceBase):
             confidence = float(conf[0])
             report = Report(features.request_id, slot.cut, int(label[0]), confidence,
                             confidence >= slot.threshold, slot.version, self.name)
+            verdict = "hit" if report.hit else "miss"
         except Exception as e:  # a broken lookup is a miss, never a lost request
             if self._failures_logged.allow():  # e.g. the index is down: every lookup fails alike
                 log.warning("lookup for request %d at cut %d failed: %s", features.request_id, features.cut, e)
-            self.counters.add("errors")
             report = Report(features.request_id, features.cut, -1, 0.0, False,
                             slot.version if slot else -1, self.name)
-        if slot is not None:
-            self.counters.add(f"lookups.{slot.cut_name}")
-            if report.hit:
-                self.counters.add(f"hits.{slot.cut_name}")
+            verdict = "error"
+        report.compute_ms = features.compute_ms
+        report.lookup_ms = (time.perf_counter() - started) * 1000
+        self.metrics.lookups.labels(slot.cut_name if slot else str(features.cut), verdict).inc()
         return report
 
     def _report(self, report: Report) -> None:
@@ -101,7 +107,7 @@ class PredictorHandler(ServiceBase):
             self.aggregator.send("report", report)
         except PeerUnavailable as e:
             self.aggregator.warn(log, e)
-            self.counters.add("aggregator_unreachable")
+            self.metrics.peer_unreachable.labels("aggregator").inc()
 
     # ---- management -----------------------------------------------------------------------
 
@@ -130,11 +136,9 @@ class PredictorHandler(ServiceBase):
             except PeerUnavailable as e:
                 raise InvalidRequest(f"cannot load version {update.version} into the neighbour index: {e}") from e
             self.slots = {**self.slots, new.cut: new}  # one reference swap: atomic for readers
-        self.counters.add("deployed")
+        self.metrics.deploys.labels(slot.cut_name).inc()
+        self.metrics.version.labels(slot.cut_name).set(update.version)
         log.info("cut %s now serves version %d", slot.cut_name, update.version)
-
-    def gauges(self) -> dict[str, float]:
-        return {f"version.{s.cut_name}": float(s.version) for s in self.slots.values()}
 
     def _attach_index(self, slot: Slot, populate: bool) -> None:
         """kNN caches search the index service when one is configured."""

@@ -434,11 +434,16 @@ class Prediction(object):
      - stages_run
      - server_ms
      - request_id
+     - decode_ms
+     - queue_ms
+     - compute_ms
+     - lookup_ms
+     - network_ms
 
     """
 
 
-    def __init__(self, label=None, class_name=None, confidence=None, exit_cut=None, exit_name=None, stages_run=None, server_ms=None, request_id=None,):
+    def __init__(self, label=None, class_name=None, confidence=None, exit_cut=None, exit_name=None, stages_run=None, server_ms=None, request_id=None, decode_ms=None, queue_ms=None, compute_ms=None, lookup_ms=None, network_ms=None,):
         self.label = label
         self.class_name = class_name
         self.confidence = confidence
@@ -447,6 +452,11 @@ class Prediction(object):
         self.stages_run = stages_run
         self.server_ms = server_ms
         self.request_id = request_id
+        self.decode_ms = decode_ms
+        self.queue_ms = queue_ms
+        self.compute_ms = compute_ms
+        self.lookup_ms = lookup_ms
+        self.network_ms = network_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -497,6 +507,31 @@ class Prediction(object):
                     self.request_id = iprot.readI64()
                 else:
                     iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.DOUBLE:
+                    self.decode_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.DOUBLE:
+                    self.queue_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.DOUBLE:
+                    self.compute_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 12:
+                if ftype == TType.DOUBLE:
+                    self.lookup_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 13:
+                if ftype == TType.DOUBLE:
+                    self.network_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -538,6 +573,26 @@ class Prediction(object):
         if self.request_id is not None:
             oprot.writeFieldBegin('request_id', TType.I64, 8)
             oprot.writeI64(self.request_id)
+            oprot.writeFieldEnd()
+        if self.decode_ms is not None:
+            oprot.writeFieldBegin('decode_ms', TType.DOUBLE, 9)
+            oprot.writeDouble(self.decode_ms)
+            oprot.writeFieldEnd()
+        if self.queue_ms is not None:
+            oprot.writeFieldBegin('queue_ms', TType.DOUBLE, 10)
+            oprot.writeDouble(self.queue_ms)
+            oprot.writeFieldEnd()
+        if self.compute_ms is not None:
+            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 11)
+            oprot.writeDouble(self.compute_ms)
+            oprot.writeFieldEnd()
+        if self.lookup_ms is not None:
+            oprot.writeFieldBegin('lookup_ms', TType.DOUBLE, 12)
+            oprot.writeDouble(self.lookup_ms)
+            oprot.writeFieldEnd()
+        if self.network_ms is not None:
+            oprot.writeFieldBegin('network_ms', TType.DOUBLE, 13)
+            oprot.writeDouble(self.network_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -808,14 +863,16 @@ class Features(object):
      - request_id
      - cut
      - features
+     - compute_ms
 
     """
 
 
-    def __init__(self, request_id=None, cut=None, features=None,):
+    def __init__(self, request_id=None, cut=None, features=None, compute_ms=None,):
         self.request_id = request_id
         self.cut = cut
         self.features = features
+        self.compute_ms = compute_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -842,6 +899,11 @@ class Features(object):
                     self.features.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.DOUBLE:
+                    self.compute_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -863,6 +925,10 @@ class Features(object):
         if self.features is not None:
             oprot.writeFieldBegin('features', TType.STRUCT, 3)
             self.features.write(oprot)
+            oprot.writeFieldEnd()
+        if self.compute_ms is not None:
+            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 4)
+            oprot.writeDouble(self.compute_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -892,11 +958,13 @@ class Report(object):
      - hit
      - cache_version
      - predictor
+     - compute_ms
+     - lookup_ms
 
     """
 
 
-    def __init__(self, request_id=None, cut=None, label=None, confidence=None, hit=None, cache_version=None, predictor=None,):
+    def __init__(self, request_id=None, cut=None, label=None, confidence=None, hit=None, cache_version=None, predictor=None, compute_ms=None, lookup_ms=None,):
         self.request_id = request_id
         self.cut = cut
         self.label = label
@@ -904,6 +972,8 @@ class Report(object):
         self.hit = hit
         self.cache_version = cache_version
         self.predictor = predictor
+        self.compute_ms = compute_ms
+        self.lookup_ms = lookup_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -949,6 +1019,16 @@ class Report(object):
                     self.predictor = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.DOUBLE:
+                    self.compute_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.DOUBLE:
+                    self.lookup_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -986,6 +1066,14 @@ class Report(object):
         if self.predictor is not None:
             oprot.writeFieldBegin('predictor', TType.STRING, 7)
             oprot.writeString(self.predictor.encode('utf-8') if sys.version_info[0] == 2 else self.predictor)
+            oprot.writeFieldEnd()
+        if self.compute_ms is not None:
+            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 8)
+            oprot.writeDouble(self.compute_ms)
+            oprot.writeFieldEnd()
+        if self.lookup_ms is not None:
+            oprot.writeFieldBegin('lookup_ms', TType.DOUBLE, 9)
+            oprot.writeDouble(self.lookup_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1110,11 +1198,14 @@ class ExecutionResult(object):
      - samples
      - error
      - reports
+     - queue_ms
+     - compute_ms
+     - lookup_ms
 
     """
 
 
-    def __init__(self, request_id=None, completed=None, label=None, confidence=None, stages_run=None, cancelled=None, stages_after_hit=None, samples=None, error=None, reports=None,):
+    def __init__(self, request_id=None, completed=None, label=None, confidence=None, stages_run=None, cancelled=None, stages_after_hit=None, samples=None, error=None, reports=None, queue_ms=None, compute_ms=None, lookup_ms=None,):
         self.request_id = request_id
         self.completed = completed
         self.label = label
@@ -1125,6 +1216,9 @@ class ExecutionResult(object):
         self.samples = samples
         self.error = error
         self.reports = reports
+        self.queue_ms = queue_ms
+        self.compute_ms = compute_ms
+        self.lookup_ms = lookup_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1197,6 +1291,21 @@ class ExecutionResult(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.DOUBLE:
+                    self.queue_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 12:
+                if ftype == TType.DOUBLE:
+                    self.compute_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 13:
+                if ftype == TType.DOUBLE:
+                    self.lookup_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1252,6 +1361,18 @@ class ExecutionResult(object):
             for iter38 in self.reports:
                 iter38.write(oprot)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.queue_ms is not None:
+            oprot.writeFieldBegin('queue_ms', TType.DOUBLE, 11)
+            oprot.writeDouble(self.queue_ms)
+            oprot.writeFieldEnd()
+        if self.compute_ms is not None:
+            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 12)
+            oprot.writeDouble(self.compute_ms)
+            oprot.writeFieldEnd()
+        if self.lookup_ms is not None:
+            oprot.writeFieldBegin('lookup_ms', TType.DOUBLE, 13)
+            oprot.writeDouble(self.lookup_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1790,6 +1911,11 @@ Prediction.thrift_spec = (
     (6, TType.I32, 'stages_run', None, None, ),  # 6
     (7, TType.DOUBLE, 'server_ms', None, None, ),  # 7
     (8, TType.I64, 'request_id', None, None, ),  # 8
+    (9, TType.DOUBLE, 'decode_ms', None, None, ),  # 9
+    (10, TType.DOUBLE, 'queue_ms', None, None, ),  # 10
+    (11, TType.DOUBLE, 'compute_ms', None, None, ),  # 11
+    (12, TType.DOUBLE, 'lookup_ms', None, None, ),  # 12
+    (13, TType.DOUBLE, 'network_ms', None, None, ),  # 13
 )
 all_structs.append(ServiceStatus)
 ServiceStatus.thrift_spec = (
@@ -1817,6 +1943,7 @@ Features.thrift_spec = (
     (1, TType.I64, 'request_id', None, None, ),  # 1
     (2, TType.I32, 'cut', None, None, ),  # 2
     (3, TType.STRUCT, 'features', [Tensor, None], None, ),  # 3
+    (4, TType.DOUBLE, 'compute_ms', None, None, ),  # 4
 )
 all_structs.append(Report)
 Report.thrift_spec = (
@@ -1828,6 +1955,8 @@ Report.thrift_spec = (
     (5, TType.BOOL, 'hit', None, None, ),  # 5
     (6, TType.I32, 'cache_version', None, None, ),  # 6
     (7, TType.STRING, 'predictor', 'UTF8', None, ),  # 7
+    (8, TType.DOUBLE, 'compute_ms', None, None, ),  # 8
+    (9, TType.DOUBLE, 'lookup_ms', None, None, ),  # 9
 )
 all_structs.append(Sample)
 Sample.thrift_spec = (
@@ -1850,6 +1979,9 @@ ExecutionResult.thrift_spec = (
     (8, TType.LIST, 'samples', (TType.STRUCT, [Sample, None], False), None, ),  # 8
     (9, TType.STRING, 'error', 'UTF8', None, ),  # 9
     (10, TType.LIST, 'reports', (TType.STRUCT, [Report, None], False), None, ),  # 10
+    (11, TType.DOUBLE, 'queue_ms', None, None, ),  # 11
+    (12, TType.DOUBLE, 'compute_ms', None, None, ),  # 12
+    (13, TType.DOUBLE, 'lookup_ms', None, None, ),  # 13
 )
 all_structs.append(CacheUpdate)
 CacheUpdate.thrift_spec = (
