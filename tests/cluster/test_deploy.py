@@ -1,10 +1,12 @@
 """`make deploy-local`'s script (start, status, stop) and `gati serve --role all`."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from gati.rpc import launch
 from gati.rpc.client import GatiClient, ping, status
 from gati.rpc.config import load_config
 from tests.cluster.conftest import CLUSTER_PORTS, free_ports, write_config
-from tests.cluster.helpers import answered, until
+from tests.cluster.helpers import answered, http_get, until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,6 +77,18 @@ def test_role_all_serves_the_engine_behind_the_same_front_door(config, eval_imag
             s = client.status()
         assert [(p.label, p.exit_name) for p in got] == list(zip(references.labels[:40], references.exits[:40]))
         assert s.role == "aggregator" and s.pid == proc.pid and answered(s) == 40
+        # the same engine over the Open Inference Protocol, in its plain JSON form (what curl sends)
+        base = f"http://{cfg.aggregator.host}:{cfg.aggregator.http_port}"
+        assert http_get(f"{base}/health/ready")[0] == 200
+        pixels = eval_images[0].transpose(2, 0, 1)
+        body = {"id": "one", "inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, *pixels.shape],
+                                         "data": pixels.ravel().tolist()}]}
+        request = urllib.request.Request(f"{base}/v2/models/{cfg.bundle.name}/infer", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        assert reply["id"] == "one" and reply["model_name"] == cfg.bundle.name
+        assert {o["name"]: o["data"] for o in reply["outputs"]}["label"] == [references.labels[0]]
+        assert reply["parameters"]["exit_name"] == references.exits[0] and reply["parameters"]["compute_ms"] > 0
         os.killpg(proc.pid, signal.SIGTERM)  # drains and exits
         assert os.waitpid(proc.pid, 0)[1] == 0
     finally:
