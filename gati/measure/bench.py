@@ -228,12 +228,12 @@ class Run:
         self.started = time.perf_counter()
         self.ended = self.started
 
-    def more(self, k: int, offset_s: float = 0.0) -> bool:
-        """May request number k (sent `offset_s` after the start) go out?"""
+    def more(self, k: int, at_s: float) -> bool:
+        """May request number k, due `at_s` seconds after the start, go out?"""
         if self.count is not None:
             return k < self.count
         assert self.duration_s is not None
-        return offset_s < self.duration_s and time.perf_counter() - self.started < self.duration_s
+        return at_s < self.duration_s
 
     def send(self, k: int, scheduled: float) -> None:
         """Send request k, due at `scheduled` (perf_counter); latency counts from then."""

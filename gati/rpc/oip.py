@@ -45,6 +45,7 @@ from gati.rpc.tensors import to_tensor
 from gati.rpc.timing import TIMING_FIELDS
 
 INPUT = "image"
+OUTPUTS = {"label": "INT64", "class_name": "BYTES", "confidence": "FP32"}  # name -> datatype, each [1]
 HEADER_LENGTH = "inference-header-content-length"
 DTYPES = {"UINT8": np.dtype(np.uint8), "FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 # A reply's typed error -> the HTTP status a client sees.
@@ -65,9 +66,7 @@ class OipModel:
     def metadata(self) -> dict:
         return {"name": self.name, "versions": [self.version], "platform": "gati",
                 "inputs": [{"name": INPUT, "datatype": "UINT8", "shape": [1, *self.input_shape]}],
-                "outputs": [{"name": "label", "datatype": "INT64", "shape": [1]},
-                            {"name": "class_name", "datatype": "BYTES", "shape": [1]},
-                            {"name": "confidence", "datatype": "FP32", "shape": [1]}]}
+                "outputs": [{"name": name, "datatype": datatype, "shape": [1]} for name, datatype in OUTPUTS.items()]}
 
 
 def oip_routes(model: OipModel, predict: Callable[[Request], Prediction],
@@ -209,11 +208,13 @@ def _outputs_wanted(header: dict) -> dict[str, bool]:
     default = bool((header.get("parameters") or {}).get("binary_data_output", False))
     outputs = header.get("outputs")
     if outputs is None:
-        return {name: default for name in ("label", "class_name", "confidence")}
+        return {name: default for name in OUTPUTS}
+    if not isinstance(outputs, list):
+        raise BadRequest(f"outputs must be a list, got {outputs!r}")
     wanted = {}
-    for o in outputs if isinstance(outputs, list) else [None]:
-        if not isinstance(o, dict) or o.get("name") not in ("label", "class_name", "confidence"):
-            raise BadRequest(f"outputs are label, class_name and confidence; got {o!r}")
+    for o in outputs:
+        if not isinstance(o, dict) or o.get("name") not in OUTPUTS:
+            raise BadRequest(f"outputs are {', '.join(OUTPUTS)}; got {o!r}")
         wanted[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", default))
     return wanted
 
@@ -221,11 +222,10 @@ def _outputs_wanted(header: dict) -> dict[str, bool]:
 # ---- response ---------------------------------------------------------------------------------
 
 def _response(model: OipModel, request_id: Any, p: Prediction, wanted: dict[str, bool]) -> HttpResponse:
-    values = {"label": ("INT64", [p.label]), "class_name": ("BYTES", [p.class_name]),
-              "confidence": ("FP32", [p.confidence])}
+    values = {"label": [p.label], "class_name": [p.class_name], "confidence": [p.confidence]}
     outputs, blobs = [], []
     for name, binary in wanted.items():
-        datatype, data = values[name]
+        datatype, data = OUTPUTS[name], values[name]
         out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [1]}
         if binary:
             blob = _encode(datatype, data)
