@@ -59,7 +59,7 @@ struct Prediction {
   9: optional double decode_ms,   // decoding and preprocessing the request
   10: optional double queue_ms,   // waiting for a worker: the aggregator's admission queue plus the executor's
   11: optional double compute_ms, // stages run for the answer (in process: the whole cascade, lookups included)
-  12: optional double lookup_ms,  // cache lookups on the answer's path (see Report.lookup_ms, ExecutionResult.lookup_ms)
+  12: optional double lookup_ms,  // waiting for cache verdicts on the answer's path (ExecutionResult.lookup_ms)
   13: optional double network_ms, // the rest of the backend's time: hops, serialisation, scheduling
 }
 
@@ -88,7 +88,6 @@ struct Features {
   1: i64 request_id,
   2: i32 cut,
   3: Tensor features,
-  4: optional double compute_ms,  // executor: time in stages for this request up to this cut
 }
 
 struct Report {
@@ -99,8 +98,6 @@ struct Report {
   5: bool hit,
   6: i32 cache_version,
   7: string predictor,
-  8: optional double compute_ms,  // Features.compute_ms, echoed: the stages a hit's answer needed
-  9: optional double lookup_ms,   // the predictor's time for this lookup, cache and index search
 }
 
 struct Sample {
@@ -121,7 +118,7 @@ struct ExecutionResult {
   8: list<Sample> samples,  // only for sampled requests
   9: string error,          // non-empty when the executor failed on this request
   10: list<Report> reports, // the verdicts the executor read, so the aggregator never misses one
-  // Timing for the full model's answers (the executor fills these):
+  // Where the executor's time went, up to the answer (the executor fills these; Prediction's breakdown):
   11: optional double queue_ms,   // from `run` received to a worker taking the request
   12: optional double compute_ms, // time in stages
   13: optional double lookup_ms,  // time blocked reading verdicts (lookups plus their hops)

@@ -62,10 +62,10 @@ class Outcome:
     exit_name: str
     stages_run: int
     request_id: int = 0
-    # Where the backend's time went, as far as it was measured (Prediction's timing fields):
+    # Where the backend's time went, as far as it was measured (ExecutionResult's timing fields):
     queue_ms: float | None = None     # the executor's queue
     compute_ms: float | None = None   # stages run for this answer
-    lookup_ms: float | None = None    # cache lookups on its path
+    lookup_ms: float | None = None    # waiting for cache verdicts on its path
 
 
 class Backend(Protocol):
@@ -115,8 +115,7 @@ class Pending:
                     return  # an earlier cut may still hit: wait for its report
                 continue    # the executor has stopped: an unreported cut is a miss
             if r.hit:
-                self.outcome = Outcome(r.label, r.confidence, cut, self.cut_names[cut], cut + 1, self.request_id,
-                                       compute_ms=r.compute_ms, lookup_ms=r.lookup_ms)
+                self.outcome = Outcome(r.label, r.confidence, cut, self.cut_names[cut], cut + 1, self.request_id)
                 self.done.set()
                 return
         if self.result is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +80,6 @@ class PredictorHandler(ServiceBase):
 
     def _lookup(self, features: Features) -> Report:
         slot = self.slots.get(features.cut)
-        started = time.perf_counter()
         try:
             if slot is None:
                 raise GatiError(f"cut {features.cut} is not served by {self.name}")
@@ -97,8 +95,6 @@ class PredictorHandler(ServiceBase):
             report = Report(features.request_id, features.cut, -1, 0.0, False,
                             slot.version if slot else -1, self.name)
             verdict = "error"
-        report.compute_ms = features.compute_ms
-        report.lookup_ms = (time.perf_counter() - started) * 1000
         self.metrics.lookups.labels(slot.cut_name if slot else str(features.cut), verdict).inc()
         return report
 

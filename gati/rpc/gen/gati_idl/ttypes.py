@@ -863,16 +863,14 @@ class Features(object):
      - request_id
      - cut
      - features
-     - compute_ms
 
     """
 
 
-    def __init__(self, request_id=None, cut=None, features=None, compute_ms=None,):
+    def __init__(self, request_id=None, cut=None, features=None,):
         self.request_id = request_id
         self.cut = cut
         self.features = features
-        self.compute_ms = compute_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -899,11 +897,6 @@ class Features(object):
                     self.features.read(iprot)
                 else:
                     iprot.skip(ftype)
-            elif fid == 4:
-                if ftype == TType.DOUBLE:
-                    self.compute_ms = iprot.readDouble()
-                else:
-                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -925,10 +918,6 @@ class Features(object):
         if self.features is not None:
             oprot.writeFieldBegin('features', TType.STRUCT, 3)
             self.features.write(oprot)
-            oprot.writeFieldEnd()
-        if self.compute_ms is not None:
-            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 4)
-            oprot.writeDouble(self.compute_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -958,13 +947,11 @@ class Report(object):
      - hit
      - cache_version
      - predictor
-     - compute_ms
-     - lookup_ms
 
     """
 
 
-    def __init__(self, request_id=None, cut=None, label=None, confidence=None, hit=None, cache_version=None, predictor=None, compute_ms=None, lookup_ms=None,):
+    def __init__(self, request_id=None, cut=None, label=None, confidence=None, hit=None, cache_version=None, predictor=None,):
         self.request_id = request_id
         self.cut = cut
         self.label = label
@@ -972,8 +959,6 @@ class Report(object):
         self.hit = hit
         self.cache_version = cache_version
         self.predictor = predictor
-        self.compute_ms = compute_ms
-        self.lookup_ms = lookup_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1019,16 +1004,6 @@ class Report(object):
                     self.predictor = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
-            elif fid == 8:
-                if ftype == TType.DOUBLE:
-                    self.compute_ms = iprot.readDouble()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 9:
-                if ftype == TType.DOUBLE:
-                    self.lookup_ms = iprot.readDouble()
-                else:
-                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1066,14 +1041,6 @@ class Report(object):
         if self.predictor is not None:
             oprot.writeFieldBegin('predictor', TType.STRING, 7)
             oprot.writeString(self.predictor.encode('utf-8') if sys.version_info[0] == 2 else self.predictor)
-            oprot.writeFieldEnd()
-        if self.compute_ms is not None:
-            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 8)
-            oprot.writeDouble(self.compute_ms)
-            oprot.writeFieldEnd()
-        if self.lookup_ms is not None:
-            oprot.writeFieldBegin('lookup_ms', TType.DOUBLE, 9)
-            oprot.writeDouble(self.lookup_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1943,7 +1910,6 @@ Features.thrift_spec = (
     (1, TType.I64, 'request_id', None, None, ),  # 1
     (2, TType.I32, 'cut', None, None, ),  # 2
     (3, TType.STRUCT, 'features', [Tensor, None], None, ),  # 3
-    (4, TType.DOUBLE, 'compute_ms', None, None, ),  # 4
 )
 all_structs.append(Report)
 Report.thrift_spec = (
@@ -1955,8 +1921,6 @@ Report.thrift_spec = (
     (5, TType.BOOL, 'hit', None, None, ),  # 5
     (6, TType.I32, 'cache_version', None, None, ),  # 6
     (7, TType.STRING, 'predictor', 'UTF8', None, ),  # 7
-    (8, TType.DOUBLE, 'compute_ms', None, None, ),  # 8
-    (9, TType.DOUBLE, 'lookup_ms', None, None, ),  # 9
 )
 all_structs.append(Sample)
 Sample.thrift_spec = (
