@@ -1,13 +1,22 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+# One version, kept in gati/__init__.py (`gati --version` and the package agree).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "gati" / "__init__.py").read_text(), re.M).group(1)
 
 setup(
     name="gati",
-    version="0.1.0",
+    version=VERSION,
     description="Prediction serving with learned caches: early answers for deep networks",
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
+    license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["gati", "gati.*"]),
+    package_data={"gati": ["py.typed"]},
     install_requires=[
         "torch>=2.2",
         "torchvision>=0.17",
@@ -18,11 +27,13 @@ setup(
         "tqdm>=4.60",
         "thrift>=0.16",
         "hdrhistogram>=0.10",
-        "prometheus-client>=0.17",
+        "prometheus-client>=0.18",
     ],
     extras_require={
-        "dev": ["pytest>=7.0", "boto3>=1.28", "moto[ec2,s3,iam,ssm]>=5.0"],
+        # tritonclient: the standard Open Inference Protocol client the tests talk to the aggregator with
+        "dev": ["pytest>=7.0", "boto3>=1.28", "moto[ec2,s3,iam,ssm]>=5.0", "tritonclient[http]>=2.40"],
         "aws": ["boto3>=1.28"],
     },
     entry_points={"console_scripts": ["gati=gati.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Typing :: Typed"],
 )

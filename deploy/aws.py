@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Run a GATI cluster on AWS: `deploy`, `status`, `destroy` (driven by `make deploy-aws`,
-`make status-aws`, `make destroy-aws`; see docs/aws.md). The logic lives in gati/cloud/."""
+`make status-aws`, `make destroy-aws`; see docs/aws.md). The logic lives in gati/cloud/.
+
+Exit codes: 0 done, 1 a failure (a bad description, an AWS error, a cluster that never became
+ready; named on stderr), 2 a usage error."""
 from __future__ import annotations
 
 import argparse
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
         return _with_aws(args, spec, hooks)
     except GatiError as exc:  # a bad description: nothing was created
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
 
 
 def _with_aws(args: argparse.Namespace, spec: DeploySpec, hooks: Hooks) -> int:
@@ -57,7 +60,7 @@ def _with_aws(args: argparse.Namespace, spec: DeploySpec, hooks: Hooks) -> int:
         if args.command == "deploy":  # e.g. no capacity for the GPU type, half way through
             print("anything already created carries the deployment's tags: "
                   "`make destroy-aws` removes it", file=sys.stderr)
-        return 2
+        return 1
 
 
 def _run(args: argparse.Namespace, spec: DeploySpec, hooks: Hooks) -> int:

@@ -1,4 +1,5 @@
 # Thrift code generation and the local multi-process cluster (included by the Makefile).
+# deploy-local serves the bundle deploy/local.yaml names (bundles/r18: what `make demo` builds).
 # The generated Python is committed so installing needs no compiler; CI runs idl-check, which
 # regenerates into a temporary folder and fails on any difference.
 THRIFT      ?= thrift
@@ -7,7 +8,7 @@ IDL_GEN     := gati/rpc/gen
 IDL_OPTIONS := py:package_prefix=gati.rpc.gen.
 LOCAL_YAML  ?= deploy/local.yaml
 
-.PHONY: idl idl-check deploy-local stop-local
+.PHONY: idl idl-check deploy-local stop-local status-local
 
 # The *-remote files are command-line demo clients the compiler writes beside each service.
 gen-idl = mkdir -p $(1) && $(THRIFT) --gen $(IDL_OPTIONS) -out $(1) $(IDL) && rm -f $(1)/gati_idl/*-remote
@@ -27,3 +28,7 @@ deploy-local: install
 
 stop-local:
 	$(PY) deploy/local.py stop --config $(LOCAL_YAML)
+
+# Every service: Thrift up or down, and what its /health/ready says.
+status-local: install
+	$(PY) deploy/local.py status --config $(LOCAL_YAML)

@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""`make deploy-local` / `make stop-local`: the cluster of deploy/local.yaml as local processes.
+"""`make deploy-local` / `make stop-local` / `make status-local`: the cluster of deploy/local.yaml
+as local processes.
 
     python deploy/local.py start [--config deploy/local.yaml]   # waits until all answer ping
     python deploy/local.py stop  [--config deploy/local.yaml]   # exactly what start recorded
-    python deploy/local.py status [--config deploy/local.yaml]
+    python deploy/local.py status [--config deploy/local.yaml]  # up? ready (/health/ready)?
+
+Exit codes: 0 done (status: every service up and ready), 1 a failure (named on stderr), 2 a usage error.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -16,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from gati.errors import GatiError  # noqa: E402
 from gati.rpc import launch  # noqa: E402
 from gati.rpc.client import ping  # noqa: E402
-from gati.rpc.config import load_config  # noqa: E402
+from gati.rpc.config import Endpoint, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,21 +39,53 @@ def main(argv: list[str] | None = None) -> int:
                                 f"first, or point `bundle:` in {a.config} at one")
             procs = launch.start(cfg, a.timeout)
             print(f"GATI cluster up ({len(procs)} processes); pid file {Path(cfg.log_dir) / launch.PIDFILE}")
+            endpoints = cfg.endpoints()
             for proc in procs:
-                print(f"  {proc.name:<12} {proc.endpoint:<16} pid {proc.pid:<7} log {proc.log}")
-            if cfg.aggregator.metrics_port:
-                print(f"  metrics      http://{cfg.aggregator.host}:{cfg.aggregator.metrics_port}/metrics")
+                print(f"  {proc.name:<12} {proc.endpoint:<16} {_http(endpoints[proc.name]):<24} pid {proc.pid:<7} "
+                      f"log {proc.log}")
             print(f"try: gati predict --endpoint {cfg.aggregator.address} IMAGE.png")
+            if cfg.aggregator.http_port:
+                print(f"     curl -s {_http(cfg.aggregator)}/metrics;  make status-local")
         elif a.action == "stop":
             stopped = launch.stop(cfg)
             print(f"stopped {len(stopped)} processes" + (f": {', '.join(p.name for p in stopped)}" if stopped else ""))
         else:
-            for name, ep in cfg.endpoints().items():
-                print(f"  {name:<12} {ep.address:<16} {'up' if ping(ep.host, ep.port, 0.5) else 'DOWN'}")
+            return status(cfg)
     except GatiError as e:
         print(f"deploy-local: error: {e}", file=sys.stderr)
-        return 2
+        return 1
     return 0
+
+
+def status(cfg) -> int:
+    """One line per service: Thrift up or DOWN, and what its /health/ready says."""
+    healthy = True
+    for name, ep in cfg.endpoints().items():
+        up = ping(ep.host, ep.port, 0.5)
+        ready, reason = _ready(ep) if ep.http_port else (up, "no http_port configured")
+        healthy &= up and ready
+        print(f"  {name:<12} {ep.address:<16} {'up' if up else 'DOWN':<5} {'ready' if ready else 'NOT READY':<10} "
+              f"{'' if reason == 'ready' else reason}".rstrip())
+    return 0 if healthy else 1
+
+
+def _http(ep: Endpoint) -> str:
+    return f"http://{ep.host}:{ep.http_port}" if ep.http_port else "(no http_port)"
+
+
+def _ready(ep: Endpoint) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(f"{_http(ep)}/health/ready", timeout=2) as r:
+            body = r.read()
+    except urllib.error.HTTPError as e:
+        body = e.read()
+    except (OSError, ValueError) as e:
+        return False, f"HTTP: {getattr(e, 'reason', e)}"
+    try:
+        answer = json.loads(body)
+        return bool(answer["ready"]), str(answer["reason"])
+    except (ValueError, KeyError, TypeError):
+        return False, "HTTP: not a GATI health answer"
 
 
 if __name__ == "__main__":

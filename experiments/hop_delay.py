@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 GATI = [sys.executable, "-m", "gati.cli"]
 
 
-def bench(bundle: str, data_dir: str, limit: int, endpoint: str | None, concurrency: int) -> dict:
+def bench(bundle: str, data_dir: str, limit: int, endpoint: str | None, concurrency: list[int]) -> dict:
+    """`gati bench --json`: one measurement per concurrency level, and the environment."""
     cmd = GATI + ["bench", "--bundle", bundle, "--data-dir", data_dir, "--limit", str(limit), "--concurrency",
-                  str(concurrency), "--json"] + (["--endpoint", endpoint] if endpoint else [])
+                  ",".join(map(str, concurrency)), "--json"] + (["--endpoint", endpoint] if endpoint else [])
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout)
 
 
@@ -37,11 +38,8 @@ def cluster_config(bundle: str, delay_ms: float, folder: Path, base_port: int) -
     cfg["hop_delay_ms"] = delay_ms
     services = cfg["services"]
     ports = iter(range(base_port, base_port + 20))
-    for name in ("aggregator", "executor", "index", "retrainer"):
-        services[name]["port"] = next(ports)
-    services["aggregator"]["metrics_port"] = next(ports)
-    for p in services["predictors"]:
-        p["port"] = next(ports)
+    for service in [services[name] for name in ("aggregator", "executor", "index", "retrainer")] + services["predictors"]:
+        service["port"], service["http_port"] = next(ports), next(ports)
     path = folder / "cluster.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -56,8 +54,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1])
     p.add_argument("--base-port", type=int, default=29400)
     a = p.parse_args()
-    rows = [{"placement": "in-process", "hop_delay_ms": None, **bench(a.bundle, a.data_dir, a.limit, None, c)}
-            for c in a.concurrency]
+    in_process = bench(a.bundle, a.data_dir, a.limit, None, a.concurrency)
+    rows = [{"placement": "in-process", "hop_delay_ms": None, **m} for m in in_process["measurements"]]
     for delay in a.delays:
         with tempfile.TemporaryDirectory() as tmp:
             config = cluster_config(a.bundle, delay, Path(tmp), a.base_port)
@@ -65,11 +63,11 @@ def main() -> None:
             subprocess.run(local + ["start", "--config", str(config)], check=True, capture_output=True, cwd=REPO)
             try:
                 endpoint = f"127.0.0.1:{a.base_port}"
-                rows += [{"placement": "cluster", "hop_delay_ms": delay,
-                          **bench(a.bundle, a.data_dir, a.limit, endpoint, c)} for c in a.concurrency]
+                cluster = bench(a.bundle, a.data_dir, a.limit, endpoint, a.concurrency)
+                rows += [{"placement": "cluster", "hop_delay_ms": delay, **m} for m in cluster["measurements"]]
             finally:
                 subprocess.run(local + ["stop", "--config", str(config)], capture_output=True, cwd=REPO)
-    print(json.dumps(rows))
+    print(json.dumps({"environment": in_process["environment"], "rows": rows}))
 
 
 if __name__ == "__main__":

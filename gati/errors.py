@@ -31,3 +31,11 @@ class WorkloadError(GatiError, ValueError):
 
 class GuaranteeError(GatiError, ValueError):
     """A live-agreement or fallback argument out of range, or an observation that cannot happen."""
+
+
+class AddressInUse(GatiError):
+    """A service's host:port is taken (another process listens there)."""
+
+
+class MissingDependency(GatiError, ImportError):
+    """An optional package a command needs is not installed; the message names the pip package."""

@@ -56,6 +56,12 @@ struct Prediction {
   6: i32 stages_run,        // stages the answer needed (as the in-process engine counts them)
   7: double server_ms,      // time inside the aggregator, decode to answer
   8: i64 request_id,
+  // Where server_ms went, for `gati bench`'s breakdown; unset where nobody measured it.
+  9: optional double decode_ms,   // decoding and preprocessing the request
+  10: optional double queue_ms,   // waiting for a worker: the aggregator's admission queue plus the executor's
+  11: optional double compute_ms, // stages run for the answer (in process: the whole cascade, lookups included)
+  12: optional double lookup_ms,  // waiting for cache verdicts on the answer's path (ExecutionResult.lookup_ms)
+  13: optional double network_ms, // the rest of the backend's time: hops, serialisation, scheduling
 }
 
 struct ServiceStatus {
@@ -112,6 +118,10 @@ struct ExecutionResult {
   5: i32 stages_run,        // stages run when the answer was decided
   6: string error,          // non-empty when the executor failed on this request (no answer)
   7: bool cancelled,        // stopped (cancel or deadline) before an answer was decided
+  // Where the executor's time went, up to the answer (Prediction's breakdown):
+  8: optional double queue_ms,    // from `run` received to a worker taking the request
+  9: optional double compute_ms,  // time in stages
+  10: optional double lookup_ms,  // time blocked reading verdicts (lookups plus their hops)
 }
 
 // A sampled request after its answer: run to the end by the full model, for live agreement and

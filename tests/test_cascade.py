@@ -11,9 +11,9 @@ from gati.errors import Cancelled
 from gati.pipeline.certify import Scores, exit_index
 from gati.rpc.executor import RemoteVerdicts, Route
 from gati.rpc.gen.gati_idl import Predictor
+from gati.rpc.metrics import ExecutorMetrics
 from gati.rpc.predictor import PredictorHandler, Slot
 from gati.rpc.server import RpcServer
-from gati.rpc.service import Counters
 from gati.rpc.transport import Limits, Pool
 from gati.runtime.cascade import Done, Step, Verdict, run_cascade
 from gati.runtime.engine import Engine
@@ -89,7 +89,7 @@ def predictor(dense):
     """A real predictor service on 127.0.0.1 serving the dense plan's caches."""
     bundle, _ = dense
     slots = {e.cut: Slot(e.cut, e.cut_name, e.variant, e.threshold, bundle.caches[e.cut]) for e in bundle.plan.entries}
-    server = RpcServer(Predictor.Processor(PredictorHandler("predictor-0", slots)), "127.0.0.1", 0,
+    server = RpcServer(Predictor.Processor(PredictorHandler(slots)), "127.0.0.1", 0,
                        1 << 20, "predictor").start()
     yield Pool(Predictor.Client, "127.0.0.1", server.port, Limits(), name="predictor-0")
     server.close()
@@ -103,7 +103,7 @@ def test_every_verdict_source_gives_the_same_answers(dense, predictor):
     routes = {e.cut: Route(e.cut, bundle.caches[e.cut], predictor) for e in bundle.plan.entries}
 
     def remote(x, lookahead):
-        source = RemoteVerdicts(0, routes, 5.0, Counters())
+        source = RemoteVerdicts(0, routes, 5.0, ExecutorMetrics().lookup_failures)
         try:
             return run_cascade(x, sync.steps, source, lookahead, sync.head).answer
         finally:

@@ -69,7 +69,7 @@ def test_bad_preprocessing_flags_are_refused_with_a_message(grey, tmp_path, caps
     for flags, message in ((["--mean", "0.5"], "both the mean and the std"),
                            (["--mean", "0.5", "--std", "0.25", "--channels", "3"], "1 mean values given for 3"),
                            (["--mean", "0.5,0.5", "--std", "0.25,0.25"], "for 1 or 3 channels")):
-        assert main(_build_args(data, checkpoint, tmp_path / "b", *flags)) == 2
+        assert main(_build_args(data, checkpoint, tmp_path / "b", *flags)) == 1  # a typed error, not a crash
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(_build_args(data, checkpoint, tmp_path / "b", "--input-size", "24by16"))

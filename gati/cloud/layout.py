@@ -53,7 +53,7 @@ def nodes(spec: DeploySpec) -> tuple[Node, ...]:
 
 
 def service_ports(spec: DeploySpec, node: Node) -> dict[str, int]:
-    """Ports the node listens on, by role (the aggregator also serves its metrics)."""
+    """Ports the node listens on, by role (`metrics`: the aggregator's HTTP port: health, metrics, /v2)."""
     ports = {role: getattr(spec.ports, role) for role in node.roles}
     if "aggregator" in node.roles:
         ports["metrics"] = spec.ports.metrics
@@ -77,7 +77,7 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
              if v is not None}
     services: dict[str, Any] = {
         "aggregator": {"host": hosts[where["aggregator"]], "port": ports.aggregator,
-                       "metrics_port": ports.metrics, **tuned},
+                       "http_port": ports.metrics, **tuned},
         "executor": {"host": hosts[where["executor"]], "port": ports.executor},
         "predictors": [
             {"name": n.name, "host": hosts[n.name], "port": ports.predictor,

@@ -96,7 +96,10 @@ def load_spec(path: str | Path, name: str | None = None) -> DeploySpec:
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"deployment description {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:  # the parser's message names the line and column
+        raise DeployError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise DeployError(f"{path}: expected a mapping at the top level")
     if name is not None:

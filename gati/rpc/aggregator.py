@@ -38,14 +38,14 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Prediction,
     Request,
     RunRequest,
-    ServiceStatus,
     ShadowResult,
     Unavailable,
 )
 from gati.rpc.inputs import InputSpec
-from gati.rpc.metrics import ServingMetrics
+from gati.rpc.metrics import AggregatorMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import to_tensor
+from gati.rpc.timing import Stopwatch
 from gati.rpc.transport import PeerUnavailable, Pool
 from gati.runtime.engine import Engine
 
@@ -61,6 +61,10 @@ class Outcome:
     exit_name: str
     stages_run: int
     request_id: int = 0
+    # What the backend measured (milliseconds; None: nobody did), for the reply's breakdown
+    queue_ms: float | None = None
+    compute_ms: float | None = None
+    lookup_ms: float | None = None
 
 
 class Backend(Protocol):
@@ -94,12 +98,12 @@ class Pending:
         else:
             name = self.cut_names.get(result.exit_cut, "final")
             self.outcome = Outcome(result.label, result.confidence, result.exit_cut, name, result.stages_run,
-                                   self.request_id)
+                                   self.request_id, result.queue_ms, result.compute_ms, result.lookup_ms)
         self.done.set()
 
 
 class ClusterBackend:
-    def __init__(self, cut_names: dict[int, str], executor: Pool, metrics: ServingMetrics,
+    def __init__(self, cut_names: dict[int, str], executor: Pool, metrics: AggregatorMetrics,
                  retrainer: Pool | None = None):
         self.cut_names = cut_names
         self.executor, self.retrainer, self.metrics = executor, retrainer, metrics
@@ -156,7 +160,7 @@ class ClusterBackend:
                 self.retrainer.send("add_samples", p.shadow.samples)
             except PeerUnavailable as e:
                 self.retrainer.warn(log, e)
-                self.metrics.errors.labels("retrainer_unreachable").inc()
+                self.metrics.peer_unreachable.labels("retrainer").inc()
 
     def _forget_stale(self) -> None:
         old = time.monotonic() - SAMPLED_TTL_S
@@ -165,7 +169,6 @@ class ClusterBackend:
                 self._pending.pop(rid, None)
 
     def _cancel(self, request_id: int) -> None:
-        self.metrics.cancellations.inc()
         try:
             self.executor.send("cancel", request_id)
         except PeerUnavailable:
@@ -184,7 +187,7 @@ class ClusterBackend:
 # ---- the in-process backend (--role all) ----------------------------------------------------
 
 class EngineBackend:
-    def __init__(self, engine: Engine, metrics: ServingMetrics):
+    def __init__(self, engine: Engine, metrics: AggregatorMetrics):
         self.engine, self.metrics = engine, metrics
         self._background = ThreadPoolExecutor(1, thread_name_prefix="gati-sample")
         self._ids = itertools.count(1)
@@ -194,7 +197,8 @@ class EngineBackend:
         exit_cut = -1 if a.exit_cut is None else a.exit_cut
         if sampled:
             self._background.submit(self._score, x, exit_cut >= 0, a.label)
-        return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, next(self._ids))
+        return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, next(self._ids),
+                       compute_ms=a.compute_s * 1000, lookup_ms=a.wait_s * 1000)
 
     def _score(self, x: torch.Tensor, hit: bool, label: int) -> None:
         self.metrics.sample(hit, not hit or self.engine.predict_base(x) == label)
@@ -215,8 +219,8 @@ class AggregatorHandler(ServiceBase):
     role = "aggregator"
 
     def __init__(self, backend: Backend, spec: InputSpec, classes: list[str], cfg: AggregatorConfig,
-                 metrics: ServingMetrics, request_timeout_s: float, bundle_sha256: str = ""):
-        super().__init__("aggregator", bundle_sha256)
+                 metrics: AggregatorMetrics, request_timeout_s: float):
+        super().__init__(metrics)
         self.backend, self.spec, self.classes, self.cfg = backend, spec, classes, cfg
         self.metrics, self.request_timeout_s = metrics, request_timeout_s
         self.admission = Admission(cfg.queue_size, cfg.workers, metrics.queue_depth.set)
@@ -224,20 +228,21 @@ class AggregatorHandler(ServiceBase):
         self._rng = random.Random(os.getpid())
 
     def predict(self, request: Request) -> Prediction:
-        start = time.perf_counter()
+        clock = Stopwatch()
         try:
             with self.gate.enter(lambda: Unavailable("the aggregator is draining; send to another replica")):
-                outcome = self._admit_and_run(request)
+                outcome = self._admit_and_run(request, clock)
         except (InvalidRequest, Overloaded, Unavailable, DeadlineExceeded) as e:
             self.metrics.failed(type(e).__name__)
             raise
-        seconds = time.perf_counter() - start
+        seconds = clock.stop()
         self.metrics.answered(seconds, outcome.exit_name)
         return Prediction(label=outcome.label, class_name=self._class_name(outcome.label),
                           confidence=outcome.confidence, exit_cut=outcome.exit_cut, exit_name=outcome.exit_name,
-                          stages_run=outcome.stages_run, server_ms=seconds * 1000, request_id=outcome.request_id)
+                          stages_run=outcome.stages_run, server_ms=seconds * 1000, request_id=outcome.request_id,
+                          **clock.breakdown(outcome.queue_ms, outcome.compute_ms, outcome.lookup_ms))
 
-    def _admit_and_run(self, request: Request) -> Outcome:
+    def _admit_and_run(self, request: Request, clock: Stopwatch) -> Outcome:
         timeout_s = request.deadline_ms / 1000 if request.deadline_ms and request.deadline_ms > 0 \
             else self.request_timeout_s
         deadline = time.monotonic() + timeout_s
@@ -245,7 +250,9 @@ class AggregatorHandler(ServiceBase):
             x = self.spec.decode(request)
         except InvalidInput as e:
             raise InvalidRequest(str(e)) from e
+        clock.decoded()
         with self.admission.slot(deadline):
+            clock.admitted()
             return self.backend.run(x, deadline, self._rng.random() < self.cfg.sample_rate)
 
     def finished(self, result: ExecutionResult) -> None:
@@ -253,13 +260,6 @@ class AggregatorHandler(ServiceBase):
 
     def shadowed(self, result: ShadowResult) -> None:
         self.backend.shadowed(result)
-
-    def status(self) -> ServiceStatus:
-        s = super().status()
-        counters, gauges = self.metrics.snapshot()
-        s.counters.update(counters)
-        s.gauges.update(gauges)
-        return s
 
     def _class_name(self, label: int) -> str:
         return self.classes[label] if 0 <= label < len(self.classes) else str(label)

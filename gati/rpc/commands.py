@@ -1,60 +1,62 @@
-"""`gati serve`, `gati predict`, `gati bench`: parse arguments and delegate (gati/cli.py calls `register`)."""
+"""`gati serve` and `gati predict`: parse arguments and delegate (gati/cli.py calls `register`).
+
+Both speak Thrift. They are always listed; where the thrift package is missing they fail with a
+message naming it (gati.optional.require) instead of disappearing from the CLI.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Callable
+
+from gati.rpc.config import ROLES
+
+Command = Callable[[str, str, str, Callable[[argparse.Namespace], int | None]], argparse.ArgumentParser]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from gati.rpc.roles import ROLES
-
-    s = sub.add_parser("serve", help="run one service of the cluster (or the whole engine: --role all)")
-    s.add_argument("--role", required=True, choices=ROLES)
+def register(command: Command) -> None:
+    s = command("serve", "run one service of the cluster (or the whole engine: --role all)", """
+gati serve --role all --config deploy/local.yaml
+gati serve --role predictor --name predictor-0 --config deploy/local.yaml""", _serve)
+    s.add_argument("--role", required=True, choices=ROLES, help="which service to run")
     s.add_argument("--config", required=True, help="cluster YAML (see deploy/local.yaml)")
     s.add_argument("--name", help="which predictor entry of the config to run (--role predictor)")
-    s.set_defaults(func=_serve)
 
-    p = sub.add_parser("predict", help="classify image files through a running aggregator")
+    p = command("predict", "classify image files through a running aggregator",
+                "gati predict --endpoint 127.0.0.1:9090 cat.png dog.jpg", _predict)
     p.add_argument("--endpoint", required=True, help="the aggregator's HOST:PORT")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF) of any size: the server "
                    "resizes them to the model's input")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    p.set_defaults(func=_predict)
 
-    b = sub.add_parser("bench", help="load-test the in-process engine or a cluster with real images")
-    b.add_argument("--bundle", required=True, help="reference answers (and the engine without --endpoint)")
-    b.add_argument("--endpoint", help="an aggregator's HOST:PORT; omitted: the in-process engine")
-    b.add_argument("--data-dir", required=True)
-    b.add_argument("--dataset", help="default: the dataset the bundle was built for")
-    b.add_argument("--split", default="test:eval")
-    b.add_argument("--limit", type=int, default=500)
-    b.add_argument("--concurrency", type=int, default=1)
-    b.add_argument("--warmup", type=int, default=20)
-    b.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    b.set_defaults(func=_bench)
+
+def _thrift(purpose: str) -> None:
+    from gati.optional import require
+    require("thrift", "thrift", purpose)
 
 
 def _serve(a: argparse.Namespace) -> None:
+    _thrift("gati serve")
     from gati.rpc.config import load_config
     from gati.rpc.roles import serve
     logging.getLogger("gati").setLevel(logging.INFO)  # service logs are what deploy-local keeps
     cfg = load_config(a.config)
 
-    def announce(service) -> None:
-        import os
-        print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port} "
-              f"pid {os.getpid()}", flush=True)
+    def announce(service, http) -> None:
+        web = f", HTTP on {http.host}:{http.port}" if http is not None else ""
+        print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port}"
+              f"{web}, pid {os.getpid()}", flush=True)
 
     serve(a.role, cfg, a.name, announce)
 
 
-def _predict(a: argparse.Namespace) -> None:
+def _predict(a: argparse.Namespace) -> int:
+    _thrift("gati predict")
     from thrift.Thrift import TException
 
     from gati.errors import GatiError
@@ -77,13 +79,4 @@ def _predict(a: argparse.Namespace) -> None:
             print(json.dumps(row) if a.json else
                   f"{path}: {p.class_name} (label {p.label}, confidence {p.confidence:.3f}, "
                   f"answered at {p.exit_name}, {p.stages_run} stages, {p.server_ms:.2f} ms)")
-    if failed:
-        raise SystemExit(1)
-
-
-def _bench(a: argparse.Namespace) -> None:
-    from gati.measure.bench import BenchConfig, format_table, run_bench
-    r = run_bench(BenchConfig(bundle=Path(a.bundle), data_dir=Path(a.data_dir), split=a.split, limit=a.limit,
-                              concurrency=a.concurrency, endpoint=a.endpoint, dataset=a.dataset, warmup=a.warmup,
-                              timeout_s=a.timeout, seed=a.seed))
-    print(json.dumps(r.to_dict()) if a.json else format_table(r))
+    return 1 if failed else 0

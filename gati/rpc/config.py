@@ -7,14 +7,17 @@
     max_message_mb: 64
     hop_delay_ms: 0.0          # injected before every message a client sends (placement studies)
     services:
-      aggregator: {host: 127.0.0.1, port: 9090, metrics_port: 9100, queue_size: 64, workers: 4,
+      aggregator: {host: 127.0.0.1, port: 9090, http_port: 9100, queue_size: 64, workers: 4,
                    sample_rate: 0.05}
-      executor:   {host: 127.0.0.1, port: 9091}
+      executor:   {host: 127.0.0.1, port: 9091, http_port: 9101}
       predictors:
         - {name: predictor-0, host: 127.0.0.1, port: 9092, cuts: [layer2.1, layer3.0]}
         - {name: predictor-1, host: 127.0.0.1, port: 9093, cuts: auto}
       index:      {host: 127.0.0.1, port: 9094}
       retrainer:  {host: 127.0.0.1, port: 9095}
+
+`port` is the service's Thrift port; the optional `http_port` serves /health/live, /health/ready
+and /metrics (and on the aggregator the Open Inference Protocol, /v2/...).
 
 Placement (which cuts a predictor serves) is configuration: `placement(plan_cuts)` resolves `auto`
 and checks that every cut of the plan is served by exactly one predictor. Unknown keys are errors,
@@ -32,6 +35,7 @@ import yaml
 from gati.errors import GatiError
 
 AUTO = "auto"
+ROLES = ("aggregator", "executor", "predictor", "index", "retrainer", "all")  # `gati serve --role`
 
 
 class ConfigError(GatiError):
@@ -49,7 +53,8 @@ class Timeouts:
 @dataclass(frozen=True)
 class Endpoint:
     host: str
-    port: int
+    port: int                         # Thrift
+    http_port: int | None = None      # health, metrics (and /v2 on the aggregator); None: no HTTP server
 
     @property
     def address(self) -> str:
@@ -61,7 +66,7 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class AggregatorConfig(Endpoint):
-    metrics_port: int | None = None   # Prometheus HTTP endpoint; None: no metrics server
+    model_name: str = ""              # the model's name in the Open Inference Protocol; "": the bundle folder's
     queue_size: int = 64              # requests admitted (running + waiting); beyond: Overloaded
     workers: int = 4                  # requests running at once
     sample_rate: float = 0.05         # share of requests finished in the background (live agreement)
@@ -193,8 +198,7 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
 def _check(cfg: ClusterConfig) -> None:
     seen: dict[tuple[str, int], str] = {}
     for name, ep in cfg.endpoints().items():
-        ports = [ep.port] + ([ep.metrics_port] if isinstance(ep, AggregatorConfig) and ep.metrics_port else [])
-        for port in ports:
+        for port in [ep.port] + ([ep.http_port] if ep.http_port else []):
             if (ep.host, port) in seen:
                 raise ConfigError(f"{cfg.path}: {name} and {seen[(ep.host, port)]} both use {ep.host}:{port}")
             seen[(ep.host, port)] = name
@@ -238,7 +242,7 @@ def _service(cls: type, raw: Any, ctx: str) -> Any:
             raise ConfigError(f"{ctx}: `{required}` is required")
     values = {}
     for key, value in raw.items():
-        if key in ("host", "name"):
+        if key in ("host", "name", "model_name"):
             values[key] = _typed(value, str, key, ctx)
         elif key.endswith("port"):
             values[key] = _port(value, key, ctx) if value is not None else None

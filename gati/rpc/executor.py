@@ -30,6 +30,7 @@ from gati.cache.base import confidence_and_label
 from gati.errors import Cancelled
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
 from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, RunRequest, Sample, ShadowResult, Unavailable
+from gati.rpc.metrics import ExecutorMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
 from gati.rpc.transport import Call, Limits, PeerUnavailable, Pool
@@ -74,7 +75,7 @@ class _Reply:
             reply = self.call.result(self.until - time.monotonic())
         except PeerUnavailable as e:  # slow or crashed: a miss
             late = time.monotonic() >= self.until
-            self.source.counters.add("lookup_timeouts" if late else "predictor_unreachable")
+            self.source.failures.labels("timeout" if late else "unreachable").inc()
             self.call.pool.warn(log, e)
             return None
         return Verdict(reply.cut, reply.label, reply.confidence, reply.hit)
@@ -86,7 +87,7 @@ class RemoteVerdicts:
     request_id: int
     routes: dict[int, Route]
     lookup_s: float
-    counters: object
+    failures: object                             # a Prometheus counter labelled by reason
     keep_features: bool = False                  # sampled requests keep what they sent, for the retrainer
     samples: list[Sample] = field(default_factory=list)
     sent: list[_Reply] = field(default_factory=list)
@@ -101,7 +102,7 @@ class RemoteVerdicts:
             call = route.pool.start("lookup", Features(request_id=self.request_id, cut=cut, features=feats))
         except PeerUnavailable as e:  # its cut is a miss; the request goes on
             route.pool.warn(log, e)
-            self.counters.add("predictor_unreachable")
+            self.failures.labels("unreachable").inc()
             return Done(None)
         self.sent.append(_Reply(self, cut, call, until))
         return self.sent[-1]
@@ -118,8 +119,9 @@ class ExecutorHandler(ServiceBase):
     role = "executor"
 
     def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool,
-                 lookup_s: float, workers: int = 1, lookahead: int = 1, name: str = "executor"):
-        super().__init__(name, bundle.sha256)
+                 lookup_s: float, workers: int = 1, lookahead: int = 1, metrics: ExecutorMetrics | None = None):
+        self.metrics: ExecutorMetrics = metrics or ExecutorMetrics()
+        super().__init__(self.metrics)
         cuts = bundle.staged.cuts
         self.steps = [Step(stage, i + 1, i if i in routes else None, cuts[i] if i in routes else "")
                       for i, stage in enumerate(bundle.staged.stages)]
@@ -130,7 +132,9 @@ class ExecutorHandler(ServiceBase):
         self._states: dict[int, RunState] = {}
         self._early_cancels: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._jobs: queue.Queue[RunRequest | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[RunRequest, float] | None] = queue.Queue()
+        self.metrics.queue_depth.set_function(self._jobs.qsize)  # read at scrape time
+        self.metrics.in_flight.set_function(lambda: len(self._states))
         self._workers = [threading.Thread(target=self._work, name=f"executor-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._workers:
@@ -141,8 +145,7 @@ class ExecutorHandler(ServiceBase):
     def run(self, request: RunRequest) -> None:
         if self.draining:
             raise Unavailable("the executor is draining")
-        self.counters.add("received")
-        self._jobs.put(request)
+        self._jobs.put((request, time.perf_counter()))
 
     def cancel(self, request_id: int) -> None:
         with self._lock:  # with _execute's registration: a cancel is never lost between the two
@@ -153,9 +156,6 @@ class ExecutorHandler(ServiceBase):
             self._early_cancels[request_id] = None  # it may still be queued
             while len(self._early_cancels) > REMEMBERED_CANCELS:
                 self._early_cancels.popitem(last=False)
-
-    def gauges(self) -> dict[str, float]:
-        return {"queue_depth": float(self._jobs.qsize()), "running": float(len(self._states))}
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -172,26 +172,27 @@ class ExecutorHandler(ServiceBase):
 
     def _work(self) -> None:
         while True:
-            request = self._jobs.get()
-            if request is None:
+            job = self._jobs.get()
+            if job is None:
                 return
-            self._execute(request)
+            self._execute(*job)
 
-    def _execute(self, request: RunRequest) -> None:
+    def _execute(self, request: RunRequest, received: float) -> None:
+        queue_ms = (time.perf_counter() - received) * 1000
         state = RunState(request.request_id, request.sampled, request.deadline_unix)
         with self._lock:
             self._states[request.request_id] = state
             if request.request_id in self._early_cancels:
                 del self._early_cancels[request.request_id]
                 state.cancelled = True
-        source = RemoteVerdicts(request.request_id, self.routes, self.lookup_s, self.counters,
+        source = RemoteVerdicts(request.request_id, self.routes, self.lookup_s, self.metrics.lookup_failures,
                                 keep_features=request.sampled)
         answered = False
 
         def on_answer(answer: Answer) -> None:
             nonlocal answered
             answered = True
-            self._send("finished", _result(request.request_id, answer))
+            self._send("finished", _result(request.request_id, answer, queue_ms))
 
         try:
             x = torch.from_numpy(from_tensor(request.input, "run input").copy()).to(self.device)
@@ -202,12 +203,12 @@ class ExecutorHandler(ServiceBase):
             if request.sampled:
                 self._send("shadowed", _shadow(request.request_id, trace, source.samples))
         except Cancelled:
-            self.counters.add("cancelled")
+            self.metrics.requests.labels("stopped").inc()
             if not answered:
                 self._send("finished", ExecutionResult(request_id=request.request_id, cancelled=True, error=""))
         except Exception as e:  # a bad tensor or a model failure: the aggregator gets a typed error
             log.exception("request %d failed", request.request_id)
-            self.counters.add("errors")
+            self.metrics.requests.labels("failed").inc()
             if not answered:
                 self._send("finished", ExecutionResult(request_id=request.request_id,
                                                        error=f"executor failed: {e}"))
@@ -217,17 +218,17 @@ class ExecutorHandler(ServiceBase):
 
     def _count(self, trace: Trace, sampled: bool) -> None:
         a = trace.answer
-        self.counters.add("completed" if trace.completed else "stopped_early")
-        self.counters.add("stages_run", trace.final.stages_run if trace.completed else a.stages_run)
+        self.metrics.requests.labels("completed" if trace.completed else "stopped").inc()
+        self.metrics.stages.inc(trace.final.stages_run if trace.completed else a.stages_run)
         if a.exit_cut is not None and not sampled:  # by construction at most `lookahead`
-            self.counters.max("max_stages_after_hit", a.stages_run - (a.exit_cut + 1))
+            self.metrics.stages_after_hit.observe(a.stages_run - (a.exit_cut + 1))
 
     def _send(self, method: str, message: object) -> None:
         try:
             self.aggregator.send(method, message)
         except PeerUnavailable as e:
             self.aggregator.warn(log, e)
-            self.counters.add("aggregator_unreachable")
+            self.metrics.peer_unreachable.labels("aggregator").inc()
 
 
 def _head(logits: torch.Tensor) -> tuple[int, float]:
@@ -235,10 +236,11 @@ def _head(logits: torch.Tensor) -> tuple[int, float]:
     return int(label.item()), float(conf.item())
 
 
-def _result(request_id: int, answer: Answer) -> ExecutionResult:
+def _result(request_id: int, answer: Answer, queue_ms: float) -> ExecutionResult:
     return ExecutionResult(request_id=request_id, label=answer.label, confidence=answer.confidence,
                            exit_cut=-1 if answer.exit_cut is None else answer.exit_cut,
-                           stages_run=answer.stages_run, error="", cancelled=False)
+                           stages_run=answer.stages_run, error="", cancelled=False, queue_ms=queue_ms,
+                           compute_ms=answer.compute_s * 1000, lookup_ms=answer.wait_s * 1000)
 
 
 def _shadow(request_id: int, trace: Trace, samples: list[Sample]) -> ShadowResult:

@@ -15,6 +15,7 @@ from gati.bundle import BundleInfo
 from gati.cache.knn import FaissIndex, KnnCache
 from gati.errors import GatiError, InvalidInput
 from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, SearchResult, Vectors
+from gati.rpc.metrics import IndexMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
 from gati.rpc.transport import Pool
@@ -35,8 +36,9 @@ class _Entry:
 class IndexHandler(ServiceBase):
     role = "index"
 
-    def __init__(self, bundle_sha256: str = "", name: str = "index"):
-        super().__init__(name, bundle_sha256)
+    def __init__(self, metrics: IndexMetrics | None = None):
+        self.metrics: IndexMetrics = metrics or IndexMetrics()
+        super().__init__(self.metrics)
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
@@ -51,7 +53,8 @@ class IndexHandler(ServiceBase):
                 entry.index.add(x, y)
             except InvalidInput as e:
                 raise InvalidRequest(f"index {key}: {e}") from e
-        self.counters.add("added", len(y))
+            self.metrics.vectors.labels(key).set(entry.index.ntotal)
+        self.metrics.added.inc(len(y))
 
     def search(self, key: str, queries, k: int) -> SearchResult:
         with self.gate.track():
@@ -69,7 +72,7 @@ class IndexHandler(ServiceBase):
                 sims, labels = entry.index.search(q, k)
             except GatiError as e:
                 raise InvalidRequest(f"index {key}: {e}") from e
-        self.counters.add("searches")
+        self.metrics.searches.inc()
         return SearchResult(sims=to_tensor(sims.astype(np.float32)), labels=to_tensor(labels.astype(np.int64)))
 
     def size(self, key: str) -> int:
@@ -78,16 +81,14 @@ class IndexHandler(ServiceBase):
 
     def reset(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            if self._entries.pop(key, None) is not None:
+                self.metrics.vectors.remove(key)
 
     def export(self, key: str) -> Vectors:
         entry = self._entry(key)
         with entry.lock:
             vectors, labels = entry.index.export()
         return Vectors(vectors=to_tensor(vectors.astype(np.float32)), labels=to_tensor(labels))
-
-    def gauges(self) -> dict[str, float]:
-        return {f"size.{k}": float(e.index.ntotal) for k, e in list(self._entries.items())}
 
     def load_bundle_caches(self, info: BundleInfo) -> list[str]:
         """Add the plan's kNN caches (version 0) from the bundle; returns their keys."""

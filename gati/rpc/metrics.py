@@ -1,69 +1,138 @@
-"""Serving metrics (Prometheus): latency, outcomes, hits per cut, cancellations, errors, queue depth,
-and live agreement estimated from the sampled requests the executor finishes in the background.
+"""Prometheus metrics: one registry per service, with the families of its role.
 
-Each server owns its own registry, so several can live in one process (tests, `--role all`).
-`snapshot()` reads the same numbers back for `status()`, so they are counted once.
+Every service exports `gati_build_info` (version, bundle hash, plan), the process metrics
+(`process_cpu_seconds_total`, `process_resident_memory_bytes`, ...) and
+`gati_peer_unreachable_total`; each role adds its own families below. Names follow Prometheus
+practice: counters end in `_total`, durations are `_seconds`, shares are `_ratio`. No family
+counts what another already counts: answered requests are the latency histogram's `_count` (by
+exit), failures are counted once, by reason.
+
+Each service owns its registry, so several live in one process (tests, `--role all`). The same
+numbers reach Thrift's `status()` through `snapshot()`, so they are counted once. `/metrics` on
+the service's HTTP port serves the registry (gati/rpc/http.py).
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    ProcessCollector,
+    disable_created_metrics,
 )
+
+from gati import __version__
+from gati.runtime.plan import Plan
 
 # Batch-1 CNN requests on a CPU take milliseconds; resolve the fast path finely.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
                    0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+STAGE_BUCKETS = (0, 1, 2, 3, 4, 8)
+
+# Counters and histograms would each add a `_created` timestamp series; nothing here reads them.
+disable_created_metrics()
 
 
-class ServingMetrics:
-    def __init__(self) -> None:
+@dataclass(frozen=True)
+class BuildInfo:
+    """What a service serves: the labels of `gati_build_info`."""
+    bundle_sha256: str = ""
+    plan: str = ""               # `describe_plan(plan)`
+
+    @classmethod
+    def of(cls, bundle_sha256: str, plan: Plan) -> "BuildInfo":
+        return cls(bundle_sha256, describe_plan(plan))
+
+
+def describe_plan(plan: Plan) -> str:
+    """One line a dashboard can show: `sync: layer1.0/fc@0.930, layer2.1/linear@0.810`."""
+    entries = ", ".join(f"{e.cut_name}/{e.variant}@{e.threshold:.3f}" for e in plan.entries)
+    return f"{plan.mode}: {entries or 'no caches'}"
+
+
+class ServiceMetrics:
+    """The registry of one service, with what every role exports."""
+
+    def __init__(self, role: str, name: str, build: BuildInfo = BuildInfo()):
+        self.role, self.name, self.build = role, name, build
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.latency = Histogram("gati_request_latency_seconds", "Server-side latency of answered requests",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.requests = Counter("gati_requests", "Requests by outcome", ["outcome"], registry=r)
-        self.hits = Counter("gati_hits", "Requests answered by a cache, by cut ('final': the full model)",
-                            ["cut"], registry=r)
-        self.cancellations = Counter("gati_cancellations", "Requests cancelled at their deadline before an answer",
-                                     registry=r)
-        self.errors = Counter("gati_errors", "Failures by kind", ["kind"], registry=r)
-        self.queue_depth = Gauge("gati_queue_depth", "Admitted requests waiting for a worker", registry=r)
-        self.in_flight = Gauge("gati_in_flight", "Requests being answered", registry=r)
-        self.sampled = Counter("gati_sampled", "Sampled requests finished by the full model", registry=r)
-        self.sampled_hits = Counter("gati_sampled_hits", "Sampled requests a cache answered", registry=r)
-        self.sampled_wrong = Counter("gati_sampled_wrong", "Sampled hits whose label differs from the full model's",
-                                     registry=r)
-        self.live_agreement = Gauge("gati_live_agreement",
-                                    "Estimated end-to-end agreement with the full model (sampled requests)",
-                                    registry=r)
-        self.live_hit_agreement = Gauge("gati_live_hit_agreement",
-                                        "Agreement of cache answers with the full model (sampled hits)", registry=r)
+        ProcessCollector(registry=self.registry)
+        info = Gauge("gati_build_info", "The service's version, bundle and plan (always 1)",
+                     ["version", "bundle_sha256", "plan", "role", "service"], registry=self.registry)
+        info.labels(__version__, build.bundle_sha256, build.plan, role, name).set(1)
+        self.peer_unreachable = self.counter("gati_peer_unreachable", "Messages a peer service did not take",
+                                             ["peer"])
+
+    def counter(self, name: str, doc: str, labels: tuple[str, ...] | list[str] = ()) -> Counter:
+        return Counter(name, doc, list(labels), registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: tuple[str, ...] | list[str] = ()) -> Gauge:
+        return Gauge(name, doc, list(labels), registry=self.registry)
+
+    def histogram(self, name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> Histogram:
+        return Histogram(name, doc, list(labels), buckets=buckets, registry=self.registry)
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
+        """(counters, gauges) for `status()`, named `<family>.<label values>` without the `gati_`
+        prefix: `lookups.stem.hit`, `queue_depth`. A histogram gives `<family>.<labels>.count`
+        (a counter) and `.sum` (a gauge); build info and process metrics are left to /metrics."""
+        counters: dict[str, int] = {}
+        gauges: dict[str, float] = {}
+        for family in self.registry.collect():
+            if not family.name.startswith("gati_") or family.name == "gati_build_info":
+                continue
+            short = family.name.removeprefix("gati_")
+            for s in family.samples:
+                key = ".".join([short, *s.labels.values()])
+                if family.type == "counter" and s.name.endswith("_total"):
+                    counters[key] = int(s.value)
+                elif family.type == "gauge":
+                    gauges[key] = float(s.value)
+                elif family.type == "histogram" and s.name.endswith("_count"):
+                    counters[f"{key}.count"] = int(s.value)
+                elif family.type == "histogram" and s.name.endswith("_sum"):
+                    gauges[f"{key}.sum"] = float(s.value)
+        return counters, gauges
+
+
+class AggregatorMetrics(ServiceMetrics):
+    """The front door: latency by exit, failures, the admission queue, live agreement."""
+
+    def __init__(self, name: str = "aggregator", build: BuildInfo = BuildInfo()):
+        super().__init__("aggregator", name, build)
+        self.duration = self.histogram("gati_request_duration_seconds",
+                                       "Answered requests, decode to answer, by the exit that answered "
+                                       "(a cut's name, or 'final': the full model)", LATENCY_BUCKETS, ("exit",))
+        self.failures = self.counter("gati_request_failures", "Requests answered with an error, by error type",
+                                     ["reason"])
+        self.queue_depth = self.gauge("gati_queue_depth", "Admitted requests waiting for a worker")
+        self.in_flight = self.gauge("gati_requests_in_flight", "Requests being answered")
+        self.sampled = self.counter("gati_sampled_requests", "Sampled requests finished by the full model, "
+                                    "by what answered them", ["answered_by"])
+        self.disagreements = self.counter("gati_sampled_disagreements",
+                                          "Sampled requests whose answer differs from the full model's")
+        self.live_agreement = self.gauge("gati_live_agreement_ratio",
+                                         "Estimated end-to-end agreement with the full model (sampled requests)")
+        self.live_hit_agreement = self.gauge("gati_live_hit_agreement_ratio",
+                                             "Agreement of cache answers with the full model (sampled hits)")
         self._lock = threading.Lock()
-        self._tally = [0, 0, 0]  # sampled, sampled hits, sampled wrong: the gauges' inputs
-        self._server = None
+        self._tally = [0, 0, 0]  # sampled, sampled hits, sampled wrong: the ratios' inputs
 
     def answered(self, seconds: float, exit_name: str) -> None:
-        self.latency.observe(seconds)
-        self.requests.labels("ok").inc()
-        self.hits.labels(exit_name).inc()
+        self.duration.labels(exit_name).observe(seconds)
 
-    def failed(self, outcome: str) -> None:
-        self.requests.labels(outcome).inc()
-        self.errors.labels(outcome).inc()
+    def failed(self, reason: str) -> None:
+        self.failures.labels(reason).inc()
 
     def sample(self, hit: bool, agree: bool) -> None:
         """One sampled request: did the answer it got (cache or full model) equal the full model's?"""
-        self.sampled.inc()
-        if hit:
-            self.sampled_hits.inc()
+        self.sampled.labels("cache" if hit else "model").inc()
         if not agree:
-            self.sampled_wrong.inc()
+            self.disagreements.inc()
         with self._lock:
             t = self._tally
             t[0], t[1], t[2] = t[0] + 1, t[1] + hit, t[2] + (not agree)
@@ -72,27 +141,52 @@ class ServingMetrics:
             if hits:
                 self.live_hit_agreement.set(1.0 - wrong / hits)
 
-    def serve(self, host: str, port: int) -> None:
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+class ExecutorMetrics(ServiceMetrics):
+    """The stage loop: how requests ended, stages run, lookups that became misses."""
 
-    def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
-        """(counters, gauges) named like `requests.ok`, `hits.layer2.1`, `queue_depth`."""
-        counters: dict[str, int] = {}
-        gauges: dict[str, float] = {}
-        for family in self.registry.collect():
-            short = family.name.removeprefix("gati_")
-            for s in family.samples:
-                if family.type == "counter" and s.name.endswith("_total"):
-                    key = ".".join([short, *s.labels.values()])
-                    counters[key] = int(s.value)
-                elif family.type == "gauge":
-                    gauges[short] = float(s.value)
-                elif family.type == "histogram" and s.name.endswith("_count"):
-                    counters[f"{short}.count"] = int(s.value)
-        return counters, gauges
+    def __init__(self, name: str = "executor", build: BuildInfo = BuildInfo()):
+        super().__init__("executor", name, build)
+        self.requests = self.counter("gati_executor_requests", "Requests the executor finished, by how they ended "
+                                     "(completed: the full model ran; stopped: a hit or a cancel; failed)",
+                                     ["outcome"])
+        self.stages = self.counter("gati_stages_run", "Stages run, all requests together")
+        self.stages_after_hit = self.histogram("gati_stages_after_hit",
+                                               "Stages run after the cut that hit (unsampled requests)", STAGE_BUCKETS)
+        self.lookup_failures = self.counter("gati_lookup_failures", "Lookups counted as misses because the "
+                                            "predictor was unreachable or late", ["reason"])
+        self.queue_depth = self.gauge("gati_queue_depth", "Requests waiting for an executor worker")
+        self.in_flight = self.gauge("gati_requests_in_flight", "Requests in the stage loop")
+
+
+class PredictorMetrics(ServiceMetrics):
+    """Cache lookups by cut and verdict, and the version each cut serves."""
+
+    def __init__(self, name: str = "predictor", build: BuildInfo = BuildInfo()):
+        super().__init__("predictor", name, build)
+        self.lookups = self.counter("gati_lookups", "Cache lookups by cut and verdict (hit, miss, error)",
+                                    ["cut", "verdict"])
+        self.deploys = self.counter("gati_cache_deploys", "New cache versions swapped in", ["cut"])
+        self.version = self.gauge("gati_cache_version", "The cache version each cut serves", ["cut"])
+
+
+class IndexMetrics(ServiceMetrics):
+    """The neighbour index: searches, vectors added and held."""
+
+    def __init__(self, name: str = "index", build: BuildInfo = BuildInfo()):
+        super().__init__("index", name, build)
+        self.searches = self.counter("gati_index_searches", "Nearest-neighbour searches")
+        self.added = self.counter("gati_index_vectors_added", "Vectors added to the indexes")
+        self.vectors = self.gauge("gati_index_vectors", "Vectors held, by index key", ["key"])
+
+
+class RetrainerMetrics(ServiceMetrics):
+    """Samples received and what became of each retraining."""
+
+    def __init__(self, name: str = "retrainer", build: BuildInfo = BuildInfo()):
+        super().__init__("retrainer", name, build)
+        self.samples = self.counter("gati_retrainer_samples", "Samples kept, by cut", ["cut"])
+        self.dropped = self.counter("gati_retrainer_samples_dropped", "Samples refused as malformed")
+        self.retrains = self.counter("gati_retrains", "Candidate caches by result (deployed, rejected, "
+                                     "deploy_failed)", ["result"])
+        self.version = self.gauge("gati_cache_version", "The cache version each cut serves", ["cut"])

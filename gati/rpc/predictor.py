@@ -28,6 +28,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     LookupReply,
 )
 from gati.rpc.index import RemoteIndex, index_key
+from gati.rpc.metrics import PredictorMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor
 from gati.rpc.transport import Limits, PeerUnavailable, Pool, Throttle
@@ -50,8 +51,9 @@ class Slot:
 class PredictorHandler(ServiceBase):
     role = "predictor"
 
-    def __init__(self, name: str, slots: dict[int, Slot], index: Pool | None = None, bundle_sha256: str = ""):
-        super().__init__(name, bundle_sha256)
+    def __init__(self, slots: dict[int, Slot], index: Pool | None = None, metrics: PredictorMetrics | None = None):
+        self.metrics: PredictorMetrics = metrics or PredictorMetrics()
+        super().__init__(self.metrics)
         self.index = index
         self._deploy_lock = threading.Lock()
         self._failures_logged = Throttle()
@@ -59,6 +61,8 @@ class PredictorHandler(ServiceBase):
         for slot in slots.values():
             self._attach_index(slot, populate=False)  # the index service loads version 0 itself
         self.slots = dict(slots)
+        for slot in self.slots.values():
+            self.metrics.version.labels(slot.cut_name).set(slot.version)
 
     # ---- request path ---------------------------------------------------------------------
 
@@ -74,15 +78,12 @@ class PredictorHandler(ServiceBase):
             x = torch.from_numpy(from_tensor(features.features, "features").copy())
             label, conf = slot.cache.predict(x)
             v = Verdict.judge(slot.cut, int(label[0]), float(conf[0]), slot.threshold)
+            outcome = "hit" if v.hit else "miss"
         except Exception as e:  # a broken lookup is a miss, never a lost request
             if self._failures_logged.allow():  # e.g. the index is down: every lookup fails alike
                 log.warning("lookup for request %d at cut %d failed: %s", features.request_id, features.cut, e)
-            self.counters.add("errors")
-            v = Verdict(features.cut, -1, 0.0, False)
-        if slot is not None:
-            self.counters.add(f"lookups.{slot.cut_name}")
-            if v.hit:
-                self.counters.add(f"hits.{slot.cut_name}")
+            v, outcome = Verdict(features.cut, -1, 0.0, False), "error"
+        self.metrics.lookups.labels(slot.cut_name if slot else str(features.cut), outcome).inc()
         return LookupReply(features.request_id, v.cut, v.label, v.confidence, v.hit,
                            slot.version if slot else -1, self.name)
 
@@ -113,11 +114,9 @@ class PredictorHandler(ServiceBase):
             except PeerUnavailable as e:
                 raise InvalidRequest(f"cannot load version {update.version} into the neighbour index: {e}") from e
             self.slots = {**self.slots, new.cut: new}  # one reference swap: atomic for readers
-        self.counters.add("deployed")
+        self.metrics.deploys.labels(slot.cut_name).inc()
+        self.metrics.version.labels(slot.cut_name).set(update.version)
         log.info("cut %s now serves version %d", slot.cut_name, update.version)
-
-    def gauges(self) -> dict[str, float]:
-        return {f"version.{s.cut_name}": float(s.version) for s in self.slots.values()}
 
     def _attach_index(self, slot: Slot, populate: bool) -> None:
         """kNN caches search the index service when one is configured."""

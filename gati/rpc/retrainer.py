@@ -32,6 +32,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     RetrainResult,
     Sample,
 )
+from gati.rpc.metrics import RetrainerMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor
 from gati.rpc.transport import PeerUnavailable, Pool
@@ -68,11 +69,14 @@ class CutState:
 class RetrainerHandler(ServiceBase):
     role = "retrainer"
 
-    def __init__(self, cuts: dict[int, CutState], cfg: RetrainerConfig, num_classes: int, bundle_sha256: str = ""):
-        super().__init__("retrainer", bundle_sha256)
+    def __init__(self, cuts: dict[int, CutState], cfg: RetrainerConfig, num_classes: int,
+                 metrics: RetrainerMetrics | None = None):
+        self.metrics: RetrainerMetrics = metrics or RetrainerMetrics()
+        super().__init__(self.metrics)
         self.cuts, self.cfg, self.num_classes = cuts, cfg, num_classes
         for st in cuts.values():
             st.samples = deque(maxlen=cfg.max_samples)
+            self.metrics.version.labels(st.cut_name).set(st.version)
 
     def add_samples(self, samples: list[Sample]) -> None:
         for s in samples:
@@ -86,10 +90,10 @@ class RetrainerHandler(ServiceBase):
                     raise InvalidInput(f"base label {s.base_label} is not a class")
             except (InvalidInput, ValueError) as e:
                 log.warning("dropped a sample: %s", e)
-                self.counters.add("samples_dropped")
+                self.metrics.dropped.inc()
                 continue
             st.samples.append((feats, s.base_label, logits))
-            self.counters.add(f"samples.{st.cut_name}")
+            self.metrics.samples.labels(st.cut_name).inc()
 
     def retrain(self, cut: int) -> RetrainResult:
         with self.gate.enter(lambda: InvalidRequest("the retrainer is shutting down")):
@@ -117,9 +121,6 @@ class RetrainerHandler(ServiceBase):
             with st.lock:
                 feats, labels, _ = self._arrays(st)  # none of them fitted the candidate: all are held back
                 return self._gate_and_deploy(st, candidate, feats, labels, 0)
-
-    def gauges(self) -> dict[str, float]:
-        return {f"version.{st.cut_name}": float(st.version) for st in self.cuts.values()}
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -149,7 +150,7 @@ class RetrainerHandler(ServiceBase):
                                holdout_samples=len(labels), candidate_hit_rate=new.hit_rate,
                                deployed_hit_rate=old.hit_rate)
         if new.agreement < old.agreement:
-            self.counters.add("rejected")
+            self.metrics.retrains.labels("rejected").inc()
             result.message = (f"rejected: agreement {new.agreement:.4f} on {len(labels)} held-back samples is "
                               f"below the deployed version's {old.agreement:.4f}")
             log.info("cut %s: %s", st.cut_name, result.message)
@@ -158,11 +159,12 @@ class RetrainerHandler(ServiceBase):
         try:
             st.predictor.call("deploy", CacheUpdate(st.cut, version, cache_to_bytes(candidate)))
         except (PeerUnavailable, InvalidRequest) as e:
-            self.counters.add("deploy_failed")
+            self.metrics.retrains.labels("deploy_failed").inc()
             result.message = f"validated but not deployed: {getattr(e, 'message', None) or e}"
             return result
         st.cache, st.version = candidate, version
-        self.counters.add("deployed")
+        self.metrics.retrains.labels("deployed").inc()
+        self.metrics.version.labels(st.cut_name).set(version)
         result.deployed, result.version = True, version
         result.message = (f"deployed version {version}: agreement {new.agreement:.4f} >= {old.agreement:.4f}, "
                           f"hit rate {new.hit_rate:.3f} (was {old.hit_rate:.3f})")

@@ -4,9 +4,14 @@ Roles: aggregator, executor, predictor (one per `--name`), index, retrainer, and
 in-process engine behind the aggregator's Thrift front door, in one process). Each role loads
 only what it needs: the executor the model, a predictor the caches of its cuts, the aggregator
 just the manifest.
+
+A service with an `http_port` serves /health/live, /health/ready and /metrics there (the
+aggregator also the Open Inference Protocol, /v2). It is ready once built, while the peers it
+cannot work without answer ping, and until it drains.
 """
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,8 +19,10 @@ from typing import Callable
 import torch
 
 from gati.bundle import BundleInfo, load_bundle, read_bundle
+from gati.errors import AddressInUse
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
-from gati.rpc.config import ClusterConfig, ConfigError
+from gati.rpc.client import ping
+from gati.rpc.config import ROLES, ClusterConfig, ConfigError, Endpoint
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
 from gati.rpc.gen.gati_idl import (
     Aggregator,
@@ -24,19 +31,27 @@ from gati.rpc.gen.gati_idl import (
     Predictor,
     Retrainer,
 )
+from gati.rpc.http import HttpServer, Readiness, Route
 from gati.rpc.index import IndexHandler
 from gati.rpc.inputs import InputSpec
-from gati.rpc.metrics import ServingMetrics
+from gati.rpc.metrics import (
+    AggregatorMetrics,
+    BuildInfo,
+    ExecutorMetrics,
+    IndexMetrics,
+    PredictorMetrics,
+    RetrainerMetrics,
+)
+from gati.rpc.oip import OipModel, oip_routes
 from gati.rpc.predictor import PredictorHandler, Slot, index_pool
 from gati.rpc.retrainer import CutState, RetrainerHandler
 from gati.rpc.server import RpcServer, wait_for_signal
-from gati.rpc.service import ServiceBase
+from gati.rpc.service import PeerProbe, ServiceBase
 from gati.rpc.transport import Limits, Pool
 from gati.runtime.engine import Engine
 from gati.runtime.plan import LOOKAHEAD, Plan
 
 log = logging.getLogger("gati.rpc.roles")
-ROLES = ("aggregator", "executor", "predictor", "index", "retrainer", "all")
 
 
 @dataclass
@@ -45,8 +60,18 @@ class Service:
     name: str
     handler: ServiceBase
     server: RpcServer
+    peers: PeerProbe | None = None                        # services it cannot work without
+    routes: list[Route] = field(default_factory=list)     # HTTP routes of its own (the aggregator's /v2)
     before_close: Callable[[float], None] | None = None   # role-specific draining (the executor's queue)
     closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def readiness(self) -> Readiness:
+        if self.handler.gate.closed:
+            return Readiness(False, "draining")
+        down = self.peers.down() if self.peers else []
+        if down:
+            return Readiness(False, f"waiting for {', '.join(down)} to answer")
+        return Readiness(True, "ready")
 
     def drain(self, timeout_s: float) -> None:
         """Refuse new calls, finish those in flight, then close everything."""
@@ -73,29 +98,61 @@ def build_service(role: str, cfg: ClusterConfig, name: str | None = None) -> Ser
 
 
 def serve(role: str, cfg: ClusterConfig, name: str | None = None,
-          announce: Callable[[Service], None] = lambda s: None) -> None:
-    """Run one service until SIGTERM/SIGINT, then drain it."""
-    service = build_service(role, cfg, name)
-    service.server.start()
-    announce(service)
-    signum = wait_for_signal()
-    log.info("%s: signal %d, draining", service.name, signum)
-    service.drain(cfg.timeouts.request_ms / 1000)
+          announce: Callable[[Service, HttpServer | None], None] = lambda s, h: None) -> None:
+    """Run one service until SIGTERM/SIGINT, then drain it. Its HTTP port answers from the start
+    (live; ready once the bundle is loaded and the peers answer), and closes last."""
+    ep = endpoint(role, cfg, name)
+    http = HttpServer(ep.host, ep.http_port, name or role).start() if ep.http_port else None
+    try:
+        service = build_service(role, cfg, name)
+        service.server.start()
+        if http is not None:
+            http.mount(service.routes)
+            http.attach(service.readiness, service.handler.metrics.registry)
+        announce(service, http)
+        signum = wait_for_signal()
+        log.info("%s: signal %d, draining", service.name, signum)
+        service.drain(cfg.timeouts.request_ms / 1000)
+    finally:
+        if http is not None:
+            http.close()
+
+
+def endpoint(role: str, cfg: ClusterConfig, name: str | None = None) -> Endpoint:
+    """Where the process of `role` (and `--name`) listens."""
+    if role == "predictor":
+        return cfg.predictor(name or "")
+    if role in ("index", "retrainer") and getattr(cfg, role) is None:
+        raise ConfigError(f"{cfg.path}: services.{role} is not configured")
+    return cfg.endpoints()["aggregator" if role == "all" else role]
+
+
+def _peers(cfg: ClusterConfig, *names: str) -> PeerProbe:
+    endpoints = cfg.endpoints()
+    return PeerProbe({n: endpoints[n] for n in names}, ping)
 
 
 def _server(processor: object, ep, cfg: ClusterConfig, name: str) -> RpcServer:
-    return RpcServer(processor, ep.host, ep.port, cfg.max_message_bytes, name)
+    try:
+        return RpcServer(processor, ep.host, ep.port, cfg.max_message_bytes, name)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"{name}: {ep.host}:{ep.port} is already in use (another gati serve? "
+                               f"`make status-local` lists what runs)") from e
+        raise
 
 
-def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: ServingMetrics) -> Service:
+def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: AggregatorMetrics,
+                peers: PeerProbe | None) -> Service:
     a = cfg.aggregator
     m = info.manifest
     spec = InputSpec(m.preprocess, a.max_request_kb * 1024)
-    handler = AggregatorHandler(backend, spec, m.classes, a, metrics, cfg.timeouts.request_ms / 1000, info.sha256)
+    handler = AggregatorHandler(backend, spec, m.classes, a, metrics, cfg.timeouts.request_ms / 1000)
     server = _server(Aggregator.Processor(handler), a, cfg, "aggregator")
-    if a.metrics_port:
-        metrics.serve(a.host, a.metrics_port)
-    return Service("aggregator", handler, server, closers=[metrics.close, backend.close])
+    service = Service("aggregator", handler, server, peers, closers=[backend.close])
+    model = OipModel(a.model_name or info.path.name, info.sha256[:12], info.manifest.input_shape)
+    service.routes = oip_routes(model, handler.predict, service.readiness)
+    return service
 
 
 def _aggregator(cfg: ClusterConfig) -> Service:
@@ -106,15 +163,15 @@ def _aggregator(cfg: ClusterConfig) -> Service:
     executor = Pool(Executor.Client, ex.host, ex.port, limits, size=cfg.aggregator.workers + 2, name="executor")
     retrainer = Pool(Retrainer.Client, cfg.retrainer.host, cfg.retrainer.port, limits, name="retrainer") \
         if cfg.retrainer else None
-    metrics = ServingMetrics()
+    metrics = AggregatorMetrics(build=build_info(info))
     backend = ClusterBackend({e.cut: e.cut_name for e in info.plan.entries}, executor, metrics, retrainer)
-    return _front_door(cfg, info, backend, metrics)
+    return _front_door(cfg, info, backend, metrics, _peers(cfg, "executor"))
 
 
 def _all(cfg: ClusterConfig) -> Service:
     bundle = load_bundle(cfg.bundle, cfg.device)
-    metrics = ServingMetrics()
-    return _front_door(cfg, bundle.info, EngineBackend(Engine(bundle), metrics), metrics)
+    metrics = AggregatorMetrics(build=build_info(bundle.info))
+    return _front_door(cfg, bundle.info, EngineBackend(Engine(bundle), metrics), metrics, None)
 
 
 def _executor(cfg: ClusterConfig) -> Service:
@@ -126,9 +183,14 @@ def _executor(cfg: ClusterConfig) -> Service:
              for cut in cfg.placement(plan_cut_names(bundle.info))[p.name]}
     handler = ExecutorHandler(bundle, make_routes(bundle, where, limits),
                               aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
-                              cfg.timeouts.lookup_ms / 1000, cfg.executor.workers, lookahead(cfg, bundle.plan))
+                              cfg.timeouts.lookup_ms / 1000, cfg.executor.workers, lookahead(cfg, bundle.plan),
+                              ExecutorMetrics(build=build_info(bundle.info)))
     server = _server(Executor.Processor(handler), cfg.executor, cfg, "executor")
-    return Service("executor", handler, server, before_close=handler.drain)
+    return Service("executor", handler, server, _peers(cfg, "aggregator"), before_close=handler.drain)
+
+
+def build_info(info: BundleInfo) -> BuildInfo:
+    return BuildInfo.of(info.sha256, info.plan)
 
 
 def plan_cut_names(info: BundleInfo) -> list[str]:
@@ -152,8 +214,8 @@ def _predictor(cfg: ClusterConfig, name: str) -> Service:
              for e in info.plan.entries if e.cut in caches}
     limits = Limits.from_config(cfg)
     index = index_pool(cfg.index.host, cfg.index.port, limits) if cfg.index else None
-    handler = PredictorHandler(name, slots, index, info.sha256)
-    return Service(name, handler, _server(Predictor.Processor(handler), pc, cfg, name))
+    handler = PredictorHandler(slots, index, PredictorMetrics(name, build_info(info)))
+    return Service(name, handler, _server(Predictor.Processor(handler), pc, cfg, name), _peers(cfg, "aggregator"))
 
 
 def _index(cfg: ClusterConfig) -> Service:
@@ -161,7 +223,7 @@ def _index(cfg: ClusterConfig) -> Service:
         raise ConfigError(f"{cfg.path}: services.index is not configured")
     torch.set_num_threads(1)
     info = read_bundle(cfg.bundle)
-    handler = IndexHandler(info.sha256)
+    handler = IndexHandler(IndexMetrics(build=build_info(info)))
     keys = handler.load_bundle_caches(info)
     log.info("index: loaded %s", ", ".join(keys) or "no kNN caches (the plan has none)")
     return Service("index", handler, _server(NeighborIndex.Processor(handler), cfg.index, cfg, "index"))
@@ -179,5 +241,5 @@ def _retrainer(cfg: ClusterConfig) -> Service:
     owner = {cut: pname for pname, cuts in placement.items() for cut in cuts}
     states = {e.cut: CutState(e.cut, e.cut_name, e.threshold, caches[e.cut], 0, pools[owner[e.cut_name]])
               for e in info.plan.entries}
-    handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes, info.sha256)
+    handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes, RetrainerMetrics(build=build_info(info)))
     return Service("retrainer", handler, _server(Retrainer.Processor(handler), cfg.retrainer, cfg, "retrainer"))

@@ -21,6 +21,7 @@ its answer at the first hit, reports it through `on_answer` at once, and goes on
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class Answer:
     exit_cut: int | None   # the cut whose cache answered; None when the whole model answered
     exit_name: str         # the cut's name, or "final"
     stages_run: int        # stages run when the answer was decided
+    compute_s: float = 0.0   # up to the answer: seconds in the steps
+    wait_s: float = 0.0      # up to the answer: seconds waiting for verdicts (lookups, hops)
 
 
 @dataclass
@@ -109,17 +112,20 @@ def run_cascade(x: Tensor, steps: Sequence[Step], source: VerdictSource, lookahe
     names = {s.cut: s.cut_name for s in steps if s.cut is not None}
     pending: deque[tuple[int, Ticket]] = deque()   # (step index, ticket), in cut order
     trace = Trace(answer=None, completed=False)    # type: ignore[arg-type]  # set before returning
-    stages_done = 0
+    stages_done, compute_s, wait_s = 0, 0.0, 0.0
 
     def settle(upto: int) -> None:
         """Read the verdicts of steps <= upto; the first hit becomes the answer."""
+        nonlocal wait_s
         while pending and pending[0][0] <= upto:
+            start = time.perf_counter()
             v = pending.popleft()[1].verdict()
+            wait_s += time.perf_counter() - start
             if v is None:
                 continue
             trace.verdicts.append(v)
             if v.hit and trace.answer is None:
-                trace.answer = Answer(v.label, v.confidence, v.cut, names[v.cut], stages_done)
+                trace.answer = Answer(v.label, v.confidence, v.cut, names[v.cut], stages_done, compute_s, wait_s)
                 if on_answer is not None:
                     on_answer(trace.answer)
 
@@ -129,14 +135,16 @@ def run_cascade(x: Tensor, steps: Sequence[Step], source: VerdictSource, lookahe
         settle(k - 1 - lookahead)
         if trace.answer is not None and not shadow:
             return trace
+        start = time.perf_counter()
         x = step.run(x)
-        stages_done = step.stages_done
         if step.cut is not None:
             pending.append((k, source.ask(step.cut, x)))
+        compute_s += time.perf_counter() - start   # a lookup started here counts as compute (sync: it ran here)
+        stages_done = step.stages_done
     settle(len(steps))  # every verdict still out: a hit at a late cut still answers (cut order)
     label, confidence = head(x)
     trace.completed, trace.output = True, x
-    trace.final = Answer(label, confidence, None, "final", stages_done)
+    trace.final = Answer(label, confidence, None, "final", stages_done, compute_s, wait_s)
     if trace.answer is None:
         trace.answer = trace.final
         if on_answer is not None:

@@ -30,7 +30,7 @@ def test_deploy_status_destroy_through_the_cli(session, bundle, tmp_path, capsys
              for r in p["IpRanges"]}
     assert cidrs == {"203.0.113.9/32"} != {CIDR}   # `auto` became this machine's /32
 
-    assert cli.main(["deploy", "--bundle", str(bundle), *common], recorder.hooks()) == 2
+    assert cli.main(["deploy", "--bundle", str(bundle), *common], recorder.hooks()) == 1
     assert "already exists" in capsys.readouterr().err
 
     recorder.lines.clear()

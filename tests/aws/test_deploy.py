@@ -67,7 +67,7 @@ def test_launches_each_role_with_its_type_tags_and_user_data(session, recorder, 
         cfg = config_in(script)
         # every instance's config names the real private addresses, per the schema
         # settings the description leaves out keep the services' own defaults (gati/rpc/config.py)
-        assert cfg["services"]["aggregator"] == {"host": hosts["aggregator"], "port": 9090, "metrics_port": 9100}
+        assert cfg["services"]["aggregator"] == {"host": hosts["aggregator"], "port": 9090, "http_port": 9100}
         assert cfg["services"]["executor"] == {"host": hosts["executor"], "port": 9091}
         assert cfg["services"]["index"] == {"host": hosts["aggregator"], "port": 9094}
         assert cfg["services"]["retrainer"] == {"host": hosts["retrainer"], "port": 9095}

@@ -80,21 +80,26 @@ def references(cluster_bundle: Path, eval_images: np.ndarray) -> References:
     return References.of(cluster_bundle, eval_images)
 
 
+CLUSTER_PORTS = 12  # a Thrift and an HTTP port for each of six services
+
+
 def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = True, retrainer: bool = True,
                  sample_rate: float = 0.0, queue_size: int = 16, workers: int = 4, lookup_ms: float = 300,
                  request_ms: float = 5000, executor_workers: int = 1, lookahead: int = -1) -> Path:
+    """`ports`: CLUSTER_PORTS free ports, the first six for Thrift, the rest for HTTP."""
+    def at(i: int) -> dict:
+        return {"host": "127.0.0.1", "port": ports[i], "http_port": ports[6 + i]}
+
     services = {
-        "aggregator": {"host": "127.0.0.1", "port": ports[0], "metrics_port": ports[1], "queue_size": queue_size,
-                       "workers": workers, "sample_rate": sample_rate},
-        "executor": {"host": "127.0.0.1", "port": ports[2], "workers": executor_workers, "threads": 1,
-                     "lookahead": lookahead},
-        "predictors": [{"name": "predictor-0", "host": "127.0.0.1", "port": ports[3], "cuts": ["stem"]},
-                       {"name": "predictor-1", "host": "127.0.0.1", "port": ports[4], "cuts": "auto"}],
+        "aggregator": {**at(0), "queue_size": queue_size, "workers": workers, "sample_rate": sample_rate},
+        "executor": {**at(1), "workers": executor_workers, "threads": 1, "lookahead": lookahead},
+        "predictors": [{"name": "predictor-0", **at(2), "cuts": ["stem"]},
+                       {"name": "predictor-1", **at(3), "cuts": "auto"}],
     }
     if index:
-        services["index"] = {"host": "127.0.0.1", "port": ports[5]}
+        services["index"] = at(4)
     if retrainer:
-        services["retrainer"] = {"host": "127.0.0.1", "port": ports[6], "min_samples": 20}
+        services["retrainer"] = {**at(5), "min_samples": 20}
     raw = {"bundle": str(bundle), "log_dir": str(path.parent / "logs"),
            "timeouts_ms": {"connect": 500, "call": 3000, "request": request_ms, "lookup": lookup_ms},
            "max_message_mb": 1, "services": services}
@@ -106,7 +111,7 @@ def start_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
                   **options) -> Cluster:
     """A started Cluster of real processes, stopped by a finalizer of the requesting fixture's scope."""
     folder = tmp_path_factory.mktemp("cluster")
-    cluster = Cluster(write_config(folder / "cluster.yaml", bundle, free_ports(7), **options))
+    cluster = Cluster(write_config(folder / "cluster.yaml", bundle, free_ports(CLUSTER_PORTS), **options))
     request.addfinalizer(cluster.stop)
     cluster.start()
     return cluster

@@ -5,6 +5,8 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from gati.rpc import launch
 from gati.rpc.client import GatiClient, status
 from gati.rpc.config import ClusterConfig, load_config
 from gati.rpc.gen.gati_idl.ttypes import Prediction, ServiceStatus
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class Cluster:
@@ -39,6 +43,17 @@ class Cluster:
     def status(self, name: str) -> ServiceStatus:
         ep = self.cfg.endpoints()[name]
         return status(ep.host, ep.port)
+
+    def http(self, name: str, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """GET a path from a service's HTTP port: (status, body), 5xx included."""
+        ep = self.cfg.endpoints()[name]
+        return http_get(f"http://{ep.host}:{ep.http_port}{path}", timeout_s)
+
+    def metrics(self, name: str) -> Samples:
+        """A service's /metrics, parsed: (sample name, sorted labels) -> value."""
+        status, body = self.http(name, "/metrics")
+        assert status == 200, body
+        return parse_metrics(body.decode())
 
     def signal(self, name: str, sig: int) -> None:
         os.killpg(self.procs[name].pid, sig)
@@ -129,3 +144,33 @@ def until(condition, timeout_s: float = 30.0, every_s: float = 0.05) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"condition still false after {timeout_s} s"
         time.sleep(every_s)
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text format, read by the client library's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def answered(s: ServiceStatus) -> int:
+    """Requests an aggregator answered: its latency histogram's count, all exits together."""
+    return sum(v for k, v in s.counters.items() if k.startswith("request_duration_seconds.") and k.endswith(".count"))
+
+
+def lookups(s: ServiceStatus, cut: str) -> int:
+    """A predictor's lookups at a cut, whatever the verdict."""
+    return sum(s.counters.get(f"lookups.{cut}.{verdict}", 0) for verdict in ("hit", "miss", "error"))
+
+
+def stages_after_hit(samples: Samples) -> dict[str, float]:
+    """The executor's histogram of stages run after a hit, as {bucket bound: count}."""
+    return {dict(labels)["le"]: v for (name, labels), v in samples.items() if name == "gati_stages_after_hit_bucket"}

@@ -13,8 +13,8 @@ BASE = {
     "timeouts_ms": {"connect": 500, "request": 3000},
     "hop_delay_ms": 0.5,
     "services": {
-        "aggregator": {"host": "127.0.0.1", "port": 9090, "metrics_port": 9100, "queue_size": 8, "workers": 2},
-        "executor": {"host": "127.0.0.1", "port": 9091},
+        "aggregator": {"host": "127.0.0.1", "port": 9090, "http_port": 9100, "queue_size": 8, "workers": 2},
+        "executor": {"host": "127.0.0.1", "port": 9091, "http_port": 9101},
         "predictors": [
             {"name": "p0", "host": "127.0.0.1", "port": 9092, "cuts": ["layer2.1", "layer3.0"]},
             {"name": "p1", "host": "127.0.0.1", "port": 9093, "cuts": "auto"},
@@ -50,6 +50,7 @@ def test_parses_values_defaults_and_relative_paths(tmp_path):
     assert cfg.hop_delay_ms == 0.5 and cfg.max_message_bytes == 64 * 1024 * 1024
     assert cfg.aggregator.queue_size == 8 and cfg.aggregator.sample_rate == 0.05
     assert cfg.predictor("p1").cuts == AUTO and cfg.retrainer is None and cfg.index.port == 9094
+    assert cfg.aggregator.http_port == 9100 and cfg.executor.http_port == 9101 and cfg.index.http_port is None
     assert set(cfg.endpoints()) == {"aggregator", "executor", "p0", "p1", "index"}
 
 
@@ -62,6 +63,7 @@ def test_placement_resolves_auto_to_the_cuts_placed_nowhere_else(tmp_path):
     ({"services__aggregator__prot": 1}, "unknown keys \\['prot'\\]"),
     ({"services__executor__port": 70000}, "port number"),
     ({"services__executor__port": 9090}, "both use 127.0.0.1:9090"),
+    ({"services__index__http_port": 9101}, "both use 127.0.0.1:9101"),
     ({"services__aggregator__sample_rate": 1.5}, "sample_rate"),
     ({"services__aggregator__queue_size": 1}, "at least workers"),
     ({"services__predictors": []}, "non-empty list"),
@@ -96,3 +98,5 @@ def test_the_shipped_local_config_loads():
     cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "local.yaml")
     assert cfg.aggregator.port == 9090 and cfg.retrainer is not None and cfg.index is not None
     assert cfg.bundle.name == "r18" and cfg.bundle.parent.name == "bundles"
+    http = [ep.http_port for ep in cfg.endpoints().values()]
+    assert None not in http and len(set(http)) == len(http)  # every service has a health port of its own

@@ -1,4 +1,4 @@
-"""`make deploy-local`'s script, `gati serve --role all`, and `gati bench` in process."""
+"""`make deploy-local`'s script (start, status, stop) and `gati serve --role all`."""
 from __future__ import annotations
 
 import json
@@ -6,15 +6,16 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from gati.measure.bench import BenchConfig, run_bench
 from gati.rpc import launch
 from gati.rpc.client import GatiClient, ping, status
 from gati.rpc.config import load_config
-from tests.cluster.conftest import free_ports, write_config
+from tests.cluster.conftest import CLUSTER_PORTS, free_ports, write_config
+from tests.cluster.helpers import answered, http_get, until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def deploy(action: str, config: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def config(tmp_path, cluster_bundle, request) -> Path:
-    path = write_config(tmp_path / "local.yaml", cluster_bundle, free_ports(7))
+    path = write_config(tmp_path / "local.yaml", cluster_bundle, free_ports(CLUSTER_PORTS))
     request.addfinalizer(lambda: launch.stop(load_config(path), grace_s=5))  # whatever the test left running
     return path
 
@@ -44,9 +45,12 @@ def test_deploy_local_starts_every_service_and_stop_local_stops_exactly_those(co
             assert p.endpoint in up.stdout and p.log in up.stdout
             assert ping(p.host, p.port) and Path(p.log).exists()
         assert len({status(p.host, p.port).pid for p in procs}) == len(procs)
+        until(lambda: deploy("status", config).returncode == 0, timeout_s=30)  # every service up and ready
+        report = deploy("status", config).stdout
+        assert all(f"{name} " in report for name in cfg.endpoints()) and report.count(" ready") == len(procs)
 
         again = deploy("start", config)
-        assert again.returncode == 2 and "already running" in again.stderr
+        assert again.returncode == 1 and "already running" in again.stderr
 
         down = deploy("stop", config)
         assert down.returncode == 0 and f"stopped {len(procs)} processes" in down.stdout
@@ -58,9 +62,9 @@ def test_deploy_local_starts_every_service_and_stop_local_stops_exactly_those(co
 
 
 def test_deploy_local_names_a_missing_bundle(tmp_path):
-    path = write_config(tmp_path / "local.yaml", tmp_path / "no-bundle", free_ports(7))
+    path = write_config(tmp_path / "local.yaml", tmp_path / "no-bundle", free_ports(CLUSTER_PORTS))
     out = deploy("start", path)
-    assert out.returncode == 2 and "no-bundle does not exist" in out.stderr and "gati build" in out.stderr
+    assert out.returncode == 1 and "no-bundle does not exist" in out.stderr and "gati build" in out.stderr
 
 
 def test_role_all_serves_the_engine_behind_the_same_front_door(config, eval_images, references):
@@ -72,17 +76,21 @@ def test_role_all_serves_the_engine_behind_the_same_front_door(config, eval_imag
             got = [client.predict_pixels(img) for img in eval_images[:40]]
             s = client.status()
         assert [(p.label, p.exit_name) for p in got] == list(zip(references.labels[:40], references.exits[:40]))
-        assert s.role == "aggregator" and s.pid == proc.pid and s.counters["requests.ok"] == 40
+        assert s.role == "aggregator" and s.pid == proc.pid and answered(s) == 40
+        # the same engine over the Open Inference Protocol, in its plain JSON form (what curl sends)
+        base = f"http://{cfg.aggregator.host}:{cfg.aggregator.http_port}"
+        assert http_get(f"{base}/health/ready")[0] == 200
+        pixels = eval_images[0].transpose(2, 0, 1)
+        body = {"id": "one", "inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, *pixels.shape],
+                                         "data": pixels.ravel().tolist()}]}
+        request = urllib.request.Request(f"{base}/v2/models/{cfg.bundle.name}/infer", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        assert reply["id"] == "one" and reply["model_name"] == cfg.bundle.name
+        assert {o["name"]: o["data"] for o in reply["outputs"]}["label"] == [references.labels[0]]
+        assert reply["parameters"]["exit_name"] == references.exits[0] and reply["parameters"]["compute_ms"] > 0
         os.killpg(proc.pid, signal.SIGTERM)  # drains and exits
         assert os.waitpid(proc.pid, 0)[1] == 0
     finally:
         launch.stop_procs([proc], grace_s=5)
 
-
-def test_bench_drives_the_in_process_engine_with_the_same_measurements(cluster_bundle, tiny_data):
-    r = run_bench(BenchConfig(bundle=cluster_bundle, data_dir=tiny_data[0], dataset="imagefolder", limit=40,
-                              concurrency=2, warmup=2))
-    d = r.to_dict()
-    assert r.target == "in-process" and r.completed == 40 and r.errors == 0 and r.agreement == 1.0
-    assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms and r.throughput_rps > 0 and 0 < r.hit_rate <= 1
-    assert json.loads(json.dumps(d))["completed"] == 40

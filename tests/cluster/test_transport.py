@@ -45,7 +45,7 @@ def test_remote_index_adds_searches_and_exports(index):
     assert np.array_equal(found[:, 0], labels[:3]) and np.allclose(sims[:, 0], 1.0, atol=1e-5)
     vectors, stored = remote.export()
     assert np.allclose(vectors, x) and np.array_equal(stored, labels)
-    assert handler.counters.get("searches") == 1 and ping("127.0.0.1", server.port)
+    assert handler.status().counters["index_searches"] == 1 and ping("127.0.0.1", server.port)
 
 
 def test_declared_errors_are_typed_and_keep_the_connection(index):

@@ -434,11 +434,16 @@ class Prediction(object):
      - stages_run
      - server_ms
      - request_id
+     - decode_ms
+     - queue_ms
+     - compute_ms
+     - lookup_ms
+     - network_ms
 
     """
 
 
-    def __init__(self, label=None, class_name=None, confidence=None, exit_cut=None, exit_name=None, stages_run=None, server_ms=None, request_id=None,):
+    def __init__(self, label=None, class_name=None, confidence=None, exit_cut=None, exit_name=None, stages_run=None, server_ms=None, request_id=None, decode_ms=None, queue_ms=None, compute_ms=None, lookup_ms=None, network_ms=None,):
         self.label = label
         self.class_name = class_name
         self.confidence = confidence
@@ -447,6 +452,11 @@ class Prediction(object):
         self.stages_run = stages_run
         self.server_ms = server_ms
         self.request_id = request_id
+        self.decode_ms = decode_ms
+        self.queue_ms = queue_ms
+        self.compute_ms = compute_ms
+        self.lookup_ms = lookup_ms
+        self.network_ms = network_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -497,6 +507,31 @@ class Prediction(object):
                     self.request_id = iprot.readI64()
                 else:
                     iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.DOUBLE:
+                    self.decode_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.DOUBLE:
+                    self.queue_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.DOUBLE:
+                    self.compute_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 12:
+                if ftype == TType.DOUBLE:
+                    self.lookup_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 13:
+                if ftype == TType.DOUBLE:
+                    self.network_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -538,6 +573,26 @@ class Prediction(object):
         if self.request_id is not None:
             oprot.writeFieldBegin('request_id', TType.I64, 8)
             oprot.writeI64(self.request_id)
+            oprot.writeFieldEnd()
+        if self.decode_ms is not None:
+            oprot.writeFieldBegin('decode_ms', TType.DOUBLE, 9)
+            oprot.writeDouble(self.decode_ms)
+            oprot.writeFieldEnd()
+        if self.queue_ms is not None:
+            oprot.writeFieldBegin('queue_ms', TType.DOUBLE, 10)
+            oprot.writeDouble(self.queue_ms)
+            oprot.writeFieldEnd()
+        if self.compute_ms is not None:
+            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 11)
+            oprot.writeDouble(self.compute_ms)
+            oprot.writeFieldEnd()
+        if self.lookup_ms is not None:
+            oprot.writeFieldBegin('lookup_ms', TType.DOUBLE, 12)
+            oprot.writeDouble(self.lookup_ms)
+            oprot.writeFieldEnd()
+        if self.network_ms is not None:
+            oprot.writeFieldBegin('network_ms', TType.DOUBLE, 13)
+            oprot.writeDouble(self.network_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1107,11 +1162,14 @@ class ExecutionResult(object):
      - stages_run
      - error
      - cancelled
+     - queue_ms
+     - compute_ms
+     - lookup_ms
 
     """
 
 
-    def __init__(self, request_id=None, label=None, confidence=None, exit_cut=None, stages_run=None, error=None, cancelled=None,):
+    def __init__(self, request_id=None, label=None, confidence=None, exit_cut=None, stages_run=None, error=None, cancelled=None, queue_ms=None, compute_ms=None, lookup_ms=None,):
         self.request_id = request_id
         self.label = label
         self.confidence = confidence
@@ -1119,6 +1177,9 @@ class ExecutionResult(object):
         self.stages_run = stages_run
         self.error = error
         self.cancelled = cancelled
+        self.queue_ms = queue_ms
+        self.compute_ms = compute_ms
+        self.lookup_ms = lookup_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1164,6 +1225,21 @@ class ExecutionResult(object):
                     self.cancelled = iprot.readBool()
                 else:
                     iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.DOUBLE:
+                    self.queue_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.DOUBLE:
+                    self.compute_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.DOUBLE:
+                    self.lookup_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1201,6 +1277,18 @@ class ExecutionResult(object):
         if self.cancelled is not None:
             oprot.writeFieldBegin('cancelled', TType.BOOL, 7)
             oprot.writeBool(self.cancelled)
+            oprot.writeFieldEnd()
+        if self.queue_ms is not None:
+            oprot.writeFieldBegin('queue_ms', TType.DOUBLE, 8)
+            oprot.writeDouble(self.queue_ms)
+            oprot.writeFieldEnd()
+        if self.compute_ms is not None:
+            oprot.writeFieldBegin('compute_ms', TType.DOUBLE, 9)
+            oprot.writeDouble(self.compute_ms)
+            oprot.writeFieldEnd()
+        if self.lookup_ms is not None:
+            oprot.writeFieldBegin('lookup_ms', TType.DOUBLE, 10)
+            oprot.writeDouble(self.lookup_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1827,6 +1915,11 @@ Prediction.thrift_spec = (
     (6, TType.I32, 'stages_run', None, None, ),  # 6
     (7, TType.DOUBLE, 'server_ms', None, None, ),  # 7
     (8, TType.I64, 'request_id', None, None, ),  # 8
+    (9, TType.DOUBLE, 'decode_ms', None, None, ),  # 9
+    (10, TType.DOUBLE, 'queue_ms', None, None, ),  # 10
+    (11, TType.DOUBLE, 'compute_ms', None, None, ),  # 11
+    (12, TType.DOUBLE, 'lookup_ms', None, None, ),  # 12
+    (13, TType.DOUBLE, 'network_ms', None, None, ),  # 13
 )
 all_structs.append(ServiceStatus)
 ServiceStatus.thrift_spec = (
@@ -1884,6 +1977,9 @@ ExecutionResult.thrift_spec = (
     (5, TType.I32, 'stages_run', None, None, ),  # 5
     (6, TType.STRING, 'error', 'UTF8', None, ),  # 6
     (7, TType.BOOL, 'cancelled', None, None, ),  # 7
+    (8, TType.DOUBLE, 'queue_ms', None, None, ),  # 8
+    (9, TType.DOUBLE, 'compute_ms', None, None, ),  # 9
+    (10, TType.DOUBLE, 'lookup_ms', None, None, ),  # 10
 )
 all_structs.append(ShadowResult)
 ShadowResult.thrift_spec = (
