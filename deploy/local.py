@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from gati.errors import GatiError  # noqa: E402
 from gati.rpc import launch  # noqa: E402
+from gati.rpc.auth import Secret  # noqa: E402
 from gati.rpc.client import ping  # noqa: E402
 from gati.rpc.config import load_config  # noqa: E402
 
@@ -33,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                                 f"first, or point `bundle:` in {a.config} at one")
             procs = launch.start(cfg, a.timeout)
             print(f"GATI cluster up ({len(procs)} processes); pid file {Path(cfg.log_dir) / launch.PIDFILE}")
+            print(f"  calls between services are signed with the secret in {cfg.secret_file} (mode 0600); "
+                  f"clients need none")
             for proc in procs:
                 print(f"  {proc.name:<12} {proc.endpoint:<16} pid {proc.pid:<7} log {proc.log}")
+            print(f"  {'(callbacks)':<12} {cfg.aggregator.callbacks.address:<16} the aggregator's internal port")
             if cfg.aggregator.metrics_port:
                 print(f"  metrics      http://{cfg.aggregator.host}:{cfg.aggregator.metrics_port}/metrics")
             print(f"try: gati predict --endpoint {cfg.aggregator.address} IMAGE.png")
@@ -42,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             stopped = launch.stop(cfg)
             print(f"stopped {len(stopped)} processes" + (f": {', '.join(p.name for p in stopped)}" if stopped else ""))
         else:
+            secret = Secret.load(cfg.secret_file)
             for name, ep in cfg.endpoints().items():
-                print(f"  {name:<12} {ep.address:<16} {'up' if ping(ep.host, ep.port, 0.5) else 'DOWN'}")
+                up = ping(ep.host, ep.port, 0.5, secret if ep.internal else None)
+                print(f"  {name:<12} {ep.address:<16} {'up' if up else 'DOWN'}")
     except GatiError as e:
         print(f"deploy-local: error: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import random
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -132,10 +133,6 @@ class ClusterBackend:
         self.cuts, self.cut_names, self.n_stages = cuts, cut_names, n_stages
         self.executor, self.retrainer, self.metrics = executor, retrainer, metrics
         self._pending: dict[int, Pending] = {}
-        # A fresh random prefix per process: a restarted aggregator never reuses a live id.
-        self._prefix = random.SystemRandom().getrandbits(22) << 40
-        self._counter = 0
-        self._lock = threading.Lock()
 
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
         p = Pending(self._next_id(), sampled, self.cuts, self.cut_names, self.n_stages)
@@ -203,9 +200,8 @@ class ClusterBackend:
             pass
 
     def _next_id(self) -> int:
-        with self._lock:
-            self._counter += 1
-            return self._prefix | self._counter
+        # Unguessable: an id seen in one reply tells nothing about any other request's id.
+        return secrets.randbits(63)
 
     def close(self) -> None:
         self.executor.close()

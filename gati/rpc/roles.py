@@ -7,8 +7,10 @@ just the manifest.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,8 +20,10 @@ import torch
 from gati.bundle import MANIFEST, cache_file, load_bundle, read_manifest
 from gati.cache import Cache, load_cache
 from gati.data import Preprocess
+from gati.rpc import surface
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
-from gati.rpc.config import ClusterConfig, ConfigError
+from gati.rpc.auth import Secret
+from gati.rpc.config import ClusterConfig, ConfigError, Endpoint
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
 from gati.rpc.gen.gati_idl import (
     Aggregator,
@@ -80,6 +84,7 @@ class Service:
     server: RpcServer
     before_close: Callable[[float], None] | None = None   # role-specific draining (the executor's queue)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    internal: RpcServer | None = None   # the aggregator's callback port (`server` is its public one)
 
     def drain(self, timeout_s: float) -> None:
         """Refuse new calls, finish those in flight, then close everything."""
@@ -90,6 +95,8 @@ class Service:
             log.warning("%s: %d calls still in flight after %.1f s; closing anyway",
                         self.name, self.handler.gate.inflight, timeout_s)
         self.server.close()
+        if self.internal is not None:  # after the public port: requests in flight needed its reports
+            self.internal.close()
         for close in self.closers:
             close()
 
@@ -110,24 +117,37 @@ def serve(role: str, cfg: ClusterConfig, name: str | None = None,
     """Run one service until SIGTERM/SIGINT, then drain it."""
     service = build_service(role, cfg, name)
     service.server.start()
+    if service.internal is not None:
+        service.internal.start()
     announce(service)
     signum = wait_for_signal()
     log.info("%s: signal %d, draining", service.name, signum)
     service.drain(cfg.timeouts.request_ms / 1000)
 
 
-def _server(processor: object, ep, cfg: ClusterConfig, name: str) -> RpcServer:
-    return RpcServer(processor, ep.host, ep.port, cfg.max_message_bytes, name)
+def _server(processor: object, handler: ServiceBase, ep: Endpoint, cfg: ClusterConfig, role: str,
+            name: str) -> RpcServer:
+    """An internal port: callers authenticate with the deployment's secret."""
+    return RpcServer(processor, ep.host, ep.port, surface.internal(role, cfg.max_message_bytes), cfg.connections,
+                     Secret.load(cfg.secret_file), handler.counters, name)
 
 
-def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: ServingMetrics) -> Service:
+def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: ServingMetrics, callbacks: bool) -> Service:
+    """The public port (predict, ping, status) and, for the cluster, the internal callback port."""
     a = cfg.aggregator
     spec = InputSpec(info.input_shape, info.preprocess, a.max_request_kb * 1024)
     handler = AggregatorHandler(backend, spec, info.classes, a, metrics, cfg.timeouts.request_ms / 1000, info.sha256)
-    server = _server(Aggregator.Processor(handler), a, cfg, "aggregator")
+    largest = max(a.max_request_kb * 1024, 4 * math.prod(info.input_shape))  # an image, or float32 pixels
+    # predict holds a worker while it waits in the admission queue: enough workers that a request
+    # beyond the queue reaches admission and hears Overloaded.
+    limits = dataclasses.replace(cfg.connections, workers=cfg.connections.workers + a.queue_size)
+    server = RpcServer(Aggregator.Processor(handler), a.host, a.port, surface.public(largest), limits,
+                       counters=handler.counters, name="aggregator")
+    internal = _server(Aggregator.Processor(handler), handler, a.callbacks, cfg, "aggregator",
+                       "aggregator-internal") if callbacks else None
     if a.metrics_port:
         metrics.serve(a.host, a.metrics_port)
-    return Service("aggregator", handler, server, closers=[metrics.close, backend.close])
+    return Service("aggregator", handler, server, closers=[metrics.close, backend.close], internal=internal)
 
 
 def _aggregator(cfg: ClusterConfig) -> Service:
@@ -141,14 +161,14 @@ def _aggregator(cfg: ClusterConfig) -> Service:
     metrics = ServingMetrics()
     backend = ClusterBackend([e.cut for e in info.plan.entries], {e.cut: e.cut_name for e in info.plan.entries},
                              info.n_stages, executor, metrics, retrainer)
-    return _front_door(cfg, info, backend, metrics)
+    return _front_door(cfg, info, backend, metrics, callbacks=True)
 
 
 def _all(cfg: ClusterConfig) -> Service:
     bundle = load_bundle(cfg.bundle, cfg.device)
     info = BundleInfo.read(cfg.bundle)
     metrics = ServingMetrics()
-    return _front_door(cfg, info, EngineBackend(Engine(bundle), metrics), metrics)
+    return _front_door(cfg, info, EngineBackend(Engine(bundle), metrics), metrics, callbacks=False)
 
 
 def _executor(cfg: ClusterConfig) -> Service:
@@ -158,10 +178,14 @@ def _executor(cfg: ClusterConfig) -> Service:
     limits = Limits.from_config(cfg)
     where = {cut: (p.host, p.port) for p in cfg.predictors
              for cut in cfg.placement([e.cut_name for e in bundle.plan.entries])[p.name]}
-    handler = ExecutorHandler(bundle, make_routes(bundle, where, limits),
-                              aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
-                              cfg.timeouts.lookup_ms / 1000, cfg.executor.workers, lookahead(cfg, bundle.plan))
-    server = _server(Executor.Processor(handler), cfg.executor, cfg, "executor")
+    # A predictor costs a request at most one lookup timeout, a new connection's handshake included.
+    lookup_s = cfg.timeouts.lookup_ms / 1000
+    routes = make_routes(bundle, where, dataclasses.replace(limits, connect_s=min(limits.connect_s, lookup_s),
+                                                            call_s=min(limits.call_s, lookup_s)))
+    handler = ExecutorHandler(bundle, routes,
+                              aggregator_pool(cfg.aggregator.host, cfg.aggregator.callbacks.port, limits),
+                              lookup_s, cfg.executor.workers, lookahead(cfg, bundle.plan))
+    server = _server(Executor.Processor(handler), handler, cfg.executor, cfg, "executor", "executor")
     return Service("executor", handler, server, before_close=handler.drain)
 
 
@@ -182,9 +206,9 @@ def _predictor(cfg: ClusterConfig, name: str) -> Service:
              for e in info.plan.entries if e.cut in caches}
     limits = Limits.from_config(cfg)
     index = index_pool(cfg.index.host, cfg.index.port, limits) if cfg.index else None
-    handler = PredictorHandler(name, slots, aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
-                               index, info.sha256)
-    return Service(name, handler, _server(Predictor.Processor(handler), pc, cfg, name))
+    handler = PredictorHandler(name, slots, aggregator_pool(cfg.aggregator.host, cfg.aggregator.callbacks.port,
+                                                            limits), index, info.sha256)
+    return Service(name, handler, _server(Predictor.Processor(handler), handler, pc, cfg, "predictor", name))
 
 
 def _index(cfg: ClusterConfig) -> Service:
@@ -195,7 +219,8 @@ def _index(cfg: ClusterConfig) -> Service:
     handler = IndexHandler(info.sha256)
     keys = handler.load_bundle_caches(cfg.bundle)
     log.info("index: loaded %s", ", ".join(keys) or "no kNN caches (the plan has none)")
-    return Service("index", handler, _server(NeighborIndex.Processor(handler), cfg.index, cfg, "index"))
+    return Service("index", handler, _server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index",
+                                             "index"))
 
 
 def _retrainer(cfg: ClusterConfig) -> Service:
@@ -211,4 +236,5 @@ def _retrainer(cfg: ClusterConfig) -> Service:
     states = {e.cut: CutState(e.cut, e.cut_name, e.threshold, caches[e.cut], 0, pools[owner[e.cut_name]])
               for e in info.plan.entries}
     handler = RetrainerHandler(states, cfg.retrainer, int(info.manifest["num_classes"]), info.sha256)
-    return Service("retrainer", handler, _server(Retrainer.Processor(handler), cfg.retrainer, cfg, "retrainer"))
+    return Service("retrainer", handler, _server(Retrainer.Processor(handler), handler, cfg.retrainer, cfg,
+                                                 "retrainer", "retrainer"))

@@ -2,37 +2,12 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import defaultdict
 
 from gati import __version__
+from gati.rpc.counters import Counters
 from gati.rpc.gen.gati_idl.ttypes import ServiceStatus
 from gati.rpc.server import Gate
-
-
-class Counters:
-    """Thread-safe named counters: monotonic, or a running maximum (gauges come from `gauges()`)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = defaultdict(int)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
-
-    def max(self, name: str, value: int) -> None:
-        with self._lock:
-            self._counts[name] = max(self._counts.get(name, value), value)
-
-    def get(self, name: str) -> int:
-        with self._lock:
-            return self._counts.get(name, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
 
 
 class ServiceBase:

@@ -81,10 +81,11 @@ def references(cluster_bundle: Path, eval_images: np.ndarray) -> References:
 
 def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = True, retrainer: bool = True,
                  sample_rate: float = 0.0, queue_size: int = 16, workers: int = 4, lookup_ms: float = 300,
-                 request_ms: float = 5000, executor_workers: int = 1, lookahead: int = -1) -> Path:
+                 request_ms: float = 5000, executor_workers: int = 1, lookahead: int = -1,
+                 connections: dict | None = None) -> Path:
     services = {
-        "aggregator": {"host": "127.0.0.1", "port": ports[0], "metrics_port": ports[1], "queue_size": queue_size,
-                       "workers": workers, "sample_rate": sample_rate},
+        "aggregator": {"host": "127.0.0.1", "port": ports[0], "internal_port": ports[7], "metrics_port": ports[1],
+                       "queue_size": queue_size, "workers": workers, "sample_rate": sample_rate},
         "executor": {"host": "127.0.0.1", "port": ports[2], "workers": executor_workers, "threads": 1,
                      "lookahead": lookahead},
         "predictors": [{"name": "predictor-0", "host": "127.0.0.1", "port": ports[3], "cuts": ["stem"]},
@@ -94,9 +95,11 @@ def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = Tr
         services["index"] = {"host": "127.0.0.1", "port": ports[5]}
     if retrainer:
         services["retrainer"] = {"host": "127.0.0.1", "port": ports[6], "min_samples": 20}
-    raw = {"bundle": str(bundle), "log_dir": str(path.parent / "logs"),
+    raw = {"bundle": str(bundle), "log_dir": str(path.parent / "logs"), "secret_file": str(path.parent / "secret"),
            "timeouts_ms": {"connect": 500, "call": 3000, "request": request_ms, "lookup": lookup_ms},
            "max_message_mb": 1, "services": services}
+    if connections:
+        raw["connections"] = connections
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -105,7 +108,7 @@ def start_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
                   **options) -> Cluster:
     """A started Cluster of real processes, stopped by a finalizer of the requesting fixture's scope."""
     folder = tmp_path_factory.mktemp("cluster")
-    cluster = Cluster(write_config(folder / "cluster.yaml", bundle, free_ports(7), **options))
+    cluster = Cluster(write_config(folder / "cluster.yaml", bundle, free_ports(8), **options))
     request.addfinalizer(cluster.stop)
     cluster.start()
     return cluster

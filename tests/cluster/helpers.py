@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gati.rpc import launch
+from gati.rpc.auth import Secret
 from gati.rpc.client import GatiClient, status
 from gati.rpc.config import ClusterConfig, load_config
 from gati.rpc.gen.gati_idl.ttypes import Prediction, ServiceStatus
@@ -36,9 +37,13 @@ class Cluster:
     def client(self, timeout_s: float = 10.0) -> GatiClient:
         return GatiClient(*self.address, timeout_s=timeout_s)
 
+    @property
+    def secret(self) -> Secret:
+        return Secret.load(self.cfg.secret_file)
+
     def status(self, name: str) -> ServiceStatus:
         ep = self.cfg.endpoints()[name]
-        return status(ep.host, ep.port)
+        return status(ep.host, ep.port, secret=self.secret if ep.internal else None)
 
     def signal(self, name: str, sig: int) -> None:
         os.killpg(self.procs[name].pid, sig)
@@ -54,7 +59,7 @@ class Cluster:
         """Start one service again on its configured port, alone, and wait until it answers ping."""
         role = dict(launch.roles(self.cfg))[name]
         self.procs[name] = launch.spawn(self.cfg, name, role)
-        launch.wait_ready([self.procs[name]], timeout_s=120)
+        launch.wait_ready([self.procs[name]], timeout_s=120, secret=self.secret)
 
 
 @dataclass

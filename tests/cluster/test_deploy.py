@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from gati.measure.bench import BenchConfig, run_bench
 from gati.rpc import launch
+from gati.rpc.auth import Secret
 from gati.rpc.client import GatiClient, ping, status
 from gati.rpc.config import load_config
 from tests.cluster.conftest import free_ports, write_config
@@ -26,7 +28,7 @@ def deploy(action: str, config: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def config(tmp_path, cluster_bundle, request) -> Path:
-    path = write_config(tmp_path / "local.yaml", cluster_bundle, free_ports(7))
+    path = write_config(tmp_path / "local.yaml", cluster_bundle, free_ports(8))
     request.addfinalizer(lambda: launch.stop(load_config(path), grace_s=5))  # whatever the test left running
     return path
 
@@ -40,10 +42,15 @@ def test_deploy_local_starts_every_service_and_stop_local_stops_exactly_those(co
         pidfile = Path(cfg.log_dir) / launch.PIDFILE
         procs = launch.read_pidfile(pidfile)
         assert {p.name for p in procs} == set(cfg.endpoints())
+        secret = Secret.load(cfg.secret_file)  # created by deploy-local, readable by its owner only
+        assert stat.S_IMODE(cfg.secret_file.stat().st_mode) == 0o600 and str(cfg.secret_file) in up.stdout
         for p in procs:  # endpoints and log paths are printed; every service answers ping
             assert p.endpoint in up.stdout and p.log in up.stdout
-            assert ping(p.host, p.port) and Path(p.log).exists()
-        assert len({status(p.host, p.port).pid for p in procs}) == len(procs)
+            assert p.answers(secret) and Path(p.log).exists()
+        internal = [p for p in procs if p.role != "aggregator"]
+        assert not any(ping(p.host, p.port) for p in internal)  # without the secret: no answer
+        assert len({status(p.host, p.port, secret=None if p.role == "aggregator" else secret).pid
+                    for p in procs}) == len(procs)
 
         again = deploy("start", config)
         assert again.returncode == 2 and "already running" in again.stderr
@@ -58,7 +65,7 @@ def test_deploy_local_starts_every_service_and_stop_local_stops_exactly_those(co
 
 
 def test_deploy_local_names_a_missing_bundle(tmp_path):
-    path = write_config(tmp_path / "local.yaml", tmp_path / "no-bundle", free_ports(7))
+    path = write_config(tmp_path / "local.yaml", tmp_path / "no-bundle", free_ports(8))
     out = deploy("start", path)
     assert out.returncode == 2 and "no-bundle does not exist" in out.stderr and "gati build" in out.stderr
 
