@@ -19,7 +19,7 @@ Bounds, per port (`connections:` in the cluster config, `ConnectionLimits`):
 - frames held at once (being read, queued or processed) total at most `buffer_mb` (a single
   frame is always admitted); a frame that does not fit waits, within `read_s`, for room.
 - `workers` calls run at once.
-- out of descriptors (EMFILE), accepting pauses for a moment, the longest-idle connection is
+- out of descriptors (EMFILE), accepting pauses for a moment, the longest-idle connections are
   closed, and accepting resumes; the event is logged (at most once per 10 s) and counted.
 On an authenticated port a connection completes the handshake (gati/rpc/auth.py) before any
 frame is read, and a frame whose tag does not verify closes the connection unprocessed.
@@ -64,6 +64,7 @@ MAX_NAME = 64                # longest method name accepted in a frame's header
 ACCEPT_BATCH = 64            # connections accepted per wake-up
 ACCEPT_BACKOFF_S = 0.1       # pause after the process ran out of descriptors
 FD_RESERVE = 64              # descriptors left for everything but client connections
+EVICT_ON_EMFILE = 8          # idle connections closed when the process runs out of descriptors
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -332,9 +333,11 @@ class RpcServer:
         """EMFILE and kin: make room, pause a moment (the listener stays readable), go on."""
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._refused("out_of_descriptors", f"accept failed: {e.strerror} ({len(self._conns)} connections open, "
-                                            f"descriptor limit {soft}); closing the longest-idle connection "
-                                            f"and pausing accept for {ACCEPT_BACKOFF_S} s", level=logging.ERROR)
-        self._evict_one()
+                                            f"descriptor limit {soft}); closing up to {EVICT_ON_EMFILE} idle "
+                                            f"connections and pausing accept for {ACCEPT_BACKOFF_S} s", level=logging.ERROR)
+        for _ in range(EVICT_ON_EMFILE):
+            if not self._evict_one():
+                break
         self._selector.unregister(self._listener)
         self._accept_paused_until = time.monotonic() + ACCEPT_BACKOFF_S
 

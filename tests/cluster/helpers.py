@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from thrift.transport import TTransport
 
-from gati.rpc import launch
+from gati.rpc import auth, launch
 from gati.rpc.auth import Secret
 from gati.rpc.client import GatiClient, status
 from gati.rpc.config import ClusterConfig, load_config
 from gati.rpc.gen.gati_idl.ttypes import Prediction, ServiceStatus
+from gati.rpc.transport import protocol
 
 
 class Cluster:
@@ -131,3 +135,44 @@ def until(condition, timeout_s: float = 30.0, every_s: float = 0.05) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"condition still false after {timeout_s} s"
         time.sleep(every_s)
+
+
+# ---- raw wire: what an attacker (or a broken peer) writes, byte by byte -------------------------
+
+def message(client_cls: type, method: str, *args: Any) -> bytes:
+    """The Thrift binary message a generated client writes for `method(*args)` (unframed)."""
+    buf = TTransport.TMemoryBuffer()
+    getattr(client_cls(protocol(buf, 1 << 30)), f"send_{method}")(*args)
+    return buf.getvalue()
+
+
+def frame(payload: bytes, declared: int | None = None) -> bytes:
+    """A frame: its 4-byte size (`declared`, to lie about it) and the payload."""
+    return (len(payload) if declared is None else declared).to_bytes(4, "big") + payload
+
+
+def closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    """The peer closed (or reset) the connection within `within_s`; data it sends is skipped."""
+    sock.settimeout(within_s)
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+def handshake(sock: socket.socket, secret: Secret) -> auth.Session:
+    """The client's side of gati/rpc/auth.py's handshake over a raw socket."""
+    sent = auth.hello()
+    sock.sendall(sent.data)
+    challenge = b""
+    while len(challenge) < auth.CHALLENGE_SIZE:
+        challenge += sock.recv(auth.CHALLENGE_SIZE - len(challenge))
+    proof, session = auth.prove(secret, sent, challenge)
+    sock.sendall(proof)
+    return session
