@@ -15,6 +15,7 @@ from gati.cloud.spec import AUTO, DeployError, DeploySpec
 REMOTE_ROOT = "/opt/gati"           # where user data installs everything on an instance
 REMOTE_BUNDLE = f"{REMOTE_ROOT}/bundle"
 REMOTE_CONFIG = f"{REMOTE_ROOT}/config.yaml"
+REMOTE_SECRET = f"{REMOTE_ROOT}/secret"   # the deployment secret, fetched at boot with the instance role
 REMOTE_LOGS = "/var/log/gati"
 
 
@@ -53,9 +54,10 @@ def nodes(spec: DeploySpec) -> tuple[Node, ...]:
 
 
 def service_ports(spec: DeploySpec, node: Node) -> dict[str, int]:
-    """Ports the node listens on, by role (the aggregator also serves its metrics)."""
+    """Ports the node listens on, by role (the aggregator also serves its callbacks and metrics)."""
     ports = {role: getattr(spec.ports, role) for role in node.roles}
     if "aggregator" in node.roles:
+        ports["aggregator_internal"] = spec.ports.aggregator_internal
         ports["metrics"] = spec.ports.metrics
     return ports
 
@@ -75,6 +77,7 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
     where = {role: n.name for n in all_nodes for role in n.roles if role != "predictor"}
     services: dict[str, Any] = {
         "aggregator": {"host": hosts[where["aggregator"]], "port": ports.aggregator,
+                       "internal_port": ports.aggregator_internal,
                        "metrics_port": ports.metrics, "queue_size": c.queue_size,
                        "workers": c.workers, "sample_rate": c.sample_rate},
         "executor": {"host": hosts[where["executor"]], "port": ports.executor},
@@ -90,6 +93,7 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
         "bundle": REMOTE_BUNDLE,
         "device": node.device,
         "log_dir": REMOTE_LOGS,
+        "secret_file": REMOTE_SECRET,
         "timeouts_ms": dict(c.timeouts_ms),
         "max_message_mb": c.max_message_mb,
         "hop_delay_ms": 0.0,        # real network hops: nothing to inject
