@@ -1,12 +1,15 @@
-"""Server side: per listening port, one event loop reads frames and a bounded pool of workers runs them.
+"""Server side: per listening port, a bounded pool of threads shares one poller (leader/followers).
 
 Why this shape: peers keep persistent connections that are idle most of the time, and anyone who
 reaches the public port can open thousands. One thread per connection makes each cost a thread,
-and select() cannot watch descriptors above 1024. Here one thread watches every connection
-through the OS's poller (epoll on Linux) and reads without blocking: a connection costs a
-descriptor and a small object until it sends a frame, and only complete frames reach a worker.
-A connection has at most one frame with a worker (its next frame is read once the reply is
-written), so its calls are answered in order.
+and select() cannot watch descriptors above 1024. Here the OS's poller (epoll on Linux) watches
+every connection and frames are read without blocking: a connection costs a descriptor and a small
+object until it sends a frame, and only complete frames are processed. One thread at a time, the
+leader, waits in the poller and reads; when it has read a complete frame it hands the poller to
+another thread and processes the frame itself, and once the reply is written it re-arms the
+connection itself: no thread switch lies between a frame's arrival and its handler. A connection
+has at most one frame being processed (its next frame is read once the reply is written), so its
+calls are answered in order. Connections' state is guarded by one short lock (`_state`).
 
 Bounds, per port (`connections:` in the cluster config, `ConnectionLimits`):
 - at most `max_open` connections (and fewer than the process's descriptor limit): at the cap the
@@ -18,7 +21,7 @@ Bounds, per port (`connections:` in the cluster config, `ConnectionLimits`):
   larger than that method's limit (gati/rpc/surface.py), closes the connection unread.
 - frames held at once (being read, queued or processed) total at most `buffer_mb` (a single
   frame is always admitted); a frame that does not fit waits, within `read_s`, for room.
-- `workers` calls run at once.
+- `workers` threads: calls processed at once (while all are busy, nothing more is read).
 - out of descriptors (EMFILE), accepting pauses for a moment, the longest-idle connections are
   closed, and accepting resumes; the event is logged (at most once per 10 s) and counted.
 On an authenticated port a connection completes the handshake (gati/rpc/auth.py) before any
@@ -34,16 +37,15 @@ from __future__ import annotations
 
 import errno
 import logging
-import queue
 import resource
 import selectors
 import signal
 import socket
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict, deque
 from contextlib import contextmanager
+from io import BytesIO
 from typing import Any, Callable, Iterator
 
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
@@ -161,8 +163,40 @@ def descriptor_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+class _Messages(TTransport.TTransportBase, TTransport.CReadableTransport):
+    """One connection's message in and reply out, in memory: it and the protocol over it are made
+    once per connection (making them per call cost more than the rest of a small call's work)."""
+
+    def __init__(self, limit: int):
+        self._in, self._out = BytesIO(), BytesIO()
+        self.protocol = protocol(self, limit)
+
+    def load(self, message: bytes, limit: int) -> None:
+        self._in, self._out = BytesIO(message), BytesIO()
+        self.protocol.string_length_limit = self.protocol.container_length_limit = limit
+
+    def reply(self) -> bytes:
+        return self._out.getvalue()
+
+    def isOpen(self) -> bool:
+        return True
+
+    def read(self, sz: int) -> bytes:
+        return self._in.read(sz)
+
+    def write(self, buf: bytes) -> None:
+        self._out.write(buf)
+
+    @property
+    def cstringio_buf(self) -> BytesIO:  # Thrift's C codec reads through these two
+        return self._in
+
+    def cstringio_refill(self, partial: bytes, reqlen: int) -> BytesIO:
+        raise EOFError("a message ends inside its frame")
+
+
 class _Conn:
-    """One client connection. The event loop owns it, except while a worker has its frame (`busy`)."""
+    """One client connection. The leader owns it, except while a thread processes its frame (`busy`)."""
 
     def __init__(self, sock: socket.socket, peer: str, handshake: bool):
         self.sock, self.peer = sock, peer
@@ -179,6 +213,7 @@ class _Conn:
         self.closed = False
         self.challenge: auth.Challenge | None = None
         self.session: auth.Session | None = None
+        self.messages: _Messages | None = None            # made at its first frame
 
     @property
     def partial(self) -> bool:
@@ -219,10 +254,10 @@ class RpcServer:
         self._listener.setblocking(False)
         self.host, self.port = self._listener.getsockname()[:2]
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = socket.socketpair()  # wakes the leader at stop
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._posted: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._state = threading.Lock()  # every connection's bookkeeping, the listener, the budget
         self._conns: dict[int, _Conn] = {}
         self._idle: OrderedDict[int, _Conn] = OrderedDict()      # by idle-since, oldest first
         self._reading: OrderedDict[int, _Conn] = OrderedDict()   # by first byte, oldest first
@@ -231,74 +266,97 @@ class RpcServer:
         self._accept_paused_until = 0.0
         self._stopping = False
         self._warnings: dict[str, Throttle] = {}
-        self._working = Gate()  # frames with a worker, reply and after-reply actions included
-        self._workers = ThreadPoolExecutor(limits.workers, thread_name_prefix=f"{name}-worker")
-        self._thread: threading.Thread | None = None
+        self._working = Gate()  # frames being processed, reply and after-reply actions included
+        self._leader = threading.Lock()                           # held by the thread in the poller
+        self._ready: deque[tuple[_Conn, bytearray]] = deque()    # complete frames, not yet taken
+        self._next_tick = 0.0
+        self._threads: list[threading.Thread] = []
 
     # ---- lifecycle (any thread) -------------------------------------------------------------
 
     def start(self) -> "RpcServer":
         self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-io", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"{self.name}-{i}", daemon=True)
+                         for i in range(self.limits.workers)]
+        for t in self._threads:
+            t.start()
         return self
 
     def stop_accepting(self) -> None:
         """New connections are refused from now on; open ones keep working."""
-        self._accepting = False
-        self._call_in_loop(self._close_listener)
+        with self._state:
+            self._accepting = False
+            self._close_listener()
 
     def close(self, grace_s: float = 2.0) -> None:
         """Stop accepting, let frames being processed finish (replies written), drop every connection."""
         if self._accepting:
             self.stop_accepting()
         self._working.wait_idle(grace_s)
-        self._call_in_loop(self._stop)
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        self._workers.shutdown(wait=False, cancel_futures=True)
+        with self._state:
+            self._stop()
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+        deadline = time.monotonic() + 2
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._leader:  # no thread is in the poller any more
+            self._release_loop()
 
     @property
     def open_connections(self) -> int:
         return len(self._conns)
 
-    def _call_in_loop(self, fn: Callable[[], None]) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            fn()
-            return
-        self._posted.put(fn)
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is already pending, or the loop has stopped
+    # ---- the threads: lead (poll and read), then process what was read ----------------------
 
-    # ---- the event loop (its own thread) ----------------------------------------------------
-
-    def _loop(self) -> None:
-        next_tick = 0.0
+    def _run(self) -> None:
         while not self._stopping:
-            for key, _ in self._selector.select(TICK_S):
-                key.data()
+            try:
+                conn, frame = self._ready.popleft()
+            except IndexError:
+                with self._leader:
+                    if not (self._stopping or self._ready):
+                        self._lead()
+                continue
+            self._serve_frame(conn, frame)
+
+    def _lead(self) -> None:
+        """One round in the poller: accept, read, check deadlines."""
+        events = self._selector.select(TICK_S)
+        with self._state:
+            for key, _ in events:
+                self._handle(key.data)
             now = time.monotonic()
-            if now >= next_tick:
-                self._expire(now)
-                next_tick = now + TICK_S
-        self._selector.close()
+            if now >= self._next_tick:
+                self._handle(lambda: self._expire(now))
+                self._next_tick = now + TICK_S
+
+    def _handle(self, event: Callable[[], None] | _Conn) -> None:
+        """One event: a readable connection, or a callable. A bug in one must not stop the loop."""
+        try:
+            if isinstance(event, _Conn):
+                self._on_readable(event)
+            else:
+                event()
+        except Exception:
+            log.exception("%s: unexpected error in the poller", self.name)
+            if isinstance(event, _Conn):
+                self._drop(event)
+
+    def _release_loop(self) -> None:
+        if self._selector.get_map() is not None:
+            self._selector.close()
         for s in (self._wake_r, self._wake_w):
             s.close()
 
     def _on_wake(self) -> None:
         try:
             self._wake_r.recv(4096)
-        except (BlockingIOError, OSError):
+        except OSError:
             pass
-        while True:
-            try:
-                fn = self._posted.get_nowait()
-            except queue.Empty:
-                return
-            fn()
 
     def _on_accept(self) -> None:
         for _ in range(ACCEPT_BATCH if self._accepting else 0):
@@ -343,7 +401,7 @@ class RpcServer:
 
     def _close_listener(self) -> None:
         if self._listener.fileno() >= 0:
-            if self._accept_paused_until == 0.0 and self._thread is not None and not self._stopping:
+            if self._accept_paused_until == 0.0 and self._threads:
                 self._selector.unregister(self._listener)
             self._accept_paused_until = 0.0
             self._listener.close()
@@ -373,6 +431,8 @@ class RpcServer:
     # ---- reading a connection (event loop) ----------------------------------------------------
 
     def _on_readable(self, c: _Conn) -> None:
+        if c.closed or not c.registered:  # an event from before the connection was dropped or taken
+            return
         try:
             if c.frame is not None:
                 n = c.sock.recv_into(memoryview(c.frame)[c.got:])
@@ -512,15 +572,15 @@ class RpcServer:
         self._reading.pop(c.fd, None)
         self._idle.pop(c.fd, None)
         self._unregister(c)
-        self._workers.submit(self._serve_frame, c, frame)
+        self._ready.append((c, frame))  # taken by this thread once it leaves the poller, or another
 
-    # ---- a frame with a worker (worker thread) ------------------------------------------------
+    # ---- a frame being processed (any thread, outside the poller) ------------------------------
 
     def _serve_frame(self, c: _Conn, frame: bytearray) -> None:
         keep = False
         try:
             with self._working.track():
-                reply = self._process(c.method, self._verified(c, frame))
+                reply = self._process(c, self._verified(c, frame))
                 if reply:
                     self._write(c, reply)
                 self._run_after_reply()
@@ -535,7 +595,8 @@ class RpcServer:
             log.exception("%s: dropped a connection after an unexpected error", self.name)
         finally:
             _after_reply.actions = None
-            self._call_in_loop(lambda: self._finished(c, keep))
+            with self._state:
+                self._finished(c, keep)
 
     def _verified(self, c: _Conn, frame: bytearray) -> bytes:
         if c.session is None:
@@ -546,12 +607,14 @@ class RpcServer:
             raise _Dropped("auth_failed", f"a {c.method} frame whose tag does not verify")
         return bytes(message)
 
-    def _process(self, method: str, message: bytes) -> bytes:
-        limit = self.surface.limits[method]
-        out = TTransport.TMemoryBuffer()
+    def _process(self, c: _Conn, message: bytes) -> bytes:
+        limit = self.surface.limits[c.method]
+        if c.messages is None:
+            c.messages = _Messages(limit)
+        c.messages.load(message, limit)
         _after_reply.actions = []
-        self.processor.process(protocol(TTransport.TMemoryBuffer(message), limit), protocol(out, limit))
-        return out.getvalue()
+        self.processor.process(c.messages.protocol, c.messages.protocol)
+        return c.messages.reply()
 
     def _write(self, c: _Conn, reply: bytes) -> None:
         tag = c.session.seal(reply) if c.session is not None else b""
@@ -569,7 +632,7 @@ class RpcServer:
             except Exception:  # the reply is out; a failed follow-up must not drop the connection
                 log.exception("%s: an after-reply action failed", self.name)
 
-    # ---- back in the event loop ---------------------------------------------------------------
+    # ---- bookkeeping (any thread, holding _state) ----------------------------------------------
 
     def _finished(self, c: _Conn, keep: bool) -> None:
         c.busy = False
@@ -586,7 +649,7 @@ class RpcServer:
 
     def _register(self, c: _Conn) -> None:
         if not c.registered and not c.closed:
-            self._selector.register(c.sock, selectors.EVENT_READ, lambda: self._on_readable(c))
+            self._selector.register(c.sock, selectors.EVENT_READ, c)
             c.registered = True
 
     def _unregister(self, c: _Conn) -> None:
