@@ -47,8 +47,9 @@ def _serve(a: argparse.Namespace) -> None:
 
     def announce(service) -> None:
         import os
-        print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port} "
-              f"pid {os.getpid()}", flush=True)
+        internal = f" (callbacks on {service.internal.host}:{service.internal.port})" if service.internal else ""
+        print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port}"
+              f"{internal} pid {os.getpid()}", flush=True)
 
     serve(a.role, cfg, a.name, announce)
 

@@ -125,6 +125,7 @@ def test_instance_role_reads_only_the_deployment_bucket(session, recorder, bundl
     bucket = result.plan.bucket
     with enable_iam_authentication():
         assert as_instance.get_object(Bucket=bucket, Key="bundle.tar.gz")["ContentLength"] > 0
+        assert as_instance.get_object(Bucket=bucket, Key="deployment-secret")["ContentLength"] == 65
         assert {o["Key"] for o in as_instance.list_objects_v2(Bucket=bucket)["Contents"]} == {
             "bundle.tar.gz", "gati-0.1.0-py3-none-any.whl", "deployment-secret"}
         denied = [lambda: as_instance.get_object(Bucket="someone-elses-bucket", Key="secret.txt"),
