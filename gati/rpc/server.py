@@ -428,7 +428,7 @@ class RpcServer:
             self._accept_paused_until = 0.0
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
 
-    # ---- reading a connection (event loop) ----------------------------------------------------
+    # ---- reading a connection (the leader, holding _state) ------------------------------------
 
     def _on_readable(self, c: _Conn) -> None:
         if c.closed or not c.registered:  # an event from before the connection was dropped or taken
@@ -531,9 +531,11 @@ class RpcServer:
         if self._buffered and self._buffered + size > self._budget:
             if c not in self._waiting:
                 self.counters.add(self._key("waited_for_buffer"))
-                self._unregister(c)
                 self._waiting.append(c)
+            self._unregister(c)
             return False
+        if c in self._waiting:
+            self._waiting.remove(c)
         self._buffered += size
         c.reserved = size
         return True
@@ -544,13 +546,14 @@ class RpcServer:
 
     def _admit_waiting(self) -> None:
         """Frames that waited for room in the buffer budget, in arrival order, while they fit."""
-        while self._waiting and not self._stopping:
-            c = self._waiting.pop(0)
-            self._register(c)
-            self._advance(c)
-            self._settle(c, time.monotonic())
-            if c in self._waiting:  # still no room
+        for c in list(self._waiting):
+            if self._stopping:
                 return
+            self._advance(c)  # reserves room (and leaves the queue), or waits on
+            if c in self._waiting:
+                return  # the next in line does not fit yet: those behind it wait too
+            self._register(c)
+            self._settle(c, time.monotonic())
 
     def _settle(self, c: _Conn, now: float) -> None:
         """File the connection under idle (nothing partial) or reading (deadline from the first byte)."""
@@ -648,7 +651,7 @@ class RpcServer:
         self._admit_waiting()
 
     def _register(self, c: _Conn) -> None:
-        if not c.registered and not c.closed:
+        if not (c.registered or c.closed or c.busy):
             self._selector.register(c.sock, selectors.EVENT_READ, c)
             c.registered = True
 
