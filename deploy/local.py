@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from gati.errors import GatiError  # noqa: E402
 from gati.rpc import launch  # noqa: E402
+from gati.rpc.auth import Secret  # noqa: E402
 from gati.rpc.client import ping  # noqa: E402
 from gati.rpc.config import Endpoint, load_config  # noqa: E402
 
@@ -39,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
                                 f"first, or point `bundle:` in {a.config} at one")
             procs = launch.start(cfg, a.timeout)
             print(f"GATI cluster up ({len(procs)} processes); pid file {Path(cfg.log_dir) / launch.PIDFILE}")
+            print(f"  calls between services are signed with the secret in {cfg.secret_file} (mode 0600); "
+                  f"clients need none")
             endpoints = cfg.endpoints()
             for proc in procs:
                 print(f"  {proc.name:<12} {proc.endpoint:<16} {_http(endpoints[proc.name]):<24} pid {proc.pid:<7} "
                       f"log {proc.log}")
+            print(f"  {'(callbacks)':<12} {cfg.aggregator.callbacks.address:<16} the aggregator's internal port")
             print(f"try: gati predict --endpoint {cfg.aggregator.address} IMAGE.png")
             if cfg.aggregator.http_port:
                 print(f"     curl -s {_http(cfg.aggregator)}/metrics;  make status-local")
@@ -60,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 def status(cfg) -> int:
     """One line per service: Thrift up or DOWN, and what its /health/ready says."""
     healthy = True
+    secret = Secret.load(cfg.secret_file)
     for name, ep in cfg.endpoints().items():
-        up = ping(ep.host, ep.port, 0.5)
+        up = ping(ep.host, ep.port, 0.5, secret if ep.internal else None)
         ready, reason = _ready(ep) if ep.http_port else (up, "no http_port configured")
         healthy &= up and ready
         print(f"  {name:<12} {ep.address:<16} {'up' if up else 'DOWN':<5} {'ready' if ready else 'NOT READY':<10} "

@@ -35,11 +35,13 @@ def cluster_config(bundle: str, delay_ms: float, folder: Path, base_port: int) -
     cfg = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
     cfg["bundle"] = str(Path(bundle).resolve())
     cfg["log_dir"] = str(folder / "logs")
+    cfg["secret_file"] = str(folder / "secret")  # created by the launch, private to this run
     cfg["hop_delay_ms"] = delay_ms
     services = cfg["services"]
     ports = iter(range(base_port, base_port + 20))
     for service in [services[name] for name in ("aggregator", "executor", "index", "retrainer")] + services["predictors"]:
         service["port"], service["http_port"] = next(ports), next(ports)
+    services["aggregator"]["internal_port"] = next(ports)
     path = folder / "cluster.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

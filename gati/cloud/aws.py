@@ -95,6 +95,7 @@ def _stage(spec: DeploySpec, bundle: Path, project: Path, session: Any, subnet: 
                    f"{len(plan.instances)} instances, {plan.cost.describe()}")
         resources.create_bucket(session.client("s3"), plan,
                                 {wheel.name: wheel, BUNDLE_KEY: packed})
+        resources.put_secret(session.client("s3"), plan)
     return plan
 
 

@@ -13,7 +13,7 @@ from gati import __version__
 from gati.cloud.layout import REMOTE_CONFIG, Node, cluster_config, nodes, service_ports
 from gati.cloud.prices import Cost, total
 from gati.cloud.spec import AUTO, DeployError, DeploySpec
-from gati.cloud.userdata import Artifacts, user_data
+from gati.cloud.userdata import SECRET_KEY, Artifacts, user_data
 from gati.rpc.config import parse_config
 
 TAG_DEPLOYMENT = "gati:deployment"
@@ -115,7 +115,8 @@ def _instance(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping[str,
 
 
 def ingress_rules(spec: DeploySpec, all_nodes: tuple[Node, ...]) -> tuple[IngressRule, ...]:
-    """Service ports only between members of the group; the aggregator and SSH from the CIDR."""
+    """Service ports only between members of the group; the aggregator's public port and SSH
+    from the CIDR (its internal port, like every other service port, from the group only)."""
     internal = sorted({p for n in all_nodes for p in service_ports(spec, n).values()})
     rules = [IngressRule(p, "self", "gati services, between the deployment's instances")
              for p in internal]
@@ -147,7 +148,8 @@ def render(plan: DeploymentPlan) -> str:
         f"deployment {s.name} in {s.region} (subnet {r.subnet_id}, AMI {r.ami_id})",
         f"tags on every resource: {json.dumps(dict(plan.tags))}",
         f"S3 bucket {plan.bucket}: private (public access blocked), encrypted (SSE-S3); "
-        f"objects {r.wheel_key}, bundle.tar.gz",
+        f"objects {r.wheel_key}, bundle.tar.gz, {SECRET_KEY} (generated at deploy: signs every call "
+        f"between services; only the instance role reads it)",
         f"IAM role and instance profile {plan.iam_name} (path {IAM_PATH}), "
         f"trust: ec2.amazonaws.com, policy:",
         json.dumps(plan.read_policy, indent=2),

@@ -15,6 +15,7 @@ from gati.cloud.spec import AUTO, DeployError, DeploySpec
 REMOTE_ROOT = "/opt/gati"           # where user data installs everything on an instance
 REMOTE_BUNDLE = f"{REMOTE_ROOT}/bundle"
 REMOTE_CONFIG = f"{REMOTE_ROOT}/config.yaml"
+REMOTE_SECRET = f"{REMOTE_ROOT}/secret"   # the deployment secret, fetched at boot with the instance role
 REMOTE_LOGS = "/var/log/gati"
 
 
@@ -53,9 +54,11 @@ def nodes(spec: DeploySpec) -> tuple[Node, ...]:
 
 
 def service_ports(spec: DeploySpec, node: Node) -> dict[str, int]:
-    """Ports the node listens on, by role (`metrics`: the aggregator's HTTP port: health, metrics, /v2)."""
+    """Ports the node listens on, by role (the aggregator also serves its callbacks, and `metrics`: its
+    HTTP port: health, metrics, /v2)."""
     ports = {role: getattr(spec.ports, role) for role in node.roles}
     if "aggregator" in node.roles:
+        ports["aggregator_internal"] = spec.ports.aggregator_internal
         ports["metrics"] = spec.ports.metrics
     return ports
 
@@ -77,7 +80,7 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
              if v is not None}
     services: dict[str, Any] = {
         "aggregator": {"host": hosts[where["aggregator"]], "port": ports.aggregator,
-                       "http_port": ports.metrics, **tuned},
+                       "internal_port": ports.aggregator_internal, "http_port": ports.metrics, **tuned},
         "executor": {"host": hosts[where["executor"]], "port": ports.executor},
         "predictors": [
             {"name": n.name, "host": hosts[n.name], "port": ports.predictor,
@@ -91,6 +94,7 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
         "bundle": REMOTE_BUNDLE,
         "device": node.device,
         "log_dir": REMOTE_LOGS,
+        "secret_file": REMOTE_SECRET,
         "timeouts_ms": dict(c.timeouts_ms),
         "hop_delay_ms": 0.0,        # real network hops: nothing to inject
         "services": services,

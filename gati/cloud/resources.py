@@ -11,6 +11,8 @@ from botocore.exceptions import ClientError
 
 from gati.cloud.deployment import IAM_PATH, DeploymentPlan, InstancePlan
 from gati.cloud.network import Subnet
+from gati.cloud.userdata import SECRET_KEY
+from gati.rpc.auth import Secret
 
 READ_POLICY_NAME = "read-deployment-bucket"
 
@@ -37,6 +39,13 @@ def create_bucket(s3: Any, plan: DeploymentPlan, uploads: Mapping[str, Path]) ->
         "BucketKeyEnabled": True}]})
     for key, path in uploads.items():
         s3.upload_file(str(path), b, key)
+
+
+def put_secret(s3: Any, plan: DeploymentPlan) -> None:
+    """A fresh deployment secret, straight into the bucket: the instances read it with their role;
+    it is never written to this machine, to user data, or to any output."""
+    s3.put_object(Bucket=plan.bucket, Key=SECRET_KEY, Body=Secret.generate().text().encode(),
+                  ServerSideEncryption="AES256")
 
 
 def create_instance_role(iam: Any, plan: DeploymentPlan) -> str:

@@ -50,7 +50,8 @@ class AmiSpec:
 
 @dataclass(frozen=True)
 class Ports:
-    aggregator: int = 9090
+    aggregator: int = 9090              # the one port open to allowed_cidr: predict, ping, status
+    aggregator_internal: int = 9096     # report/finished from the executor and predictors
     executor: int = 9091
     predictor: int = 9092
     index: int = 9094

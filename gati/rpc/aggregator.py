@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import random
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -109,7 +110,6 @@ class ClusterBackend:
         self.executor, self.retrainer, self.metrics = executor, retrainer, metrics
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
-        self._ids = random.SystemRandom()
 
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
         p = Pending(self._next_id(), sampled, self.cut_names)
@@ -175,8 +175,8 @@ class ClusterBackend:
             pass
 
     def _next_id(self) -> int:
-        """Unguessable: whoever sees one reply learns nothing about the ids of others."""
-        return self._ids.getrandbits(63)
+        # Unguessable: an id seen in one reply tells nothing about any other request's id.
+        return secrets.randbits(63)
 
     def close(self) -> None:
         self.executor.close()

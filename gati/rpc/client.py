@@ -1,5 +1,8 @@
 """Clients for people and tools: `ping` any service, `GatiClient` for the aggregator's front door.
 
+The front door (the aggregator's public port) needs no credentials; `ping` and `status` of an
+internal port need the deployment's secret (`secret=Secret.load(cfg.secret_file)`).
+
 `GatiClient.predict_*` raise the IDL's typed errors (InvalidRequest, Overloaded, Unavailable,
 DeadlineExceeded) as the aggregator sent them, and `PeerUnavailable` when the aggregator itself
 cannot be reached. One client holds one connection: give each thread its own.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from gati.errors import GatiError
+from gati.rpc.auth import Secret
 from gati.rpc.gen.gati_idl import Aggregator, Service
 from gati.rpc.gen.gati_idl.ttypes import Prediction, Request, ServiceStatus
 from gati.rpc.tensors import to_tensor
@@ -25,10 +29,10 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
+def ping(host: str, port: int, timeout_s: float = 1.0, secret: Secret | None = None) -> bool:
     """True when a GATI service answers ping() at host:port within timeout_s."""
     try:
-        conn = Connection(Service.Client, host, port, Limits(connect_s=timeout_s, call_s=timeout_s))
+        conn = Connection(Service.Client, host, port, Limits(connect_s=timeout_s, call_s=timeout_s, secret=secret))
     except PeerUnavailable:
         return False
     try:
@@ -39,8 +43,8 @@ def ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
         conn.close()
 
 
-def status(host: str, port: int, timeout_s: float = 2.0) -> ServiceStatus:
-    pool = Pool(Service.Client, host, port, Limits(connect_s=timeout_s, call_s=timeout_s), size=1)
+def status(host: str, port: int, timeout_s: float = 2.0, secret: Secret | None = None) -> ServiceStatus:
+    pool = Pool(Service.Client, host, port, Limits(connect_s=timeout_s, call_s=timeout_s, secret=secret), size=1)
     try:
         return pool.call("status")
     finally:

@@ -49,8 +49,9 @@ def _serve(a: argparse.Namespace) -> None:
 
     def announce(service, http) -> None:
         web = f", HTTP on {http.host}:{http.port}" if http is not None else ""
+        internal = f", callbacks on {service.internal.host}:{service.internal.port}" if service.internal else ""
         print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port}"
-              f"{web}, pid {os.getpid()}", flush=True)
+              f"{internal}{web}, pid {os.getpid()}", flush=True)
 
     serve(a.role, cfg, a.name, announce)
 

@@ -3,12 +3,14 @@
     bundle: ../bundles/r18     # relative paths are relative to the config file's folder
     device: cpu
     log_dir: ../runs/local
+    secret_file: ../runs/local/secret   # signs every call between services (gati/rpc/auth.py)
     timeouts_ms: {connect: 1000, call: 2000, request: 5000, lookup: 200}
     max_message_mb: 64
     hop_delay_ms: 0.0          # injected before every message a client sends (placement studies)
+    connections: {max_open: 1024, idle_s: 120, read_s: 10, workers: 16, buffer_mb: 64}
     services:
-      aggregator: {host: 127.0.0.1, port: 9090, http_port: 9100, queue_size: 64, workers: 4,
-                   sample_rate: 0.05}
+      aggregator: {host: 127.0.0.1, port: 9090, internal_port: 9096, http_port: 9100,
+                   queue_size: 64, workers: 4, sample_rate: 0.05}
       executor:   {host: 127.0.0.1, port: 9091, http_port: 9101}
       predictors:
         - {name: predictor-0, host: 127.0.0.1, port: 9092, cuts: [layer2.1, layer3.0]}
@@ -17,7 +19,10 @@
       retrainer:  {host: 127.0.0.1, port: 9095}
 
 `port` is the service's Thrift port; the optional `http_port` serves /health/live, /health/ready
-and /metrics (and on the aggregator the Open Inference Protocol, /v2/...).
+and /metrics (and on the aggregator the Open Inference Protocol, /v2/...). The aggregator's `port`
+is the one public Thrift port (predict, ping, status; no authentication); its `internal_port` takes
+the executor's callbacks. Every other port is internal: callers prove they hold the secret in
+`secret_file` (see gati/rpc/surface.py and auth.py).
 
 Placement (which cuts a predictor serves) is configuration: `placement(plan_cuts)` resolves `auto`
 and checks that every cut of the plan is served by exactly one predictor. Unknown keys are errors,
@@ -51,6 +56,21 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """What one listening port may hold (gati/rpc/server.py)."""
+    max_open: int = 1024          # connections; at the cap the longest-idle one makes room for a new one
+    idle_s: float = 120.0         # a connection silent this long is closed
+    read_s: float = 10.0          # a frame (or the handshake) must arrive whole within this of its first byte
+    workers: int = 16             # calls processed at once (the public port adds the aggregator's queue_size)
+    buffer_mb: float = 64.0       # frames held in memory at once (a single larger frame is still read)
+
+    @property
+    def client_idle_s(self) -> float:
+        """Clients drop pooled connections idle this long, well before the server closes them."""
+        return self.idle_s / 2
+
+
+@dataclass(frozen=True)
 class Endpoint:
     host: str
     port: int                         # Thrift
@@ -63,14 +83,31 @@ class Endpoint:
     def __str__(self) -> str:
         return self.address
 
+    @property
+    def internal(self) -> bool:
+        """Callers must authenticate (every port but the aggregator's public one)."""
+        return True
+
 
 @dataclass(frozen=True)
 class AggregatorConfig(Endpoint):
     model_name: str = ""              # the model's name in the Open Inference Protocol; "": the bundle folder's
+    internal_port: int | None = None  # finished/shadowed from the executor (authenticated)
     queue_size: int = 64              # requests admitted (running + waiting); beyond: Overloaded
     workers: int = 4                  # requests running at once
     sample_rate: float = 0.05         # share of requests finished in the background (live agreement)
     max_request_kb: int = 1024        # larger image payloads are refused as InvalidRequest
+
+    @property
+    def internal(self) -> bool:
+        return False  # `port` is the public one
+
+    @property
+    def callbacks(self) -> Endpoint:
+        """Where the executor calls back (finished, shadowed)."""
+        if self.internal_port is None:
+            raise ConfigError("services.aggregator.internal_port is not configured")
+        return Endpoint(self.host, self.internal_port)
 
 
 @dataclass(frozen=True)
@@ -97,6 +134,7 @@ class RetrainerConfig(Endpoint):
 class ClusterConfig:
     path: Path                        # the file it came from ("" when built in code)
     bundle: Path
+    secret_file: Path                 # the deployment's shared secret (hex, mode 0600)
     aggregator: AggregatorConfig
     executor: ExecutorConfig
     predictors: tuple[PredictorConfig, ...]
@@ -107,6 +145,7 @@ class ClusterConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_message_mb: float = 64.0
     hop_delay_ms: float = 0.0
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     @property
     def max_message_bytes(self) -> int:
@@ -168,9 +207,13 @@ def load_config(path: str | Path) -> ClusterConfig:
 def parse_config(raw: Any, path: Path) -> ClusterConfig:
     where = str(path)
     raw = _mapping(raw, where)
-    _known(raw, {"bundle", "device", "log_dir", "timeouts_ms", "max_message_mb", "hop_delay_ms", "services"}, where)
+    _known(raw, {"bundle", "device", "log_dir", "secret_file", "timeouts_ms", "max_message_mb", "hop_delay_ms",
+                 "connections", "services"}, where)
     if "bundle" not in raw:
         raise ConfigError(f"{where}: `bundle` (the bundle folder to serve) is required")
+    if "secret_file" not in raw:
+        raise ConfigError(f"{where}: `secret_file` (the deployment's shared secret, which signs every call "
+                          f"between services; `make deploy-local` creates it) is required")
     services = _mapping(raw.get("services"), f"{where}: services")
     _known(services, {"aggregator", "executor", "predictors", "index", "retrainer"}, f"{where}: services")
     for required in ("aggregator", "executor", "predictors"):
@@ -180,11 +223,13 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
     cfg = ClusterConfig(
         path=path,
         bundle=_resolve(base, raw["bundle"], "bundle", where),
+        secret_file=_resolve(base, raw["secret_file"], "secret_file", where),
         device=_typed(raw.get("device", "cpu"), str, "device", where),
         log_dir=_resolve(base, raw.get("log_dir", "runs/local"), "log_dir", where),
         timeouts=_timeouts(raw.get("timeouts_ms", {}), where),
         max_message_mb=_positive(raw.get("max_message_mb", 64), "max_message_mb", where),
         hop_delay_ms=_non_negative(raw.get("hop_delay_ms", 0.0), "hop_delay_ms", where),
+        connections=_connections(raw.get("connections", {}), where),
         aggregator=_service(AggregatorConfig, services["aggregator"], f"{where}: services.aggregator"),
         executor=_service(ExecutorConfig, services["executor"], f"{where}: services.executor"),
         predictors=_predictors(services["predictors"], where),
@@ -198,11 +243,17 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
 def _check(cfg: ClusterConfig) -> None:
     seen: dict[tuple[str, int], str] = {}
     for name, ep in cfg.endpoints().items():
-        for port in [ep.port] + ([ep.http_port] if ep.http_port else []):
+        ports = [ep.port] + ([ep.http_port] if ep.http_port else [])
+        if isinstance(ep, AggregatorConfig) and ep.internal_port:
+            ports.append(ep.internal_port)
+        for port in ports:
             if (ep.host, port) in seen:
                 raise ConfigError(f"{cfg.path}: {name} and {seen[(ep.host, port)]} both use {ep.host}:{port}")
             seen[(ep.host, port)] = name
     a = cfg.aggregator
+    if a.internal_port is None:
+        raise ConfigError(f"{cfg.path}: services.aggregator.internal_port is required: the executor calls "
+                          f"back there (finished, shadowed), authenticated; `port` serves clients only")
     if not 0.0 <= a.sample_rate <= 1.0:
         raise ConfigError(f"{cfg.path}: services.aggregator.sample_rate must be in [0, 1], got {a.sample_rate}")
     if a.queue_size < a.workers:
@@ -262,6 +313,18 @@ def _timeouts(raw: Any, where: str) -> Timeouts:
     raw = _mapping(raw, ctx)
     _known(raw, {"connect", "call", "request", "lookup"}, ctx)
     return Timeouts(**{f"{k}_ms": _positive(v, k, ctx) for k, v in raw.items()})
+
+
+def _connections(raw: Any, where: str) -> ConnectionLimits:
+    ctx = f"{where}: connections"
+    raw = _mapping(raw, ctx)
+    fields = {f.name: f for f in dataclasses.fields(ConnectionLimits)}
+    _known(raw, set(fields), ctx)
+    values = {k: _number(v, type(fields[k].default), k, ctx) for k, v in raw.items()}
+    for key in ("idle_s", "read_s", "buffer_mb"):
+        if key in values and values[key] <= 0:
+            raise ConfigError(f"{ctx}: {key} must be positive, got {values[key]!r}")
+    return ConnectionLimits(**values)
 
 
 def _mapping(raw: Any, ctx: str) -> dict:

@@ -1,8 +1,9 @@
 """Start and stop a whole cluster as local processes (`make deploy-local`, the cluster tests).
 
 Each service runs `gati serve --role R --config FILE` in its own process group, logging to
-`<log_dir>/<name>.log`. `start` waits until every service answers ping and records what it
-started in `<log_dir>/cluster.json`; `stop` signals exactly those processes (SIGTERM, then SIGKILL
+`<log_dir>/<name>.log`. `start` creates the deployment secret (`secret_file`, mode 0600) when it
+is missing, waits until every service answers ping and records what it started in
+`<log_dir>/cluster.json`; `stop` signals exactly those processes (SIGTERM, then SIGKILL
 after a grace period), after checking each pid still runs a `gati serve` of this config.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gati.errors import GatiError
+from gati.rpc.auth import Secret, create_secret
 from gati.rpc.client import ping
 from gati.rpc.config import ClusterConfig
 
@@ -36,6 +39,11 @@ class Proc:
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def answers(self, secret: Secret | None, timeout_s: float = 0.5) -> bool:
+        """It answers ping: on the aggregator's public port as anyone, elsewhere with the secret."""
+        public = self.role in ("aggregator", "all")
+        return ping(self.host, self.port, timeout_s, None if public else secret)
 
 
 def roles(cfg: ClusterConfig) -> list[tuple[str, str]]:
@@ -65,15 +73,16 @@ def spawn(cfg: ClusterConfig, name: str, role: str) -> Proc:
     return Proc(name, role, proc.pid, ep.host, ep.port, str(log))
 
 
-def wait_ready(procs: list[Proc], timeout_s: float = 180.0) -> None:
-    """Until every process answers ping; GatiError naming the one that died or hung, with its log tail."""
+def wait_ready(procs: list[Proc], timeout_s: float = 180.0, secret: Secret | None = None) -> None:
+    """Until every process answers ping (internal ports: signed with `secret`); GatiError naming
+    the one that died or hung, with its log tail."""
     deadline = time.monotonic() + timeout_s
     waiting = list(procs)
     while waiting:
         for p in list(waiting):
             if not alive(p.pid):
                 raise GatiError(f"{p.name} exited during start-up; last lines of {p.log}:\n{_tail(p.log)}")
-            if ping(p.host, p.port, timeout_s=0.5):
+            if p.answers(secret):
                 waiting.remove(p)
         if waiting and time.monotonic() > deadline:
             names = ", ".join(p.name for p in waiting)
@@ -88,13 +97,15 @@ def start(cfg: ClusterConfig, timeout_s: float = 180.0) -> list[Proc]:
     pidfile = Path(cfg.log_dir) / PIDFILE
     if pidfile.exists() and any(alive(p.pid) and _is_ours(p.pid, cfg) for p in read_pidfile(pidfile)):
         raise GatiError(f"a cluster from {cfg.path} is already running (see {pidfile}); stop it first")
-    busy = [f"{n} ({ep.address})" for n, ep in cfg.endpoints().items() if ping(ep.host, ep.port, 0.2)]
+    busy = [f"{n} ({ep.address})" for n, ep in cfg.endpoints().items() if _listening(ep.host, ep.port)]
     if busy:
-        raise GatiError(f"something already answers on the configured ports: {', '.join(busy)}")
+        raise GatiError(f"something already listens on the configured ports: {', '.join(busy)}")
+    create_secret(cfg.secret_file)
+    secret = Secret.load(cfg.secret_file)
     procs = [spawn(cfg, name, role) for name, role in roles(cfg)]
     write_pidfile(pidfile, procs)
     try:
-        wait_ready(procs, timeout_s)
+        wait_ready(procs, timeout_s, secret)
     except BaseException:
         stop_procs(procs)
         raise
@@ -123,6 +134,14 @@ def stop_procs(procs: list[Proc], grace_s: float = 10.0) -> None:
         if alive(p.pid):
             _signal_group(p.pid, signal.SIGKILL)
         _reap(p.pid)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 def alive(pid: int) -> bool:

@@ -54,6 +54,38 @@ def describe_plan(plan: Plan) -> str:
     return f"{plan.mode}: {entries or 'no caches'}"
 
 
+class ConnectionEvents:
+    """What a service's RPC ports saw: connections accepted, refused or dropped (by reason), frames
+    that waited for buffer room, and the most connections open at once, per port ("public",
+    "internal"). In the service's registry when given one (so /metrics and status() show them)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        registry = registry if registry is not None else CollectorRegistry()
+        self._events = Counter("gati_rpc_connection_events", "Connections accepted, refused or dropped, and "
+                               "frames that waited, by port and event", ["port", "event"], registry=registry)
+        self._peak = Gauge("gati_rpc_connections_peak", "The most connections open at once, by port", ["port"],
+                           registry=registry)
+        self._lock = threading.Lock()
+        self._peaks: dict[str, int] = {}
+
+    def count(self, port: str, event: str, n: int = 1) -> None:
+        self._events.labels(port, event).inc(n)
+
+    def open(self, port: str, n: int) -> None:
+        """`n` connections are open on `port` now: raises the peak if it is a new high."""
+        with self._lock:
+            if n > self._peaks.get(port, -1):
+                self._peaks[port] = n
+                self._peak.labels(port).set(n)
+
+    def get(self, port: str, event: str) -> int:
+        return int(self._events.labels(port, event)._value.get())
+
+    def peak(self, port: str) -> int:
+        with self._lock:
+            return self._peaks.get(port, 0)
+
+
 class ServiceMetrics:
     """The registry of one service, with what every role exports."""
 
@@ -66,6 +98,7 @@ class ServiceMetrics:
         info.labels(__version__, build.bundle_sha256, build.plan, role, name).set(1)
         self.peer_unreachable = self.counter("gati_peer_unreachable", "Messages a peer service did not take",
                                              ["peer"])
+        self.connections = ConnectionEvents(self.registry)  # what the service's RPC ports saw
 
     def counter(self, name: str, doc: str, labels: tuple[str, ...] | list[str] = ()) -> Counter:
         return Counter(name, doc, list(labels), registry=self.registry)

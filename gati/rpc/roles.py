@@ -11,8 +11,11 @@ cannot work without answer ping, and until it drains.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +23,9 @@ import torch
 
 from gati.bundle import BundleInfo, load_bundle, read_bundle
 from gati.errors import AddressInUse
+from gati.rpc import surface
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
+from gati.rpc.auth import Secret
 from gati.rpc.client import ping
 from gati.rpc.config import ROLES, ClusterConfig, ConfigError, Endpoint
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
@@ -64,6 +69,7 @@ class Service:
     routes: list[Route] = field(default_factory=list)     # HTTP routes of its own (the aggregator's /v2)
     before_close: Callable[[float], None] | None = None   # role-specific draining (the executor's queue)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    internal: RpcServer | None = None   # the aggregator's callback port (`server` is its public one)
 
     def readiness(self) -> Readiness:
         if self.handler.gate.closed:
@@ -82,6 +88,8 @@ class Service:
             log.warning("%s: %d calls still in flight after %.1f s; closing anyway",
                         self.name, self.handler.gate.inflight, timeout_s)
         self.server.close()
+        if self.internal is not None:  # after the public port: requests in flight needed its reports
+            self.internal.close()
         for close in self.closers:
             close()
 
@@ -106,6 +114,8 @@ def serve(role: str, cfg: ClusterConfig, name: str | None = None,
     try:
         service = build_service(role, cfg, name)
         service.server.start()
+        if service.internal is not None:
+            service.internal.start()
         if http is not None:
             http.mount(service.routes)
             http.attach(service.readiness, service.handler.metrics.registry)
@@ -127,30 +137,47 @@ def endpoint(role: str, cfg: ClusterConfig, name: str | None = None) -> Endpoint
     return cfg.endpoints()["aggregator" if role == "all" else role]
 
 
-def _peers(cfg: ClusterConfig, *names: str) -> PeerProbe:
-    endpoints = cfg.endpoints()
-    return PeerProbe({n: endpoints[n] for n in names}, ping)
+def _peers(cfg: ClusterConfig, **peers: Endpoint) -> PeerProbe:
+    """The internal endpoints a service cannot work without, probed with the deployment secret."""
+    return PeerProbe(peers, functools.partial(ping, secret=Secret.load(cfg.secret_file)))
 
 
-def _server(processor: object, ep, cfg: ClusterConfig, name: str) -> RpcServer:
+def _listen(processor: object, handler: ServiceBase, host: str, port: int, port_surface: surface.Surface,
+            limits, secret: Secret | None, name: str) -> RpcServer:
     try:
-        return RpcServer(processor, ep.host, ep.port, cfg.max_message_bytes, name)
+        return RpcServer(processor, host, port, port_surface, limits, secret,
+                         handler.metrics.connections, name)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise AddressInUse(f"{name}: {ep.host}:{ep.port} is already in use (another gati serve? "
+            raise AddressInUse(f"{name}: {host}:{port} is already in use (another gati serve? "
                                f"`make status-local` lists what runs)") from e
         raise
 
 
+def _server(processor: object, handler: ServiceBase, ep: Endpoint, cfg: ClusterConfig, role: str,
+            name: str) -> RpcServer:
+    """An internal port: callers authenticate with the deployment's secret."""
+    return _listen(processor, handler, ep.host, ep.port, surface.internal(role, cfg.max_message_bytes),
+                   cfg.connections, Secret.load(cfg.secret_file), name)
+
+
 def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: AggregatorMetrics,
-                peers: PeerProbe | None) -> Service:
+                peers: PeerProbe | None, callbacks: bool) -> Service:
+    """The public port (predict, ping, status) and, for the cluster, the internal callback port."""
     a = cfg.aggregator
     m = info.manifest
     spec = InputSpec(m.preprocess, a.max_request_kb * 1024)
     handler = AggregatorHandler(backend, spec, m.classes, a, metrics, cfg.timeouts.request_ms / 1000)
-    server = _server(Aggregator.Processor(handler), a, cfg, "aggregator")
-    service = Service("aggregator", handler, server, peers, closers=[backend.close])
-    model = OipModel(a.model_name or info.path.name, info.sha256[:12], info.manifest.input_shape)
+    largest = max(a.max_request_kb * 1024, 4 * math.prod(m.input_shape))  # an image, or float32 pixels
+    # predict holds a worker while it waits in the admission queue: enough workers that a request
+    # beyond the queue reaches admission and hears Overloaded.
+    limits = dataclasses.replace(cfg.connections, workers=cfg.connections.workers + a.queue_size)
+    server = _listen(Aggregator.Processor(handler), handler, a.host, a.port, surface.public(largest), limits, None,
+                     "aggregator")
+    internal = _server(Aggregator.Processor(handler), handler, a.callbacks, cfg, "aggregator",
+                       "aggregator-internal") if callbacks else None
+    service = Service("aggregator", handler, server, peers, closers=[backend.close], internal=internal)
+    model = OipModel(a.model_name or info.path.name, info.sha256[:12], m.input_shape)
     service.routes = oip_routes(model, handler.predict, service.readiness)
     return service
 
@@ -165,13 +192,13 @@ def _aggregator(cfg: ClusterConfig) -> Service:
         if cfg.retrainer else None
     metrics = AggregatorMetrics(build=build_info(info))
     backend = ClusterBackend({e.cut: e.cut_name for e in info.plan.entries}, executor, metrics, retrainer)
-    return _front_door(cfg, info, backend, metrics, _peers(cfg, "executor"))
+    return _front_door(cfg, info, backend, metrics, _peers(cfg, executor=cfg.executor), callbacks=True)
 
 
 def _all(cfg: ClusterConfig) -> Service:
     bundle = load_bundle(cfg.bundle, cfg.device)
     metrics = AggregatorMetrics(build=build_info(bundle.info))
-    return _front_door(cfg, bundle.info, EngineBackend(Engine(bundle), metrics), metrics, None)
+    return _front_door(cfg, bundle.info, EngineBackend(Engine(bundle), metrics), metrics, None, callbacks=False)
 
 
 def _executor(cfg: ClusterConfig) -> Service:
@@ -181,12 +208,17 @@ def _executor(cfg: ClusterConfig) -> Service:
     limits = Limits.from_config(cfg)
     where = {cut: (p.host, p.port) for p in cfg.predictors
              for cut in cfg.placement(plan_cut_names(bundle.info))[p.name]}
-    handler = ExecutorHandler(bundle, make_routes(bundle, where, limits),
-                              aggregator_pool(cfg.aggregator.host, cfg.aggregator.port, limits),
-                              cfg.timeouts.lookup_ms / 1000, cfg.executor.workers, lookahead(cfg, bundle.plan),
+    # A predictor costs a request at most one lookup timeout, a new connection's handshake included.
+    lookup_s = cfg.timeouts.lookup_ms / 1000
+    routes = make_routes(bundle, where, dataclasses.replace(limits, connect_s=min(limits.connect_s, lookup_s),
+                                                            call_s=min(limits.call_s, lookup_s)))
+    handler = ExecutorHandler(bundle, routes,
+                              aggregator_pool(cfg.aggregator.host, cfg.aggregator.callbacks.port, limits),
+                              lookup_s, cfg.executor.workers, lookahead(cfg, bundle.plan),
                               ExecutorMetrics(build=build_info(bundle.info)))
-    server = _server(Executor.Processor(handler), cfg.executor, cfg, "executor")
-    return Service("executor", handler, server, _peers(cfg, "aggregator"), before_close=handler.drain)
+    server = _server(Executor.Processor(handler), handler, cfg.executor, cfg, "executor", "executor")
+    return Service("executor", handler, server, _peers(cfg, aggregator=cfg.aggregator.callbacks),
+                   before_close=handler.drain)
 
 
 def build_info(info: BundleInfo) -> BuildInfo:
@@ -215,7 +247,7 @@ def _predictor(cfg: ClusterConfig, name: str) -> Service:
     limits = Limits.from_config(cfg)
     index = index_pool(cfg.index.host, cfg.index.port, limits) if cfg.index else None
     handler = PredictorHandler(slots, index, PredictorMetrics(name, build_info(info)))
-    return Service(name, handler, _server(Predictor.Processor(handler), pc, cfg, name), _peers(cfg, "aggregator"))
+    return Service(name, handler, _server(Predictor.Processor(handler), handler, pc, cfg, "predictor", name))
 
 
 def _index(cfg: ClusterConfig) -> Service:
@@ -226,7 +258,8 @@ def _index(cfg: ClusterConfig) -> Service:
     handler = IndexHandler(IndexMetrics(build=build_info(info)))
     keys = handler.load_bundle_caches(info)
     log.info("index: loaded %s", ", ".join(keys) or "no kNN caches (the plan has none)")
-    return Service("index", handler, _server(NeighborIndex.Processor(handler), cfg.index, cfg, "index"))
+    return Service("index", handler, _server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index",
+                                             "index"))
 
 
 def _retrainer(cfg: ClusterConfig) -> Service:
@@ -242,4 +275,5 @@ def _retrainer(cfg: ClusterConfig) -> Service:
     states = {e.cut: CutState(e.cut, e.cut_name, e.threshold, caches[e.cut], 0, pools[owner[e.cut_name]])
               for e in info.plan.entries}
     handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes, RetrainerMetrics(build=build_info(info)))
-    return Service("retrainer", handler, _server(Retrainer.Processor(handler), cfg.retrainer, cfg, "retrainer"))
+    return Service("retrainer", handler, _server(Retrainer.Processor(handler), handler, cfg.retrainer, cfg,
+                                                 "retrainer", "retrainer"))

@@ -4,6 +4,11 @@
   connects (a connect costs more than a whole message on loopback).
 - Every socket has a connect timeout and a call timeout; frames and strings are capped at the
   configured message size on both ends.
+- Calls between services are authenticated: with `Limits.secret` set, a connection opens with the
+  handshake of gati/rpc/auth.py and every frame carries its tag (`SignedFramedTransport`). Only
+  clients of the aggregator's public port (`gati predict`, GatiClient) connect without one.
+- A pooled connection idle for `Limits.idle_s` is closed rather than reused: the server closes
+  idle connections too (later), and a request sent into a connection it just closed is lost.
 - TCP_NODELAY: a request is one small frame and must not wait for Nagle's algorithm.
 - `hop_delay_s` sleeps before every message sent (and again before a reply is read), so a single
   host can imitate the latency of placing services on different machines.
@@ -16,7 +21,8 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from io import BytesIO
 from typing import Any
 
 from thrift.protocol import TBinaryProtocol
@@ -25,6 +31,7 @@ from thrift.Thrift import TApplicationException, TException
 from thrift.transport import TSocket, TTransport
 
 from gati.errors import GatiError
+from gati.rpc import auth
 
 try:  # the C extension halves (de)serialisation time; fall back to pure Python without it
     from thrift.protocol import fastbinary  # noqa: F401
@@ -54,11 +61,15 @@ class Limits:
     call_s: float = 2.0
     max_bytes: int = 64 * 1024 * 1024
     hop_delay_s: float = 0.0
+    secret: auth.Secret | None = None   # None: the aggregator's public port only
+    idle_s: float = 30.0                # pooled connections idle longer are not reused
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Limits":
+        """Between the services of a cluster: authenticated with the deployment's secret."""
         t = cfg.timeouts
-        return cls(t.connect_ms / 1000, t.call_ms / 1000, cfg.max_message_bytes, cfg.hop_delay_ms / 1000)
+        return cls(t.connect_ms / 1000, t.call_ms / 1000, cfg.max_message_bytes, cfg.hop_delay_ms / 1000,
+                   auth.Secret.load(cfg.secret_file), cfg.connections.client_idle_s)
 
 
 def protocol(trans: TTransport.TTransportBase, max_bytes: int) -> TBinaryProtocol.TBinaryProtocol:
@@ -71,6 +82,74 @@ def framed(sock: TSocket.TSocket, max_bytes: int) -> TTransport.TFramedTransport
 
 def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SignedFramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
+    """Thrift's framed transport inside an authenticated session (gati/rpc/auth.py): `open`
+    connects, then runs the handshake within `handshake_s`; every frame sent ends with its tag,
+    every frame received is checked."""
+
+    def __init__(self, sock: TSocket.TSocket, max_bytes: int, secret: auth.Secret, handshake_s: float):
+        self._sock, self._max, self._secret, self._handshake_s = sock, max_bytes, secret, handshake_s
+        self._session: auth.Session | None = None
+        self._rbuf = BytesIO(b"")
+        self._wbuf = BytesIO()
+
+    def isOpen(self) -> bool:
+        return self._sock.isOpen()
+
+    def open(self) -> None:
+        self._sock.open()
+        self._sock.setTimeout(self._handshake_s * 1000)
+        sent = auth.hello()
+        self._sock.write(sent.data)
+        self._sock.flush()
+        proof, self._session = auth.prove(self._secret, sent, self._sock.readAll(auth.CHALLENGE_SIZE))
+        self._sock.write(proof)
+        self._sock.flush()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def read(self, sz: int) -> bytes:
+        ret = self._rbuf.read(sz)
+        if ret:
+            return ret
+        self._read_frame()
+        return self._rbuf.read(sz)
+
+    def _read_frame(self) -> None:
+        size = int.from_bytes(self._sock.readAll(4), "big", signed=True)
+        if not auth.TAG <= size <= self._max + auth.TAG:
+            raise TTransport.TTransportException(TTransport.TTransportException.SIZE_LIMIT,
+                                                 f"a frame of {size} bytes (limit {self._max})")
+        data = self._sock.readAll(size)
+        message, tag = data[:-auth.TAG], data[-auth.TAG:]
+        if not self._session.check(message, tag):
+            raise TTransport.TTransportException(TTransport.TTransportException.UNKNOWN,
+                                                 "a reply whose tag does not verify")
+        self._rbuf = BytesIO(message)
+
+    def write(self, buf: bytes) -> None:
+        self._wbuf.write(buf)
+
+    def flush(self) -> None:
+        message, self._wbuf = self._wbuf.getvalue(), BytesIO()
+        tag = self._session.seal(message)
+        self._sock.write((len(message) + auth.TAG).to_bytes(4, "big") + message + tag)
+        self._sock.flush()
+
+    # Thrift's C codec (fastbinary) reads through these two.
+    @property
+    def cstringio_buf(self) -> BytesIO:
+        return self._rbuf
+
+    def cstringio_refill(self, prefix: bytes, reqlen: int) -> BytesIO:
+        while len(prefix) < reqlen:
+            self._read_frame()
+            prefix += self._rbuf.getvalue()
+        self._rbuf = BytesIO(prefix)
+        return self._rbuf
 
 
 class Throttle:
@@ -89,24 +168,36 @@ class Throttle:
 
 
 class Connection:
-    """One open connection to one peer, with its generated client."""
+    """One open connection to one peer, with its generated client. Connecting is bounded by
+    `connect_s`; the handshake, the first exchange of the call that opened it, by `first_call_s`
+    (default: `call_s`), so a peer that accepts but hangs costs that call its timeout, as it
+    would on a connection already open."""
 
-    def __init__(self, client_cls: type, host: str, port: int, limits: Limits):
+    def __init__(self, client_cls: type, host: str, port: int, limits: Limits, first_call_s: float | None = None):
         self.socket = TSocket.TSocket(host, port)
         self.socket.setTimeout(limits.connect_s * 1000)
-        self.transport = framed(self.socket, limits.max_bytes)
+        self.transport = framed(self.socket, limits.max_bytes) if limits.secret is None else \
+            SignedFramedTransport(self.socket, limits.max_bytes, limits.secret,
+                                  limits.call_s if first_call_s is None else first_call_s)
         try:
             self.transport.open()
-        except TTransport.TTransportException as e:
+        except auth.AuthError as e:
+            self.socket.close()
+            raise PeerUnavailable(f"cannot authenticate with {host}:{port}: {e}") from e
+        except (TTransport.TTransportException, OSError) as e:
+            self.socket.close()
             raise PeerUnavailable(f"cannot connect to {host}:{port}: {e}") from e
         tune(self.socket.handle)
         self.socket.setTimeout(limits.call_s * 1000)
         self.client = client_cls(protocol(self.transport, limits.max_bytes))
         self.call_s = limits.call_s
+        self.idle_s = limits.idle_s
+        self.last_used = time.monotonic()
 
     def alive(self) -> bool:
-        """False once the peer closed its end (a restarted peer leaves such connections behind)."""
-        return self.socket.isOpen()
+        """False once the peer closed its end (a restarted peer leaves such connections behind),
+        or once it sat idle so long that the server may be closing it."""
+        return time.monotonic() - self.last_used < self.idle_s and self.socket.isOpen()
 
     def set_timeout(self, seconds: float) -> None:
         self.socket.setTimeout(seconds * 1000)
@@ -149,8 +240,9 @@ class Pool:
         self._warnings = Throttle()
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
-        """A two-way call; declared Thrift exceptions pass through, transport failures raise PeerUnavailable."""
-        conn = self._checkout()
+        """A two-way call; declared Thrift exceptions pass through, transport failures raise PeerUnavailable.
+        `timeout_s` bounds the whole call, opening a connection (and its handshake) included."""
+        conn = self._checkout(timeout_s)
         if timeout_s is not None:
             conn.set_timeout(timeout_s)
         try:
@@ -216,12 +308,14 @@ class Pool:
         for conn in idle:
             conn.close()
 
-    def _checkout(self) -> Connection:
+    def _checkout(self, timeout_s: float | None = None) -> Connection:
         while True:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return Connection(self.client_cls, self.host, self.port, self.limits)
+                limits = self.limits if timeout_s is None else \
+                    replace(self.limits, connect_s=max(min(self.limits.connect_s, timeout_s), 0.001))
+                return Connection(self.client_cls, self.host, self.port, limits, timeout_s)
             # An idle connection has nothing to read unless its peer closed it (restarted, or
             # dropped it): oneway connections would not notice otherwise until a later send.
             if conn.alive():
@@ -229,6 +323,7 @@ class Pool:
             conn.close()
 
     def _checkin(self, conn: Connection) -> None:
+        conn.last_used = time.monotonic()
         with self._lock:
             if len(self._idle) < self.size:
                 self._idle.append(conn)

@@ -67,7 +67,9 @@ def test_launches_each_role_with_its_type_tags_and_user_data(session, recorder, 
         cfg = config_in(script)
         # every instance's config names the real private addresses, per the schema
         # settings the description leaves out keep the services' own defaults (gati/rpc/config.py)
-        assert cfg["services"]["aggregator"] == {"host": hosts["aggregator"], "port": 9090, "http_port": 9100}
+        assert cfg["services"]["aggregator"] == {"host": hosts["aggregator"], "port": 9090, "internal_port": 9096,
+                                                 "http_port": 9100}
+        assert cfg["secret_file"] == "/opt/gati/secret"
         assert cfg["services"]["executor"] == {"host": hosts["executor"], "port": 9091}
         assert cfg["services"]["index"] == {"host": hosts["aggregator"], "port": 9094}
         assert cfg["services"]["retrainer"] == {"host": hosts["retrainer"], "port": 9095}
@@ -100,7 +102,9 @@ def test_security_group_rules_are_exactly_the_intended_ones(session, recorder, b
         rules |= {(perm["FromPort"], r["CidrIp"]) for r in perm["IpRanges"]}
         assert not perm.get("Ipv6Ranges")
     me = g["GroupId"]
-    assert rules == {(9090, me), (9091, me), (9092, me), (9094, me), (9095, me), (9100, me),
+    # Only the public port (and SSH) from allowed_cidr; the aggregator's callback port, like every
+    # other service port, from the deployment's own group only.
+    assert rules == {(9090, me), (9096, me), (9091, me), (9092, me), (9094, me), (9095, me), (9100, me),
                      (9090, CIDR), (22, CIDR)}
     for inst in instances(session, "t1"):
         assert [g["GroupId"] for g in inst["NetworkInterfaces"][0]["Groups"]] == [me]
@@ -121,8 +125,9 @@ def test_instance_role_reads_only_the_deployment_bucket(session, recorder, bundl
     bucket = result.plan.bucket
     with enable_iam_authentication():
         assert as_instance.get_object(Bucket=bucket, Key="bundle.tar.gz")["ContentLength"] > 0
+        assert as_instance.get_object(Bucket=bucket, Key="deployment-secret")["ContentLength"] == 65
         assert {o["Key"] for o in as_instance.list_objects_v2(Bucket=bucket)["Contents"]} == {
-            "bundle.tar.gz", "gati-0.1.0-py3-none-any.whl"}
+            "bundle.tar.gz", "gati-0.1.0-py3-none-any.whl", "deployment-secret"}
         denied = [lambda: as_instance.get_object(Bucket="someone-elses-bucket", Key="secret.txt"),
                   lambda: as_instance.put_object(Bucket=bucket, Key="x", Body=b"x"),
                   lambda: as_instance.delete_object(Bucket=bucket, Key="bundle.tar.gz"),
@@ -131,6 +136,25 @@ def test_instance_role_reads_only_the_deployment_bucket(session, recorder, bundl
             with pytest.raises(ClientError) as err:
                 call()
             assert err.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_the_deployment_secret_reaches_instances_through_their_role_only(session, recorder, bundle, tmp_path):
+    result = run_deploy(session, recorder, bundle, tmp_path)
+    s3 = session.client("s3")
+    obj = s3.get_object(Bucket=result.plan.bucket, Key="deployment-secret")
+    secret = obj["Body"].read().decode().strip()
+    assert len(secret) == 64 and int(secret, 16) and obj["ServerSideEncryption"] == "AES256"
+    for inst in instances(session, "t1"):  # user data fetches it with the role and writes it 0600
+        script = user_data(session, inst["InstanceId"])
+        assert secret not in script
+        assert 'Key="deployment-secret"' in script and '"/opt/gati/secret", os.O_WRONLY' in script
+        assert "0o600" in script and "chown -R gati: /opt/gati" in script
+    shown = result.inventory_file.read_text() + "\n".join(recorder.lines) + json.dumps(
+        result.plan.instances[0].config)
+    assert secret not in shown
+    # A second deployment gets a secret of its own.
+    other = run_deploy(session, recorder, bundle, tmp_path, name="t2")
+    assert s3.get_object(Bucket=other.plan.bucket, Key="deployment-secret")["Body"].read().decode().strip() != secret
 
 
 def test_bucket_is_private_encrypted_tagged(session, recorder, bundle, tmp_path):
@@ -154,7 +178,8 @@ def test_inventory_and_wait_use_the_launched_addresses(session, recorder, bundle
         assert entry["instance_id"] == inst["InstanceId"]
         assert entry["private_ip"] == inst["PrivateIpAddress"]
         assert entry["public_ip"] == inst["PublicIpAddress"]
-    assert by_node["aggregator"]["ports"] == {"aggregator": 9090, "index": 9094, "metrics": 9100}
+    assert by_node["aggregator"]["ports"] == {"aggregator": 9090, "aggregator_internal": 9096, "index": 9094,
+                                              "metrics": 9100}
     assert by_node["predictor-0"]["ports"] == {"predictor": 9092}
     agg = by_node["aggregator"]
     assert [str(e) for e in recorder.pinged] == [f"{agg['public_ip']}:9090"]

@@ -53,7 +53,8 @@ def test_dry_run_prints_the_whole_plan_without_calling_aws(monkeypatch, capsys):
     assert rc == 0
     assert "hourly cost: ~$3.91/hour" in out     # 0.17 + 3.06 + 0.34 + 2 * 0.17
     assert out.count("#!/bin/bash") == 5 and out.count("gati plan --bundle") == 0  # no node re-plans
-    for piece in ("security group gati-drytest", "tcp 9090  from self", "tcp 22    from auto",
+    assert "tcp 9096  from self" in out and "tcp 9096  from auto" not in out  # callbacks: internal only
+    for piece in ("security group gati-drytest", "tcp 9090  from self", "tcp 22    from auto", "deployment-secret",
                   "IAM role and instance profile gati-drytest-us-east-1", "s3:GetObject",
                   "S3 bucket gati-drytest-<account-id>-us-east-1", "p3.2xlarge"):
         assert piece in out
@@ -174,6 +175,7 @@ def test_instance_configs_are_read_by_the_services_own_parser():
     for inst in plan.instances:
         cfg = config.parse_config(dict(inst.config), Path("/opt/gati/config.yaml"))
         assert cfg.aggregator.host == hosts["aggregator"] and cfg.aggregator.port == 9090
+        assert cfg.aggregator.internal_port == 9096 and str(cfg.secret_file) == "/opt/gati/secret"
         assert cfg.executor.host == hosts["executor"]
         assert [(p.name, p.host, p.cuts) for p in cfg.predictors] == [
             ("predictor-0", hosts["predictor-0"], ("layer2.1", "layer3.0")),

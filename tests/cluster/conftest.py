@@ -80,18 +80,20 @@ def references(cluster_bundle: Path, eval_images: np.ndarray) -> References:
     return References.of(cluster_bundle, eval_images)
 
 
-CLUSTER_PORTS = 12  # a Thrift and an HTTP port for each of six services
+CLUSTER_PORTS = 13  # a Thrift and an HTTP port for each of six services, and the aggregator's callbacks
 
 
 def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = True, retrainer: bool = True,
                  sample_rate: float = 0.0, queue_size: int = 16, workers: int = 4, lookup_ms: float = 300,
-                 request_ms: float = 5000, executor_workers: int = 1, lookahead: int = -1) -> Path:
-    """`ports`: CLUSTER_PORTS free ports, the first six for Thrift, the rest for HTTP."""
+                 request_ms: float = 5000, executor_workers: int = 1, lookahead: int = -1,
+                 connections: dict | None = None) -> Path:
+    """`ports`: CLUSTER_PORTS free ports: six for Thrift, six for HTTP, one for the aggregator's callbacks."""
     def at(i: int) -> dict:
         return {"host": "127.0.0.1", "port": ports[i], "http_port": ports[6 + i]}
 
     services = {
-        "aggregator": {**at(0), "queue_size": queue_size, "workers": workers, "sample_rate": sample_rate},
+        "aggregator": {**at(0), "internal_port": ports[12], "queue_size": queue_size, "workers": workers,
+                       "sample_rate": sample_rate},
         "executor": {**at(1), "workers": executor_workers, "threads": 1, "lookahead": lookahead},
         "predictors": [{"name": "predictor-0", **at(2), "cuts": ["stem"]},
                        {"name": "predictor-1", **at(3), "cuts": "auto"}],
@@ -100,9 +102,11 @@ def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = Tr
         services["index"] = at(4)
     if retrainer:
         services["retrainer"] = {**at(5), "min_samples": 20}
-    raw = {"bundle": str(bundle), "log_dir": str(path.parent / "logs"),
+    raw = {"bundle": str(bundle), "log_dir": str(path.parent / "logs"), "secret_file": str(path.parent / "secret"),
            "timeouts_ms": {"connect": 500, "call": 3000, "request": request_ms, "lookup": lookup_ms},
            "max_message_mb": 1, "services": services}
+    if connections:
+        raw["connections"] = connections
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 

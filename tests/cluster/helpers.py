@@ -3,20 +3,25 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from thrift.transport import TTransport
 
-from gati.rpc import launch
+from gati.rpc import auth, launch
+from gati.rpc.auth import Secret
 from gati.rpc.client import GatiClient, status
 from gati.rpc.config import ClusterConfig, load_config
 from gati.rpc.gen.gati_idl.ttypes import Prediction, ServiceStatus
+from gati.rpc.transport import protocol
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -40,9 +45,13 @@ class Cluster:
     def client(self, timeout_s: float = 10.0) -> GatiClient:
         return GatiClient(*self.address, timeout_s=timeout_s)
 
+    @property
+    def secret(self) -> Secret:
+        return Secret.load(self.cfg.secret_file)
+
     def status(self, name: str) -> ServiceStatus:
         ep = self.cfg.endpoints()[name]
-        return status(ep.host, ep.port)
+        return status(ep.host, ep.port, secret=self.secret if ep.internal else None)
 
     def http(self, name: str, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         """GET a path from a service's HTTP port: (status, body), 5xx included."""
@@ -69,7 +78,7 @@ class Cluster:
         """Start one service again on its configured port, alone, and wait until it answers ping."""
         role = dict(launch.roles(self.cfg))[name]
         self.procs[name] = launch.spawn(self.cfg, name, role)
-        launch.wait_ready([self.procs[name]], timeout_s=120)
+        launch.wait_ready([self.procs[name]], timeout_s=120, secret=self.secret)
 
 
 @dataclass
@@ -174,3 +183,44 @@ def lookups(s: ServiceStatus, cut: str) -> int:
 def stages_after_hit(samples: Samples) -> dict[str, float]:
     """The executor's histogram of stages run after a hit, as {bucket bound: count}."""
     return {dict(labels)["le"]: v for (name, labels), v in samples.items() if name == "gati_stages_after_hit_bucket"}
+
+
+# ---- raw wire: what an attacker (or a broken peer) writes, byte by byte -------------------------
+
+def message(client_cls: type, method: str, *args: Any) -> bytes:
+    """The Thrift binary message a generated client writes for `method(*args)` (unframed)."""
+    buf = TTransport.TMemoryBuffer()
+    getattr(client_cls(protocol(buf, 1 << 30)), f"send_{method}")(*args)
+    return buf.getvalue()
+
+
+def frame(payload: bytes, declared: int | None = None) -> bytes:
+    """A frame: its 4-byte size (`declared`, to lie about it) and the payload."""
+    return (len(payload) if declared is None else declared).to_bytes(4, "big") + payload
+
+
+def closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    """The peer closed (or reset) the connection within `within_s`; data it sends is skipped."""
+    sock.settimeout(within_s)
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+def handshake(sock: socket.socket, secret: Secret) -> auth.Session:
+    """The client's side of gati/rpc/auth.py's handshake over a raw socket."""
+    sent = auth.hello()
+    sock.sendall(sent.data)
+    challenge = b""
+    while len(challenge) < auth.CHALLENGE_SIZE:
+        challenge += sock.recv(auth.CHALLENGE_SIZE - len(challenge))
+    proof, session = auth.prove(secret, sent, challenge)
+    sock.sendall(proof)
+    return session

@@ -10,10 +10,12 @@ from gati.rpc.config import AUTO, ConfigError, load_config
 
 BASE = {
     "bundle": "../bundles/r18",
+    "secret_file": "secret",
     "timeouts_ms": {"connect": 500, "request": 3000},
     "hop_delay_ms": 0.5,
     "services": {
-        "aggregator": {"host": "127.0.0.1", "port": 9090, "http_port": 9100, "queue_size": 8, "workers": 2},
+        "aggregator": {"host": "127.0.0.1", "port": 9090, "internal_port": 9096, "http_port": 9100,
+                       "queue_size": 8, "workers": 2},
         "executor": {"host": "127.0.0.1", "port": 9091, "http_port": 9101},
         "predictors": [
             {"name": "p0", "host": "127.0.0.1", "port": 9092, "cuts": ["layer2.1", "layer3.0"]},
@@ -51,6 +53,9 @@ def test_parses_values_defaults_and_relative_paths(tmp_path):
     assert cfg.aggregator.queue_size == 8 and cfg.aggregator.sample_rate == 0.05
     assert cfg.predictor("p1").cuts == AUTO and cfg.retrainer is None and cfg.index.port == 9094
     assert cfg.aggregator.http_port == 9100 and cfg.executor.http_port == 9101 and cfg.index.http_port is None
+    assert cfg.secret_file == tmp_path / "conf" / "secret" and cfg.aggregator.callbacks.port == 9096
+    assert not cfg.aggregator.internal and cfg.executor.internal and cfg.predictor("p0").internal
+    assert cfg.connections.max_open == 1024 and cfg.connections.client_idle_s < cfg.connections.idle_s
     assert set(cfg.endpoints()) == {"aggregator", "executor", "p0", "p1", "index"}
 
 
@@ -69,6 +74,12 @@ def test_placement_resolves_auto_to_the_cuts_placed_nowhere_else(tmp_path):
     ({"services__predictors": []}, "non-empty list"),
     ({"hop_delay_ms": -1}, "hop_delay_ms"),
     ({"timeouts_ms": {"lookup": 0}}, "lookup must be positive"),
+    ({"services__aggregator__internal_port": None}, "internal_port is required"),
+    ({"services__aggregator__internal_port": 9091}, "both use 127.0.0.1:9091"),
+    ({"secret_file": None}, "secret_file must be a str"),
+    ({"connections": {"max_open": 0}}, "max_open must be at least 1"),
+    ({"connections": {"idle_s": 0}}, "idle_s must be positive"),
+    ({"connections": {"maxopen": 5}}, "unknown keys \\['maxopen'\\]"),
 ])
 def test_bad_values_are_named(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -87,6 +98,13 @@ def test_placement_errors_name_the_cut(tmp_path):
         cfg.placement(PLAN)
 
 
+def test_the_secret_file_is_required(tmp_path):
+    raw = variant()
+    del raw["secret_file"]
+    with pytest.raises(ConfigError, match="secret_file.*signs every call between services"):
+        load_config(write(tmp_path, raw))
+
+
 def test_missing_file_and_missing_predictor(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
@@ -100,3 +118,4 @@ def test_the_shipped_local_config_loads():
     assert cfg.bundle.name == "r18" and cfg.bundle.parent.name == "bundles"
     http = [ep.http_port for ep in cfg.endpoints().values()]
     assert None not in http and len(set(http)) == len(http)  # every service has a health port of its own
+    assert cfg.aggregator.internal_port == 9096 and cfg.secret_file.parent == cfg.log_dir

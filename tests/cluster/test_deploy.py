@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gati.rpc import launch
+from gati.rpc.auth import Secret
 from gati.rpc.client import GatiClient, ping, status
 from gati.rpc.config import load_config
 from tests.cluster.conftest import CLUSTER_PORTS, free_ports, write_config
@@ -41,10 +43,15 @@ def test_deploy_local_starts_every_service_and_stop_local_stops_exactly_those(co
         pidfile = Path(cfg.log_dir) / launch.PIDFILE
         procs = launch.read_pidfile(pidfile)
         assert {p.name for p in procs} == set(cfg.endpoints())
+        secret = Secret.load(cfg.secret_file)  # created by deploy-local, readable by its owner only
+        assert stat.S_IMODE(cfg.secret_file.stat().st_mode) == 0o600 and str(cfg.secret_file) in up.stdout
         for p in procs:  # endpoints and log paths are printed; every service answers ping
             assert p.endpoint in up.stdout and p.log in up.stdout
-            assert ping(p.host, p.port) and Path(p.log).exists()
-        assert len({status(p.host, p.port).pid for p in procs}) == len(procs)
+            assert p.answers(secret) and Path(p.log).exists()
+        internal = [p for p in procs if p.role != "aggregator"]
+        assert not any(ping(p.host, p.port) for p in internal)  # without the secret: no answer
+        assert len({status(p.host, p.port, secret=None if p.role == "aggregator" else secret).pid
+                    for p in procs}) == len(procs)
         until(lambda: deploy("status", config).returncode == 0, timeout_s=30)  # every service up and ready
         report = deploy("status", config).stdout
         assert all(f"{name} " in report for name in cfg.endpoints()) and report.count(" ready") == len(procs)

@@ -151,7 +151,7 @@ def test_retrainer_swaps_a_validated_version_under_load_and_rejects_a_broken_one
     from gati.bundle import cache_file
     from gati.rpc.gen.gati_idl import Retrainer
     from gati.rpc.transport import Limits, Pool
-    retrainer = Pool(Retrainer.Client, "127.0.0.1", cluster.cfg.retrainer.port, Limits(call_s=60))
+    retrainer = Pool(Retrainer.Client, "127.0.0.1", cluster.cfg.retrainer.port, Limits(call_s=60, secret=cluster.secret))
     deployed = (cluster_bundle / cache_file(1, "linear")).read_bytes()
     broken_file = tmp_path / "broken.pt"
     shutil.copy(cluster_bundle / cache_file(1, "linear"), broken_file)

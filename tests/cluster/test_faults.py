@@ -74,7 +74,10 @@ def test_a_frozen_predictor_costs_one_lookup_timeout_and_counts_as_a_miss(cluste
             assert time.monotonic() - started < LOOKUP_MS / 1000 + 1.5
             assert p.exit_name != "stem"
             assert p.label == (references.labels[i] if p.exit_name == references.exits[i] else references.base[i])
-    assert cluster.status("executor").counters["lookup_failures.timeout"] >= 4
+    # A verdict late on an open connection, or a new connection whose handshake the frozen process
+    # never answers (bounded by the same lookup timeout): each request pays one.
+    counters = cluster.status("executor").counters
+    assert counters.get("lookup_failures.timeout", 0) + counters.get("lookup_failures.unreachable", 0) >= 4
     until(lambda: answers_match(cluster, eval_images, references, n=20), timeout_s=20)  # back once thawed
 
 

@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from gati.rpc import surface
+from gati.rpc.auth import Secret
 from gati.rpc.client import ping
 from gati.rpc.gen.gati_idl import NeighborIndex
 from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, Unavailable
@@ -16,11 +18,18 @@ from gati.rpc.tensors import to_tensor
 from gati.rpc.transport import Limits, PeerUnavailable, Pool
 
 SMALL = 256 * 1024
+SECRET = Secret.generate()
 
 
 def serve_index(port: int = 0, max_bytes: int = SMALL) -> tuple[IndexHandler, RpcServer]:
     handler = IndexHandler()
-    return handler, RpcServer(NeighborIndex.Processor(handler), "127.0.0.1", port, max_bytes, "index").start()
+    return handler, RpcServer(NeighborIndex.Processor(handler), "127.0.0.1", port,
+                              surface.internal("index", max_bytes), secret=SECRET, name="index").start()
+
+
+def signed(**limits) -> Limits:
+    """Client limits holding the test deployment's secret, as every internal caller's do."""
+    return Limits(secret=SECRET, **limits)
 
 
 @pytest.fixture
@@ -37,7 +46,7 @@ def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 def test_remote_index_adds_searches_and_exports(index):
     handler, server = index
-    remote = RemoteIndex(Pool(NeighborIndex.Client, "127.0.0.1", server.port, Limits()), "cut@v0")
+    remote = RemoteIndex(Pool(NeighborIndex.Client, "127.0.0.1", server.port, signed()), "cut@v0")
     x, labels = unit_rows(50, 8), np.arange(50, dtype=np.int64) % 5
     remote.add(x, labels)
     sims, found = remote.search(x[:3], 4)
@@ -45,12 +54,12 @@ def test_remote_index_adds_searches_and_exports(index):
     assert np.array_equal(found[:, 0], labels[:3]) and np.allclose(sims[:, 0], 1.0, atol=1e-5)
     vectors, stored = remote.export()
     assert np.allclose(vectors, x) and np.array_equal(stored, labels)
-    assert handler.status().counters["index_searches"] == 1 and ping("127.0.0.1", server.port)
+    assert handler.status().counters["index_searches"] == 1 and ping("127.0.0.1", server.port, secret=SECRET)
 
 
 def test_declared_errors_are_typed_and_keep_the_connection(index):
     _, server = index
-    pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, Limits())
+    pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, signed())
     with pytest.raises(InvalidRequest, match="no index named 'missing'"):
         pool.call("search", "missing", to_tensor(unit_rows(1, 8)), 3)
     with pytest.raises(InvalidRequest, match="NaN"):
@@ -60,7 +69,7 @@ def test_declared_errors_are_typed_and_keep_the_connection(index):
 
 def test_an_oversized_frame_drops_that_connection_only(index):
     _, server = index
-    big = Pool(NeighborIndex.Client, "127.0.0.1", server.port, Limits(max_bytes=8 * SMALL))
+    big = Pool(NeighborIndex.Client, "127.0.0.1", server.port, signed(max_bytes=8 * SMALL))
     with pytest.raises(PeerUnavailable):
         big.call("add", "k", to_tensor(unit_rows(20000, 8)), to_tensor(np.zeros(20000, np.int64)))
     assert big.call("ping") is True  # the server kept serving; the pool reconnected
@@ -69,13 +78,13 @@ def test_an_oversized_frame_drops_that_connection_only(index):
 def test_a_restarted_peer_is_reached_again_on_the_same_pool():
     handler, server = serve_index()
     port = server.port
-    pool = Pool(NeighborIndex.Client, "127.0.0.1", port, Limits(connect_s=0.5))
+    pool = Pool(NeighborIndex.Client, "127.0.0.1", port, signed(connect_s=0.5))
     pool.call("reset", "k")
     pool.send("ping")  # a oneway-style send on a pooled connection
     server.close()
     with pytest.raises(PeerUnavailable, match="cannot connect"):
         pool.call("ping")
-    assert not ping("127.0.0.1", port, 0.2)
+    assert not ping("127.0.0.1", port, 0.2, SECRET)
     _, server = serve_index(port)
     try:
         assert pool.call("ping") is True
@@ -85,7 +94,7 @@ def test_a_restarted_peer_is_reached_again_on_the_same_pool():
 
 def test_a_started_call_is_read_later_once_and_a_late_reply_is_a_failure(index):
     handler, server = index
-    pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, Limits())
+    pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, signed())
     pool.call("add", "k", to_tensor(unit_rows(4, 8)), to_tensor(np.zeros(4, np.int64)))
     call = pool.start("size", "k")  # the request is out; the caller works on meanwhile
     assert call.result(timeout_s=2.0) == 4
@@ -103,7 +112,7 @@ def test_a_started_call_is_read_later_once_and_a_late_reply_is_a_failure(index):
 
 def test_hop_delay_is_injected_before_each_message(index):
     _, server = index
-    pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, Limits(hop_delay_s=0.02))
+    pool = Pool(NeighborIndex.Client, "127.0.0.1", server.port, signed(hop_delay_s=0.02))
     pool.call("ping")
     started = time.perf_counter()
     pool.call("ping")
