@@ -9,6 +9,8 @@ from gati.bundle import load_bundle
 from gati.data import load_split
 from gati.errors import Cancelled
 from gati.pipeline.certify import Scores, exit_index
+from gati.rpc import surface
+from gati.rpc.auth import Secret
 from gati.rpc.executor import RemoteVerdicts, Route
 from gati.rpc.gen.gati_idl import Predictor
 from gati.rpc.metrics import ExecutorMetrics
@@ -89,9 +91,10 @@ def predictor(dense):
     """A real predictor service on 127.0.0.1 serving the dense plan's caches."""
     bundle, _ = dense
     slots = {e.cut: Slot(e.cut, e.cut_name, e.variant, e.threshold, bundle.caches[e.cut]) for e in bundle.plan.entries}
+    secret = Secret.generate()
     server = RpcServer(Predictor.Processor(PredictorHandler(slots)), "127.0.0.1", 0,
-                       1 << 20, "predictor").start()
-    yield Pool(Predictor.Client, "127.0.0.1", server.port, Limits(), name="predictor-0")
+                       surface.internal("predictor", 1 << 20), secret=secret, name="predictor").start()
+    yield Pool(Predictor.Client, "127.0.0.1", server.port, Limits(secret=secret), name="predictor-0")
     server.close()
 
 

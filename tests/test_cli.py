@@ -74,8 +74,8 @@ def test_a_config_that_is_not_yaml_is_named_not_a_traceback(tmp_path, capsys):
 
 def config_with(tmp_path: Path, bundle: Path, port: int, http_port: int | None) -> Path:
     path = tmp_path / "all.yaml"
-    aggregator = {"host": "127.0.0.1", "port": port} | ({"http_port": http_port} if http_port else {})
-    path.write_text(yaml.safe_dump({"bundle": str(bundle), "services": {
+    aggregator = {"host": "127.0.0.1", "port": port, "internal_port": 3} | ({"http_port": http_port} if http_port else {})
+    path.write_text(yaml.safe_dump({"bundle": str(bundle), "secret_file": str(tmp_path / "secret"), "services": {
         "aggregator": aggregator, "executor": {"host": "127.0.0.1", "port": 1},
         "predictors": [{"host": "127.0.0.1", "port": 2}]}}))
     return path
