@@ -72,6 +72,9 @@ def test_an_old_bundle_loads_where_its_checkpoint_is_and_says_what_to_do_where_n
     (copy / "manifest.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     old = load_bundle(copy)
     assert old.plan.entries and old.manifest.certified.claim == "agreement with the base model >= 0.9"
+    retargeted = tmp_path / "retargeted"  # revising an old bundle writes this gati's format, and reads back
+    main(["calibrate", "--bundle", str(copy), "--target", "0.95", "--out", str(retargeted)])
+    assert read_manifest(retargeted).format_version == 2 and load_bundle(retargeted).manifest.target == 0.95
     outside.unlink()
     with pytest.raises(CheckpointError, match="older gati .* absolute path"):
         load_bundle(copy)

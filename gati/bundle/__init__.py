@@ -208,7 +208,10 @@ def _sealed(manifest: Manifest, folder: Path) -> Manifest:
     digest = hashlib.sha256()
     for e in manifest.plan.entries:
         digest.update(sha256_file(folder / cache_file(e.cut, e.variant)).encode())
-    return manifest.replace(certified=replace(manifest.certified, caches_sha256=digest.hexdigest()))
+    # Whatever format it was read in, it is written in this gati's format (a format-1 bundle's absolute
+    # checkpoint path stays valid in format 2).
+    return manifest.replace(format_version=FORMAT_VERSION,
+                            certified=replace(manifest.certified, caches_sha256=digest.hexdigest()))
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
