@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = parser().parse_args(argv)
-    command = shlex.join(["python", "experiments/latency_sweep.py", *argv])
+    command = shlex.join(["python", "experiments/latency_sweep.py", *(x for x in argv if x != "--report-only")])
     try:
         preset = load_preset(a.preset)
         docs = Docs(a.root)

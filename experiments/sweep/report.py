@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from experiments.sweep.spec import (
     Preset,
     SweepError,
 )
+
+LISTED_KEYS = 8  # rows named per reason in a table of rows not measured; the rest are counted
 
 
 def marker(name: str, end: bool = False) -> str:
@@ -64,7 +67,7 @@ class Sources:
     results: Path                    # the JSON lines
     figures: Path                    # the PNG folder
     docs: Path                       # the markdown file that links them (for relative links)
-    command: str                     # the sweep's command line
+    command: str                     # the command that measures the preset (the sweep's, without --report-only)
 
 
 def preset_block(preset: Preset, rows: list[RowResult], drawn: list[Drawn], src: Sources) -> str:
@@ -74,11 +77,12 @@ def preset_block(preset: Preset, rows: list[RowResult], drawn: list[Drawn], src:
              "per row, with every request's record); do not edit by hand. `--report-only` redraws it from the "
              "JSON.* " + preset.description, ""]
     lines += _method(preset)
-    lines += ["", f"{len(finished)} of {len(rows)} rows measured.", ""]
+    lines += ["", f"{len(finished)} of {len(preset.rows)} rows measured.", ""]
     if finished:
         lines += _rows_table(finished, preset.models)
     lines += _notes(preset.models, finished)
-    lines += _not_run(rows)
+    tried = {r.key for r in rows}
+    lines += _not_run(rows, [r.key for r in preset.rows if r.key not in tried], src.command)
     lines += ["", "**Figures**", ""]
     for d in drawn:
         if d.figure is not None:
@@ -158,15 +162,18 @@ def not_run(rows: list[RowResult]) -> list[NotRun]:
     return [NotRun(status, reason, command, tuple(keys)) for (status, reason, command), keys in groups.items()]
 
 
-def _not_run(rows: list[RowResult]) -> list[str]:
+def _not_run(rows: list[RowResult], untried: list[str], command: str) -> list[str]:
     groups = not_run(rows)
+    if untried:
+        groups.append(NotRun("not run yet", "never measured", command, tuple(untried)))
     if not groups:
         return []
     out = ["", "**Rows not measured** (tried again on the next run):", "",
            _md_row(["status", "reason", "what would make it possible", "rows"]), _md_row(["---"] * 4)]
     for g in groups:
-        out.append(_md_row([g.status, g.reason, f"`{g.command}`" if g.command else "-",
-                            "<br>".join(f"`{k}`" for k in g.keys)]))
+        keys = [f"`{k}`" for k in g.keys[:LISTED_KEYS]]
+        keys += [f"and {len(g.keys) - LISTED_KEYS} more"] if len(g.keys) > LISTED_KEYS else []
+        out.append(_md_row([g.status, g.reason, f"`{g.command}`" if g.command else "-", "<br>".join(keys)]))
     return out
 
 
@@ -191,10 +198,14 @@ def _machines(rows: list[RowResult]) -> list[str]:
 
 
 def _commands(rows: list[RowResult], command: str) -> list[str]:
+    """Every bundle command, in the order they were made; then the sweep commands that measured the rows."""
     made: list[str] = []
     for r in rows:
         made += [c for c in r.commands if c not in made]
-    return ["", "**Commands** (bundles, in the order they were made; then the sweep):", "", "```sh", *made, command,
+    sweeps = [f"python experiments/latency_sweep.py {shlex.join(r.environment['argv'])}" for r in rows
+              if r.status == DONE and r.environment.get("argv") is not None]
+    ran = list(dict.fromkeys(sweeps)) or [command]
+    return ["", "**Commands** (bundles, in the order they were made; then the sweep):", "", "```sh", *made, *ran,
             "```"]
 
 
@@ -279,14 +290,15 @@ def hop_block(points: list[HopPoint], source: str) -> str:
     lines = ["### Measured: local cluster with an added per-hop delay", "", source, "",
              _md_row(head), _md_row(["---"] * len(head))]
     for p in ([local] if local else []) + cluster:
-        versus = f"+{p.p50_ms - local.p50_ms:.1f} ms" if local and p is not local else "-"
+        versus = f"{p.p50_ms - local.p50_ms:+.1f} ms" if local and p is not local else "-"
         lines.append(_md_row(["in process (no hops)" if p.delay_ms is None else f"{p.delay_ms:g} ms", str(p.requests),
                               f"{p.p50_ms:.1f} ms", f"{p.p99_ms:.1f} ms", f"{p.hit_rate:.1%}", versus,
                               f"{p.base_p50_ms:.1f} ms" if p.base_p50_ms is not None else "not measured"]))
     if len(cluster) >= 2:
         slope = float(np.polyfit([p.delay_ms for p in cluster], [p.p50_ms for p in cluster], 1)[0])
         lines += ["", f"A least-squares line through the cluster's medians rises {slope * 0.1:.2f} ms per 0.1 ms of "
-                      f"added delay per hop: a request waits on about {slope:.1f} hop crossings in sequence."]
+                      f"added delay per hop: about {slope:.1f} injected delays lie on a request's path, one before "
+                      "each message sent and one before each reply read."]
     return "\n".join(lines)
 
 

@@ -116,6 +116,7 @@ class _Measurer:
         bundle = self.inputs.bundle(path, row.device)
         stream = self.inputs.stream(row, bundle)
         if row.deployment == IN_PROCESS:
+            self._stop_cluster()  # idle service processes must not share the cores with an in-process measurement
             records = replay_in_process(bundle, stream, row.online, p.sample_rate, p.seed, self.cfg.progress)
         elif row.online:
             raise OnlineUnavailable("the cluster's continuous retraining (issue 10) is not in this checkout")
@@ -129,11 +130,14 @@ class _Measurer:
     def _endpoint(self, wanted: tuple[Path, str, float | None]) -> str:
         """The running cluster's endpoint when it serves `wanted`; else the old one stopped and a new one started."""
         if self._cluster is None or self._cluster[0] != wanted:
-            self._clusters.close()
-            self._cluster = None
+            self._stop_cluster()
             bundle, device, delay = wanted
             self._cluster = (wanted, self._clusters.enter_context(local_cluster(bundle, device, delay or 0.0)))
         return self._cluster[1]
+
+    def _stop_cluster(self) -> None:
+        self._clusters.close()
+        self._cluster = None
 
 
 def _same_outcome(previous: RowResult | None, result: RowResult) -> bool:
