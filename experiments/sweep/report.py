@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments.sweep.bundles import show
 from experiments.sweep.figures import Drawn, baseline, draw_all, pick, write_figures
-from experiments.sweep.results import DONE, RowResult
+from experiments.sweep.results import DONE, RowResult, Summary
 from experiments.sweep.spec import (
     CLUSTER,
     IN_PROCESS,
@@ -112,7 +112,7 @@ def _method(preset: Preset) -> list[str]:
 def _rows_table(rows: list[RowResult], models: dict[str, ModelSpec]) -> list[str]:
     head = ["model", "device", "target", "workload", "deployment", "learning", "requests", "agreement",
             "live lower bound", "certified (nominal)", "hit rate", "speed-up (mean)", "speed-up (p50)",
-            "p50 ms base / GATI", "p99 ms base / GATI", "paper"]
+            "p50 ms base / GATI", "p99 ms base / GATI", "accuracy base / GATI", "paper"]
     out = [_md_row(head), _md_row(["---"] * len(head))]
     for r in rows:
         s, b = r.summary, r.bundle
@@ -121,8 +121,12 @@ def _rows_table(rows: list[RowResult], models: dict[str, ModelSpec]) -> list[str
             "on" if r.row.online else "off", str(s.requests), f"{s.agreement:.4f}", f"{s.live_lower_bound:.4f}",
             f">= {b.target:g} ({b.nominal_lower_bound:.4f})", f"{s.hit_rate:.1%}", f"**{s.speedup_mean:.2f}x**",
             f"{s.speedup_p50:.2f}x", f"{s.p50_ms_base:.2f} / {s.p50_ms_gati:.2f}",
-            f"{s.p99_ms_base:.2f} / {s.p99_ms_gati:.2f}", _paper(r, models)]))
+            f"{s.p99_ms_base:.2f} / {s.p99_ms_gati:.2f}", _accuracy(s), _paper(r, models)]))
     return out
+
+
+def _accuracy(s: Summary) -> str:
+    return "-" if s.base_acc is None or s.gati_acc is None else f"{s.base_acc:.4f} / {s.gati_acc:.4f}"
 
 
 def _model_cell(r: RowResult) -> str:
