@@ -30,9 +30,12 @@ setup(
         "prometheus-client>=0.18",
     ],
     extras_require={
-        # tritonclient: the standard Open Inference Protocol client the tests talk to the aggregator with
-        "dev": ["pytest>=7.0", "boto3>=1.28", "moto[ec2,s3,iam,ssm]>=5.0", "tritonclient[http]>=2.40"],
+        # tritonclient: the standard Open Inference Protocol client the tests talk to the aggregator with;
+        # matplotlib: experiments/latency_sweep.py's figures (its tests draw them too)
+        "dev": ["pytest>=7.0", "boto3>=1.28", "moto[ec2,s3,iam,ssm]>=5.0", "tritonclient[http]>=2.40",
+                "matplotlib>=3.7,<4"],
         "aws": ["boto3>=1.28"],
+        "experiments": ["matplotlib>=3.7,<4"],
     },
     entry_points={"console_scripts": ["gati=gati.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Typing :: Typed"],

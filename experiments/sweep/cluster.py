@@ -1,0 +1,65 @@
+"""A local cluster for cluster rows: deploy/local.yaml's services as real processes, on free ports, stopped after.
+
+As `experiments/hop_delay.py` runs it: a copy of deploy/local.yaml pointing at the row's bundle and device, with
+`hop_delay_ms` (the transport sleeps that long before every message a client sends and before it reads a
+reply: one network hop each way), its own secret and logs in a private folder, started and stopped with
+`gati.rpc.launch`. Ports are picked free at start, so runs never collide with other clusters on the machine.
+"""
+from __future__ import annotations
+
+import socket
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from gati.rpc import launch
+from gati.rpc.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("aggregator", "executor", "index", "retrainer")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports that nothing listens on now (all held open together while they are picked)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def cluster_config(bundle: Path, device: str, hop_delay_ms: float, folder: Path) -> Path:
+    """deploy/local.yaml for this bundle, device and delay, on free ports, its secret and logs under `folder`."""
+    cfg = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
+    cfg.update(bundle=str(Path(bundle).resolve()), device=device, hop_delay_ms=float(hop_delay_ms),
+               log_dir=str(folder / "logs"), secret_file=str(folder / "secret"))
+    services = cfg["services"]
+    listed = [services[name] for name in SERVICES] + services["predictors"]
+    ports = iter(free_ports(len(listed) + 1))
+    for service in listed:
+        service["port"] = next(ports)
+        service.pop("http_port", None)  # health and metrics are not what a row measures
+    services["aggregator"]["internal_port"] = next(ports)
+    path = folder / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@contextmanager
+def local_cluster(bundle: Path, device: str, hop_delay_ms: float) -> Iterator[str]:
+    """The aggregator's endpoint while the cluster runs; every process is stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix="gati-sweep-") as tmp:
+        cfg = load_config(cluster_config(bundle, device, hop_delay_ms, Path(tmp)))
+        procs = launch.start(cfg)
+        try:
+            yield cfg.aggregator.address
+        finally:
+            launch.stop_procs(procs)

@@ -1,0 +1,136 @@
+"""One row's requests through the unsplit model and GATI, side by side, one record per request.
+
+In process (`replay_in_process`) the two alternate on every request as `gati eval` does: the same preprocessed
+tensor, the order swapped on every other request, each timed from its tensor to its label. Through a cluster
+(`replay_cluster`) every request is sent as uint8 pixels to the aggregator, as `gati bench` sends it, and the
+unsplit model answers the same pixels in this process, preprocessing included on both sides, alternating in
+the same way, so the ratio compares what a client waits for.
+
+`replay_in_process` is the adapter the sweep reads per-request data through until `gati.measure.evaluate`
+returns its own records for a workload (issue 10); switching is a change to that one function. Until then online
+learning is not available here (`OnlineUnavailable`), and the live lower bound is computed from the replay
+itself: the server's coin (a seeded Bernoulli draw per request, independent of content) samples hits, and
+`gati.learning.guarantee.wrong_bounds` turns the sampled wrong answers into the anytime-valid bound the live
+server would export.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from experiments.sweep.results import UNKNOWN, Records
+from experiments.sweep.spec import SweepError
+from gati.bundle import Bundle
+from gati.learning.guarantee import wrong_bounds
+from gati.measure.evaluate import WARMUP
+from gati.measure.workloads import Stream
+from gati.rpc.client import GatiClient, parse_endpoint
+from gati.runtime.engine import Engine
+
+ALPHA = 0.05
+
+
+class OnlineUnavailable(SweepError):
+    """Online learning needs evaluate()'s online mode, which this checkout lacks."""
+
+
+def replay_in_process(bundle: Bundle, stream: Stream, online: bool, sample_rate: float, seed: int,
+                      progress: bool = False) -> Records:
+    """Every request of the stream through base and GATI in this process, alternating which runs first."""
+    if online:
+        raise OnlineUnavailable("online learning while serving needs gati.measure.evaluate's online mode "
+                                "(issue 10, branch `learning`), not in this checkout")
+    engine = Engine(bundle)
+    device = str(next(bundle.model.parameters()).device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    inputs = [bundle.preprocess(stream.images[i:i + 1]).to(device) for i in range(len(stream))]
+    for x in inputs[:WARMUP]:
+        engine.predict_base(x), engine.predict(x)
+
+    def base(x: torch.Tensor) -> tuple[int, str, int]:
+        return engine.predict_base(x), "final", len(engine.stages)
+
+    def gati(x: torch.Tensor) -> tuple[int, str, int]:
+        a = engine.predict(x)
+        return a.label, a.exit_name, a.stages_run
+
+    try:
+        columns = _side_by_side(inputs, base, gati, sync, progress)
+    finally:
+        engine.close()
+    return _records(stream, columns, sample_rate, seed)
+
+
+def replay_cluster(bundle: Bundle, endpoint: str, stream: Stream, sample_rate: float, seed: int,
+                   timeout_s: float = 30.0, progress: bool = False) -> Records:
+    """Every request of the stream as pixels to the cluster at `endpoint`, beside the unsplit model here."""
+    engine = Engine(bundle)
+    client = GatiClient(*parse_endpoint(endpoint), timeout_s=timeout_s)
+
+    def base(image: np.ndarray) -> tuple[int, str, int]:
+        return engine.predict_base(bundle.preprocess(image[None])), "final", len(engine.stages)
+
+    def gati(image: np.ndarray) -> tuple[int, str, int]:
+        p = client.predict_pixels(image)
+        return p.label, p.exit_name, p.stages_run
+
+    try:
+        for image in stream.images[:WARMUP]:
+            base(image), gati(image)
+        columns = _side_by_side(list(stream.images), base, gati, lambda: None, progress)
+    finally:
+        client.close()
+        engine.close()
+    return _records(stream, columns, sample_rate, seed)
+
+
+Answerer = Callable[[object], tuple[int, str, int]]   # input -> (label, exit name, stages run)
+
+
+def _side_by_side(inputs: list, base: Answerer, gati: Answerer, sync: Callable[[], None],
+                  progress: bool) -> dict[str, list]:
+    """Time both on every input, base first on even requests and GATI first on odd ones (as `gati eval`)."""
+    out: dict[str, list] = {k: [] for k in ("ms_base", "ms_gati", "base_label", "answer", "exit_name", "stages_run")}
+    for n, x in enumerate(tqdm(inputs, desc="requests", unit="req", leave=False, disable=not progress)):
+        runs = [("base", base), ("gati", gati)]
+        for name, fn in (runs if n % 2 == 0 else runs[::-1]):
+            sync()
+            start = time.perf_counter()
+            label, exit_name, stages = fn(x)
+            elapsed = (time.perf_counter() - start) * 1e3
+            if name == "base":
+                out["ms_base"].append(elapsed)
+                out["base_label"].append(label)
+            else:
+                out["ms_gati"].append(elapsed)
+                out["answer"].append(label)
+                out["exit_name"].append(exit_name)
+                out["stages_run"].append(stages if stages is not None else UNKNOWN)
+    return out
+
+
+def _records(stream: Stream, c: dict[str, list], sample_rate: float, seed: int) -> Records:
+    answer, base_label = np.asarray(c["answer"]), np.asarray(c["base_label"])
+    exit_name = np.asarray(c["exit_name"], dtype=object)
+    hit = exit_name != "final"
+    sampled, lower = live_lower_bound(hit, answer != base_label, sample_rate, seed)
+    n = len(answer)
+    return Records(index=np.arange(n), source=stream.sources[:n], phase=stream.phases[:n], label=stream.labels[:n],
+                   base_label=base_label, answer=answer, exit_name=exit_name, stages_run=np.asarray(c["stages_run"]),
+                   ms_base=np.asarray(c["ms_base"]), ms_gati=np.asarray(c["ms_gati"]), hit=hit, sampled=sampled,
+                   live_lower_bound=lower, fallback_level=np.full(n, UNKNOWN))
+
+
+def live_lower_bound(hit: np.ndarray, wrong: np.ndarray, p: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sampled, bound): the server's coin on every hit, and after each request the anytime-valid lower bound on
+    the agreement of all requests so far that the sampled hits support (a miss is the base model's answer)."""
+    coin = np.random.default_rng([seed, 0x5A17]).random(len(hit)) < p
+    sampled = hit & coin
+    seen_wrong = np.cumsum(sampled & wrong)
+    unseen = np.cumsum(hit & ~sampled)
+    _, most_wrong = wrong_bounds(seen_wrong, unseen, p, ALPHA)
+    return sampled, 1.0 - most_wrong / np.arange(1, len(hit) + 1)

@@ -1,0 +1,342 @@
+"""experiments/latency_sweep.py on the tiny synthetic model: rows, JSON lines, resuming, skips, figures and docs.
+
+One sweep runs once per module (in process at two targets and two workloads, one cluster row, and rows that must be
+skipped: a GPU row on this CPU, online-learning rows); the tests read what it left behind. Figures are checked as
+matplotlib objects (titles, axis labels, series and their data), never as pixels.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from experiments import latency_sweep
+from experiments.sweep.bundles import Bundles, Ready, Unavailable
+from experiments.sweep.figures import draw_all
+from experiments.sweep.replay import live_lower_bound
+from experiments.sweep.report import marker, replace_block
+from experiments.sweep.results import DONE, FAILED, SKIPPED, Records, ResultsFile
+from experiments.sweep.spec import (
+    CLUSTER,
+    IN_PROCESS,
+    SweepError,
+    load_models,
+    load_preset,
+)
+from tests.tinynet import CUTS
+
+REPO = Path(__file__).resolve().parents[1]
+REQUESTS = 48
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tiny_bundle, tiny_data, tmp_path_factory) -> Path:
+    data, checkpoint = tiny_data
+    folder = tmp_path_factory.mktemp("sweep")
+    spec = {
+        "models": {"tiny": {"title": "TinyNet / synthetic", "model_module": "tests.tinynet:factory", "cuts": CUTS,
+                            "dataset": "imagefolder", "data": str(data), "checkpoint": str(checkpoint),
+                            "bundle": str(tiny_bundle), "paper": {"cpu": 1.5, "cuda": 1.25},
+                            "note": "synthetic blobs"}},
+        "presets": {"tiny": {"requests": REQUESTS, "window": 8, "build_target": 0.9, "headline_target": 0.9,
+                             "sweeps": [
+                                 {"models": ["tiny"], "targets": [0.9, 0.95], "workloads": ["iid", "bursty:mean_run=6"],
+                                  "online": [False, True]},
+                                 {"models": ["tiny"], "devices": ["cuda"], "targets": [0.9], "workloads": ["iid"]},
+                                 {"models": ["tiny"], "targets": [0.9], "workloads": ["iid"],
+                                  "deployments": ["cluster"], "hop_delays_ms": [0]}]}},
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(sweep_file, tmp_path_factory):
+    """A copy of the docs, the sweep run over it, and what it returned."""
+    root = tmp_path_factory.mktemp("checkout")
+    (root / "docs" / "results").mkdir(parents=True)
+    shutil.copy(REPO / "README.md", root / "README.md")
+    for name in ("results.md", "aws.md"):
+        shutil.copy(REPO / "docs" / name, root / "docs" / name)
+    shutil.copy(REPO / "docs" / "results" / "hop_delay.json", root / "docs" / "results" / "hop_delay.json")
+    argv = ["--preset", str(sweep_file), "--root", str(root), "--work", str(root / "work"), "--quiet"]
+    code = latency_sweep.main(argv)
+    results = root / "docs" / "results" / "sweep" / "tiny.jsonl"
+    return {"root": root, "argv": argv, "code": code, "results": results,
+            "lines": results.read_text().splitlines(), "preset": load_preset(str(sweep_file))}
+
+
+def rows_of(swept) -> dict:
+    return ResultsFile(swept["results"]).latest()
+
+
+def test_every_row_is_measured_or_skipped_with_its_reason_and_command(swept):
+    preset, rows = swept["preset"], rows_of(swept)
+    assert swept["code"] == latency_sweep.EXIT_INCOMPLETE  # some rows cannot run here, and the exit code says so
+    assert set(rows) == {r.key for r in preset.rows} and len(preset.rows) == 8 + 1 + 1
+    assert not [r for r in rows.values() if r.status == FAILED], [r.reason for r in rows.values()]
+    skipped = {k: r for k, r in rows.items() if r.status == SKIPPED}
+    assert {r.row.device for r in skipped.values() if not r.row.online} == {"cuda"}
+    for r in skipped.values():
+        assert r.reason and r.command, r.key
+        if r.row.online:
+            assert "learning" in r.command and "online" in r.reason
+        else:
+            assert "no CUDA device" in r.reason and "latency_sweep.py" in r.command and "GPU" in r.command
+    done = [r for r in rows.values() if r.status == DONE]
+    assert len(done) == 4 + 1
+    for r in done:
+        rec, s = r.records, r.summary
+        assert len(rec) == s.requests == REQUESTS and list(rec.index) == list(range(REQUESTS))
+        assert s.agreement == pytest.approx(np.mean(rec.answer == rec.base_label))
+        assert s.speedup_mean == pytest.approx(rec.ms_base.mean() / rec.ms_gati.mean(), rel=1e-3)  # ms kept to 0.1 us
+        assert (rec.hit == (rec.exit_name != "final")).all() and not (rec.sampled & ~rec.hit).any()
+        assert (rec.ms_base > 0).all() and (rec.ms_gati > 0).all() and ((0 <= rec.live_lower_bound) & (rec.live_lower_bound <= 1)).all()
+        assert r.bundle.target == r.row.target and r.bundle.cuts == CUTS and r.note == "synthetic blobs"
+        env = r.environment
+        assert env["cpu"] and env["cpus"] >= 1 and env["torch"] and env["torch_threads"] >= 1 and "git_commit" in env
+    cluster = [r for r in done if r.row.deployment == CLUSTER]
+    assert len(cluster) == 1 and cluster[0].summary.mean_stages_run is not None
+    local = next(r for r in done if r.row.deployment == IN_PROCESS and r.row.workload_name == "iid"
+                 and r.row.target == 0.9)
+    assert (cluster[0].records.answer == local.records.answer).all()  # the cluster answers what the engine answers
+
+
+def test_other_targets_are_calibrated_from_the_built_bundle_with_the_gati_command(swept, tiny_bundle):
+    row = next(r for r in rows_of(swept).values() if r.status == DONE and r.row.target == 0.95)
+    assert row.commands[0] == f"(given: {tiny_bundle})"
+    assert row.commands[1].startswith("gati calibrate --bundle ") and "--target 0.95" in row.commands[1]
+    assert Path(row.bundle.path).parent == swept["root"] / "work" and row.bundle.looks == 2
+
+
+def test_a_second_run_resumes_and_force_measures_again(swept, sweep_file):
+    before = swept["results"].read_text()
+    assert latency_sweep.main(swept["argv"]) == latency_sweep.EXIT_INCOMPLETE
+    assert swept["results"].read_text() == before  # nothing measured, no skip recorded twice
+    spec = yaml.safe_load(sweep_file.read_text())
+    one = spec["presets"].pop("tiny")
+    spec["presets"]["one"] = {**one, "sweeps": [{"models": ["tiny"], "targets": [0.9], "workloads": ["iid"]}]}
+    path = sweep_file.parent / "one.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    argv = [*swept["argv"][:1], str(path), *swept["argv"][2:]]
+    results = swept["results"].with_name("one.jsonl")
+    for extra, lines in (([], 1), ([], 1), (["--force"], 2)):
+        assert latency_sweep.main(argv + extra) == 0
+        assert len(results.read_text().splitlines()) == lines
+    first, second = (json.loads(line) for line in results.read_text().splitlines())
+    assert first["key"] == second["key"] == "tiny|cpu|0.9|iid:n=48,seed=0|in-process|frozen"
+    assert first["records"]["answer"] == second["records"]["answer"]  # the same stream, measured again
+
+
+def test_the_docs_blocks_are_generated_from_the_json(swept):
+    root = swept["root"]
+    results_md = (root / "docs" / "results.md").read_text()
+    block = results_md.split(marker("latency sweep: tiny"))[1].split(marker("latency sweep: tiny", end=True))[0]
+    assert "5 of 10 rows measured" in block and "no CUDA device on this machine" in block
+    assert "![" in block and "figures/tiny/fig1-gain-vs-paper.png" in block and "**Machine**" in block
+    assert "gati calibrate --bundle" in block and "python experiments/latency_sweep.py --preset" in block
+    assert "## Core: learned caches in-process" in results_md  # the hand-written sections stay
+    readme = (root / "README.md").read_text()
+    headline = readme.split(marker("headline table"))[1].split(marker("headline table", end=True))[0]
+    rows = [line.strip("| ").split(" | ") for line in headline.splitlines() if line.startswith("| TinyNet")]
+    assert [row[:4] for row in rows] == [["TinyNet / synthetic *", "cpu", "0.9", str(REQUESTS)],
+                                         ["TinyNet / synthetic *", "cpu", "0.95", str(REQUESTS)]]
+    assert all(row[6].startswith("**") and row[7] == "-" for row in rows)  # the paper's numbers are at 0.97 only
+    assert "synthetic blobs" in headline
+    aws = (root / "docs" / "aws.md").read_text()
+    hop = aws.split(marker("per-hop table"))[1].split(marker("per-hop table", end=True))[0]
+    table = {json.dumps(r["hop_delay_ms"]): r for r in json.loads((REPO / "docs/results/hop_delay.json").read_text())}
+    assert f"{table['1.0']['p50_ms']:.1f} ms" in hop and "docs/results/hop_delay.json" in hop
+    for name in ("fig1-gain-vs-paper", "fig2-tradeoff", "fig3-exits", "fig4-latency-cdf", "fig5-over-time",
+                 "fig6-caches", "fig7-hop-delay"):
+        assert (root / "docs" / "figures" / "tiny" / f"{name}.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def figures(swept) -> dict:
+    preset = swept["preset"]
+    rows = [r for r in rows_of(swept).values() if r.status == DONE]
+    return {d.name: d.figure for d in draw_all(rows, preset.models, preset.headline_target, preset.window)}, rows
+
+
+def series(ax) -> dict[str, object]:
+    """Every labelled line and bar group of an axes, by label."""
+    out = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    out.update({c.get_label(): c for c in ax.containers})
+    return out
+
+
+def readable(fig) -> None:
+    for ax in fig.axes:
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), ax
+        assert ax.get_legend() is not None and ax.get_legend().get_texts()
+
+
+def test_every_figure_has_a_title_axis_labels_and_a_legend(figures):
+    drawn, _ = figures
+    assert set(drawn) == {"fig1-gain-vs-paper", "fig2-tradeoff", "fig3-exits", "fig4-latency-cdf", "fig5-over-time",
+                          "fig6-caches", "fig7-hop-delay"}
+    for name, fig in drawn.items():
+        assert fig is not None, name
+        readable(fig)
+
+
+def pick_row(rows, **where):
+    return next(r for r in rows if all(getattr(r.row, k) == v for k, v in where.items()))
+
+
+def test_figure_1_sets_measured_gains_beside_the_paper(figures):
+    drawn, rows = figures
+    ax = drawn["fig1-gain-vs-paper"].axes[0]
+    s = series(ax)
+    assert {"measured, CPU", "paper, CPU (Table 6)", "measured, GPU", "paper, GPU (Table 6)", "no gain"} <= set(s)
+    local = pick_row(rows, target=0.9, workload_name="iid", deployment=IN_PROCESS)
+    assert s["measured, CPU"].patches[0].get_height() == pytest.approx(local.summary.speedup_mean)
+    assert s["paper, CPU (Table 6)"].patches[0].get_height() == 1.5
+    assert s["paper, GPU (Table 6)"].patches[0].get_height() == 1.25
+    assert np.isnan(s["measured, GPU"].patches[0].get_height())  # not measured here, and marked so
+    assert "Table 6" in ax.get_title() and "speed-up" in ax.get_ylabel()
+
+
+def test_figure_2_is_the_trade_off_curve_with_the_certified_bound(figures):
+    drawn, rows = figures
+    s = series(drawn["fig2-tradeoff"].axes[0])
+    measured = s["TinyNet / synthetic: measured"]
+    points = sorted((r for r in rows if r.row.workload_name == "iid" and r.row.deployment == IN_PROCESS),
+                    key=lambda r: r.row.target)
+    assert list(measured.get_ydata()) == pytest.approx([r.summary.agreement for r in points])
+    assert list(measured.get_xdata()) == pytest.approx([r.summary.speedup_mean for r in points])
+    assert list(s["TinyNet / synthetic: certified bound (>= target)"].get_ydata()) == [0.9, 0.95]
+    assert list(s["TinyNet / synthetic: paper (Table 6, 97%)"].get_xydata()[0]) == [1.5, 0.97]
+
+
+def test_figure_3_shows_where_requests_exit_per_target(figures):
+    drawn, _ = figures
+    s = series(drawn["fig3-exits"].axes[0])
+    assert set(s) == {"target 0.9", "target 0.95"}
+    for bars in s.values():
+        assert sum(p.get_height() for p in bars.patches) == pytest.approx(1.0)
+
+
+def test_figure_4_has_the_base_in_process_and_cluster_cdfs(figures):
+    drawn, _ = figures
+    s = series(drawn["fig4-latency-cdf"].axes[0])
+    assert set(s) == {"unsplit model", "GATI in process", "GATI through the cluster (0 ms per hop)"}
+    for line in s.values():
+        y = line.get_ydata()
+        assert len(y) == REQUESTS and y[-1] == 1.0 and (np.diff(line.get_xdata()) >= 0).all()
+
+
+def test_figure_5_shows_rolling_speedup_agreement_and_the_live_bound_on_locality_workloads(figures):
+    drawn, rows = figures
+    speed, agree = drawn["fig5-over-time"].axes
+    assert speed.get_title().startswith("bursty") and "live lower bound" in agree.get_title()
+    assert set(series(speed)) == {"TinyNet / synthetic, learning off", "no gain"}
+    s = series(agree)
+    assert {"TinyNet / synthetic, learning off: rolling agreement", "target 0.9",
+            "TinyNet / synthetic, learning off: live lower bound (all requests so far)"} == set(s)
+    bursty = pick_row(rows, target=0.9, workload_name="bursty")
+    bound = s["TinyNet / synthetic, learning off: live lower bound (all requests so far)"]
+    assert list(bound.get_ydata()) == pytest.approx(list(bursty.records.live_lower_bound))
+
+
+def test_figure_6_shows_lookup_cost_and_memory_per_variant_with_the_plan_marked(figures):
+    drawn, rows = figures
+    cost, size = drawn["fig6-caches"].axes
+    variants = {c.variant for c in rows[0].bundle.caches}
+    for ax in (cost, size):
+        assert set(series(ax)) == variants | {"in the plan at target 0.9"}
+    linear = series(size)["linear"]
+    facts = sorted((c for c in pick_row(rows, target=0.9).bundle.caches if c.variant == "linear"), key=lambda c: c.cut)
+    assert list(linear.get_ydata()) == pytest.approx([c.nbytes / 2**20 for c in facts])
+
+
+def test_figure_7_shows_the_cluster_median_against_the_in_process_engine(figures):
+    drawn, rows = figures
+    s = series(drawn["fig7-hop-delay"].axes[0])
+    name = "TinyNet / synthetic at 0.9 (cpu)"
+    assert set(s) == {f"{name}: cluster", f"{name}: in process", f"{name}: unsplit model"}
+    cluster = pick_row(rows, deployment=CLUSTER)
+    assert list(s[f"{name}: cluster"].get_xydata()[0]) == pytest.approx([0.0, cluster.summary.p50_ms_gati])
+
+
+def test_records_survive_the_json_line():
+    rng = np.random.default_rng(0)
+    n = 7
+    records = Records(index=np.arange(n), source=rng.integers(0, 9, n), phase=np.zeros(n, int),
+                      label=rng.integers(0, 3, n), base_label=rng.integers(0, 3, n), answer=rng.integers(0, 3, n),
+                      exit_name=np.array(["stem", "final", "block2", "stem", "final", "final", "block1"], dtype=object),
+                      stages_run=rng.integers(1, 5, n), ms_base=rng.random(n), ms_gati=rng.random(n),
+                      hit=rng.random(n) < 0.5, sampled=np.zeros(n, bool), live_lower_bound=rng.random(n),
+                      fallback_level=np.full(n, -1))
+    back = Records.from_json(json.loads(json.dumps(records.to_json())))
+    assert list(back.exit_name) == list(records.exit_name) and (back.answer == records.answer).all()
+    assert back.ms_base == pytest.approx(records.ms_base, abs=1e-4) and back.hit.dtype.kind in "biu"
+
+
+def test_the_live_lower_bound_rises_with_right_answers_and_stays_below_the_realised_agreement():
+    n = 5000
+    hit = np.ones(n, bool)
+    _, clean = live_lower_bound(hit, np.zeros(n, bool), 0.05, seed=1)
+    assert clean[0] == 0.0 and 0.97 < clean[-1] < 1.0  # an unsampled first hit may be wrong: nothing is known yet
+    assert (np.diff(clean[1000:]) >= 0).all()  # once the samples bound the unseen errors, every right answer adds
+    wrong = np.random.default_rng(2).random(n) < 0.02
+    _, bound = live_lower_bound(hit, wrong, 0.05, seed=1)
+    realised = 1 - np.cumsum(wrong) / np.arange(1, n + 1)
+    assert (bound <= realised + 1e-12).all() and bound[-1] > 0.9
+
+
+def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
+    quick, paper = load_preset("quick"), load_preset("paper")
+    assert {r.model for r in quick.rows} == {"resnet18-cifar10", "resnet50-cifar10"}
+    assert {r.target for r in quick.rows} == {0.97, 0.99} and {r.device for r in quick.rows} == {"cpu"}
+    assert {r.workload_name for r in quick.rows} == {"iid", "bursty", "repeat"}
+    assert {r.deployment for r in quick.rows} == {IN_PROCESS, CLUSTER}
+    assert {r.model for r in paper.rows} == {"resnet18-cifar10", "resnet50-cifar10", "resnet152-cifar100",
+                                             "vgg16-speechcommands"}
+    assert {r.device for r in paper.rows} == {"cpu", "cuda"} and min(r.target for r in paper.rows) == 0.9
+    assert max(r.target for r in paper.rows) == 0.999 and {r.online for r in paper.rows} == {False, True}
+    assert "tinyimagenet100" not in {m.dataset for m in load_models().values()}
+    assert load_models()["resnet152-cifar100"].note and "re-made split" in load_models()["resnet152-cifar100"].note
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["sweeps"][0].update(models=["nope"]), "unknown models nope"),
+    (lambda p: p["sweeps"][0].update(devices=["tpu"]), "devices are cpu, cuda"),
+    (lambda p: p["sweeps"][0].update(workloads=["bursty:mean_run=0"]), "mean_run"),
+    (lambda p: p.update(colour="red"), "unknown keys colour"),
+    (lambda p: p["sweeps"][0].update(targets=[1.2]), r"in \(0, 1\)"),
+])
+def test_a_bad_preset_is_refused_with_what_is_wrong(sweep_file, tmp_path, edit, message):
+    spec = yaml.safe_load(sweep_file.read_text())
+    edit(spec["presets"]["tiny"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SweepError, match=message):
+        load_preset(str(bad))
+
+
+def test_a_missing_checkpoint_without_a_gpu_is_a_skip_with_the_train_base_command(tmp_path):
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "data" / "cifar100-jpg.tar.gz").write_bytes(b"")
+    bundles = Bundles(shared, tmp_path / "work", 0.97, cuda=False, sweep_command="python experiments/latency_sweep.py")
+    got = bundles.get(load_models()["resnet152-cifar100"], "cpu", 0.97)
+    assert isinstance(got, Unavailable) and "no GPU" in got.reason
+    assert got.command.startswith("gati train-base --arch resnet152 --dataset cifar100") and "--device cuda" in got.command
+    missing = bundles.get(load_models()["vgg16-speechcommands"], "cpu", 0.97)
+    assert isinstance(missing, Unavailable) and "no data at" in missing.reason
+    assert not isinstance(bundles.get(load_models()["resnet18-cifar10"], "cuda", 0.97), Ready)
+
+
+def test_generated_blocks_replace_only_their_own_text():
+    text = f"intro\n{marker('x')}\nold\n{marker('x', end=True)}\nhand-written\n"
+    assert replace_block(text, "x", "new") == f"intro\n{marker('x')}\nnew\n{marker('x', end=True)}\nhand-written\n"
+    assert replace_block("intro\n", "y", "made", append=True).endswith(f"{marker('y')}\nmade\n{marker('y', end=True)}\n")
+    with pytest.raises(SweepError, match="no generated block"):
+        replace_block("intro\n", "y", "made")
