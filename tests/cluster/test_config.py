@@ -52,9 +52,9 @@ def test_parses_values_defaults_and_relative_paths(tmp_path):
     assert cfg.hop_delay_ms == 0.5 and cfg.max_message_bytes == 64 * 1024 * 1024
     assert cfg.aggregator.queue_size == 8 and cfg.aggregator.sample_rate == 0.05
     assert cfg.predictor("p1").cuts == AUTO and cfg.retrainer is None and cfg.index.port == 9094
-    assert cfg.aggregator.http_port == 9100 and cfg.executor.http_port == 9101 and cfg.index.http_port is None
+    assert cfg.aggregator.http_port == 9100 and cfg.executor().http_port == 9101 and cfg.index.http_port is None
     assert cfg.secret_file == tmp_path / "conf" / "secret" and cfg.aggregator.callbacks.port == 9096
-    assert not cfg.aggregator.internal and cfg.executor.internal and cfg.predictor("p0").internal
+    assert not cfg.aggregator.internal and cfg.executor().internal and cfg.predictor("p0").internal
     assert cfg.connections.max_open == 1024 and cfg.connections.client_idle_s < cfg.connections.idle_s
     assert set(cfg.endpoints()) == {"aggregator", "executor", "p0", "p1", "index"}
 
