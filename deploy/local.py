@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise GatiError(f"bundle {cfg.bundle} does not exist: run `gati build ... --out {cfg.bundle}` "
                                 f"first, or point `bundle:` in {a.config} at one")
             supervisor, procs = launch.start_supervised(cfg, a.timeout)
+            log_dir = Path(cfg.log_dir)
             print(f"GATI cluster up ({len(procs)} processes, supervised by pid {supervisor}: crashed services are "
-                  f"restarted, see {Path(cfg.log_dir) / 'supervisor.log'}); pid file {Path(cfg.log_dir) / launch.PIDFILE}")
+                  f"restarted, see {log_dir / 'supervisor.log'}); pid file {log_dir / launch.PIDFILE}")
             print(f"  calls between services are signed with the secret in {cfg.secret_file} (mode 0600); "
                   f"clients need none")
             endpoints = cfg.endpoints()

@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 
 from gati.errors import InvalidInput
-from gati.rpc.admission import Admission
+from gati.rpc.admission import Admission, deadline_s
 from gati.rpc.config import AggregatorConfig, Timeouts
 from gati.rpc.gen.gati_idl.ttypes import (
     DeadlineExceeded,
@@ -323,16 +323,11 @@ class AggregatorHandler(ServiceBase):
                           degraded=bool(outcome.missing), missing_cuts=list(outcome.missing),
                           **clock.breakdown(outcome.queue_ms, outcome.compute_ms, outcome.lookup_ms))
 
-    def deadline_s(self, request: Request) -> float:
-        """The request's own deadline, capped at `timeouts_ms.max_request` (the default: `request`)."""
-        asked = request.deadline_ms / 1000 if request.deadline_ms and request.deadline_ms > 0 \
-            else self.timeouts.request_ms / 1000
-        return min(asked, self.timeouts.max_request_ms / 1000)
-
     def _admit_and_run(self, request: Request, clock: Stopwatch) -> Outcome:
         # Admitted first, decoded once a worker takes it: a request refused as Overloaded costs no
         # decoding, and at most `workers` decoded images are held at once.
-        deadline = time.monotonic() + self.deadline_s(request)
+        t = self.timeouts
+        deadline = time.monotonic() + deadline_s(request.deadline_ms, t.request_ms, t.max_request_ms)
         with self.admission.slot(deadline):
             clock.admitted()
             try:

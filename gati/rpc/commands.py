@@ -6,9 +6,11 @@ message naming it (gati.optional.require) instead of disappearing from the CLI.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -47,6 +49,7 @@ def _serve(a: argparse.Namespace) -> None:
     logging.getLogger("gati").setLevel(logging.INFO)  # service logs are what deploy-local keeps
     cfg = load_config(a.config)
     openmp_environment(cfg, a.role, a.name)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack into the service's log
 
     def announce(service, http) -> None:
         web = f", HTTP on {http.host}:{http.port}" if http is not None else ""

@@ -221,7 +221,8 @@ class ClusterConfig:
             raise ConfigError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
         if role == "predictor":
             if not name:
-                raise ConfigError(f"--role predictor needs --name (one of: {', '.join(p.name for p in self.predictors)})")
+                names = ", ".join(p.name for p in self.predictors)
+                raise ConfigError(f"--role predictor needs --name (one of: {names})")
             return self.predictor(name)
         if role == "executor":
             return self.executor(name)

@@ -229,8 +229,8 @@ class ExecutorHandler(ServiceBase):
 
         try:
             with torch.inference_mode():
-                trace = run_cascade(x.to(self.device), self.steps, source, self.lookahead, _head, shadow=request.sampled,
-                                    stop=state.should_stop, on_answer=on_answer)
+                trace = run_cascade(x.to(self.device), self.steps, source, self.lookahead, _head,
+                                    shadow=request.sampled, stop=state.should_stop, on_answer=on_answer)
             self._count(trace, request.sampled)
             if request.sampled:
                 self._send("shadowed", _shadow(request.request_id, trace, source.samples))

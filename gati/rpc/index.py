@@ -54,7 +54,8 @@ class IndexHandler(ServiceBase):
         x, y = _arrays(vectors, labels)
         b = self.bounds
         if x.shape[1] > b.max_dim:
-            self._refuse("max_dim", f"vectors of {x.shape[1]} dimensions; the index takes at most {b.max_dim}")
+            self._refuse("max_dim", f"vectors of {x.shape[1]} dimensions; the index takes at most {b.max_dim} "
+                                    f"(max_dim)")
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:

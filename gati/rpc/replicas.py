@@ -135,8 +135,7 @@ class Replicas:
                 if known is not None and not now.same(known):
                     self._lose(r, f"it was restarted (pid {known.pid} -> {now.pid})")
                 known = now
-                self._set(r, True)
-                closed = self._hold(conn)
+                closed = self._hold(r, conn)
             except (PeerUnavailable, TException, OSError, EOFError):
                 closed = False  # no answer in time: down for routing, and reconnect to learn more
             finally:
@@ -145,15 +144,17 @@ class Replicas:
             if not closed:
                 self._closed.wait(RETRY_S)
 
-    def _hold(self, conn: Connection) -> bool:
-        """Until the connection breaks: True when the peer closed it, False when it stopped taking work."""
+    def _hold(self, r: Replica, conn: Connection) -> bool:
+        """Up while it answers pings (a failed call may have marked it down meanwhile: `suspect`), until
+        the connection breaks: True when the peer closed it, False when it stopped taking work."""
         sock = conn.socket.handle
         while not self._closed.is_set():
+            if not conn.client.ping():
+                return False  # draining
+            self._set(r, True)
             readable, _, _ = select.select([sock], [], [], self.heartbeat_s)
             if readable:  # an idle connection has nothing to read unless the peer closed it
                 return True
-            if not conn.client.ping():
-                return False  # draining
         return False
 
     def _lose(self, r: Replica, why: str) -> None:

@@ -5,9 +5,9 @@
     python -m gati.rpc.supervise --config deploy/local.yaml
 
 It starts every configured service (`launch.spawn`), and when one fails (a crash, SIGKILL, the
-OOM killer: any exit but a clean one, as systemd's `on-failure`) starts it again after a backoff that doubles with each exit in a
-row (0.5 s, 1 s, 2 s, ... at most 30 s) and starts over once the service stayed up for 60 s, so a
-service that cannot start does not spin. Every exit and restart is logged
+OOM killer: any exit but a clean one, as systemd's `on-failure`) starts it again after a backoff
+that doubles with each failure in a row (0.5 s, 1 s, 2 s, ... at most 30 s) and starts over once
+the service stayed up for 60 s, so a service that cannot start does not spin. Every exit and restart is logged
 (`<log_dir>/supervisor.log`), and the pid file (`<log_dir>/cluster.json`) always names the
 current pids and each service's restart count (`make status-local` shows them). SIGTERM (`make
 stop-local`) stops the services as `launch.stop_procs` does (SIGTERM: they drain; SIGKILL after a
