@@ -201,6 +201,20 @@ def wait_back(cfg: ClusterConfig, name: str, old_pid: int, timeout_s: float) -> 
     return None
 
 
+def kill_in_turn(cfg: ClusterConfig, period_s: float, began: float, stop: threading.Event, kills: list[Kill]) -> None:
+    """Every `period_s`, SIGKILL the next service of ROTATION and wait until the supervisor's restart answers."""
+    turn = 0
+    while not stop.wait(period_s):
+        victim = ROTATION[turn % len(ROTATION)]
+        turn += 1
+        old = current(cfg)[victim].pid
+        os.killpg(old, signal.SIGKILL)
+        kill = Kill(victim, time.monotonic() - began)
+        kills.append(kill)
+        back = wait_back(cfg, victim, old, timeout_s=120)
+        kill.back_at = None if back is None else back - began
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True)
@@ -255,29 +269,17 @@ def run(a: argparse.Namespace, cfg: ClusterConfig, pixels: np.ndarray, labels: l
     rss: list[dict] = []
     kills: list[Kill] = []
     began = time.monotonic()
+    monkey = threading.Thread(target=kill_in_turn, args=(cfg, a.period, began, stop, kills))
     load.start()
     attacker.start()
-    next_kill, next_sample, turn = began + a.period, began, 0
+    monkey.start()
     while time.monotonic() - began < seconds:
-        now = time.monotonic()
-        if now >= next_sample:
-            rss.append({"t_s": round(now - began, 1),
-                        **{name: rss_mb(proc.pid) for name, proc in current(cfg).items()}})
-            next_sample += a.sample_every
-        if now >= next_kill:
-            victim = ROTATION[turn % len(ROTATION)]
-            turn += 1
-            old = current(cfg)[victim].pid
-            os.killpg(old, signal.SIGKILL)
-            kill = Kill(victim, now - began)
-            back = wait_back(cfg, victim, old, timeout_s=120)
-            kill.back_at = None if back is None else back - began
-            kills.append(kill)
-            next_kill = time.monotonic() + a.period
-        time.sleep(0.1)
+        rss.append({"t_s": round(time.monotonic() - began, 1),
+                    **{name: rss_mb(proc.pid) for name, proc in current(cfg).items()}})
+        time.sleep(min(a.sample_every, max(0.0, seconds - (time.monotonic() - began))))
     stop.set()
-    load.join(timeout=120)
-    attacker.join(timeout=60)
+    for t in (monkey, load, attacker):
+        t.join(timeout=180)
 
     for k in kills:  # failures while each victim was down, and the second after it came back
         end = (k.back_at if k.back_at is not None else seconds) + 1.0
