@@ -160,6 +160,8 @@ class ClusterBackend:
         tried: set[str] = set()
         refusals: list[Exception] = []
         while (replica := self.replicas.pick(tried)) is not None:
+            if p.replica:  # handed on from the replica tried last
+                self.metrics.moved.labels(p.replica).inc()
             tried.add(replica.name)
             p.send_to(replica.name)
             with self.replicas.busy(replica):
@@ -174,7 +176,6 @@ class ClusterBackend:
                 return outcome
             if time.monotonic() >= deadline:
                 break
-            self.metrics.moved.labels(replica.name).inc()
         raise _failure(refusals, deadline)
 
     def _attempt(self, p: Pending, replica: Replica, message: RunRequest, deadline: float) -> Outcome | None:

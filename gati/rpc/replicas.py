@@ -113,9 +113,6 @@ class Replicas:
         """A call to it failed: route elsewhere until its watcher reaches it again."""
         self._set(replica, False)
 
-    def find(self, name: str) -> Replica:
-        return next(r for r in self.replicas if r.name == name)
-
     # ---- liveness -------------------------------------------------------------------------
 
     def _watch(self, r: Replica) -> None:

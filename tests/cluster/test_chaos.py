@@ -70,10 +70,10 @@ def replicas_up(cluster: Cluster) -> bool:
 
 def test_a_predictor_killed_under_8_clients_loses_nothing_and_says_degraded(cluster, eval_images, references):
     with Load(cluster, eval_images, threads=8) as load:  # leaving it asserts that no client hung
-        load.wait_for(40)
+        load.wait_for(40, timeout_s=60)  # generous: the machine running the tests may be busy
         cluster.kill("predictor-1")  # serves block1 and block2
         seen = len(load.answers)
-        load.wait_for(seen + 80)
+        load.wait_for(seen + 60, timeout_s=60)
     assert not load.errors, load.errors[:3]  # 0 lost
     assert all(right(p, idx, references) for idx, p in load.answers)
     after = load.answers[seen + 8:]  # sent after the kill: every one that got past the stem lacks block1
