@@ -18,8 +18,10 @@ setup(
     packages=find_packages(include=["gati", "gati.*"]),
     package_data={"gati": ["py.typed"]},
     install_requires=[
-        "torch>=2.2",
-        "torchvision>=0.17",
+        # 2.6: torch.load(weights_only=True) before it could be made to run code (CVE-2025-32434), and
+        # deploy/propose load cache files that way; torchvision 0.21 is 2.6's
+        "torch>=2.6",
+        "torchvision>=0.21",
         "numpy>=1.24",
         "pyyaml>=6.0",
         "faiss-cpu>=1.7.4",

@@ -4,7 +4,10 @@ as local processes.
 
     python deploy/local.py start [--config deploy/local.yaml]   # waits until all answer ping
     python deploy/local.py stop  [--config deploy/local.yaml]   # exactly what start recorded
-    python deploy/local.py status [--config deploy/local.yaml]  # up? ready (/health/ready)?
+    python deploy/local.py status [--config deploy/local.yaml]  # up? ready (/health/ready)? restarts?
+
+`start` leaves a supervisor behind (gati/rpc/supervise.py): a service that crashes is started
+again, with a backoff, and logged in <log_dir>/supervisor.log; `stop` stops it and the services.
 
 Exit codes: 0 done (status: every service up and ready), 1 a failure (named on stderr), 2 a usage error.
 """
@@ -38,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             if not cfg.bundle.is_dir():
                 raise GatiError(f"bundle {cfg.bundle} does not exist: run `gati build ... --out {cfg.bundle}` "
                                 f"first, or point `bundle:` in {a.config} at one")
-            procs = launch.start(cfg, a.timeout)
-            print(f"GATI cluster up ({len(procs)} processes); pid file {Path(cfg.log_dir) / launch.PIDFILE}")
+            supervisor, procs = launch.start_supervised(cfg, a.timeout)
+            log_dir = Path(cfg.log_dir)
+            print(f"GATI cluster up ({len(procs)} processes, supervised by pid {supervisor}: crashed services are "
+                  f"restarted, see {log_dir / 'supervisor.log'}); pid file {log_dir / launch.PIDFILE}")
             print(f"  calls between services are signed with the secret in {cfg.secret_file} (mode 0600); "
                   f"clients need none")
             endpoints = cfg.endpoints()
@@ -62,15 +67,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def status(cfg) -> int:
-    """One line per service: Thrift up or DOWN, and what its /health/ready says."""
+    """One line per service: Thrift up or DOWN, what its /health/ready says, and how often the
+    supervisor restarted it."""
     healthy = True
     secret = Secret.load(cfg.secret_file)
+    pidfile = Path(cfg.log_dir) / launch.PIDFILE
+    recorded = {p.name: p for p in launch.read_pidfile(pidfile)} if pidfile.exists() else {}
+    supervisor = launch.read_supervisor(pidfile) if pidfile.exists() else None
+    print(f"  supervisor   {'pid ' + str(supervisor) if supervisor and launch.alive(supervisor) else 'not running'}")
     for name, ep in cfg.endpoints().items():
         up = ping(ep.host, ep.port, 0.5, secret if ep.internal else None)
         ready, reason = _ready(ep) if ep.http_port else (up, "no http_port configured")
         healthy &= up and ready
+        restarts = f"restarts {recorded[name].restarts}" if name in recorded else ""
         print(f"  {name:<12} {ep.address:<16} {'up' if up else 'DOWN':<5} {'ready' if ready else 'NOT READY':<10} "
-              f"{'' if reason == 'ready' else reason}".rstrip())
+              f"{restarts:<11} {'' if reason == 'ready' else reason}".rstrip())
     return 0 if healthy else 1
 
 

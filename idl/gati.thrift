@@ -62,6 +62,10 @@ struct Prediction {
   11: optional double compute_ms, // stages run for the answer (in process: the whole cascade, lookups included)
   12: optional double lookup_ms,  // waiting for cache verdicts on the answer's path (ExecutionResult.lookup_ms)
   13: optional double network_ms, // the rest of the backend's time: hops, serialisation, scheduling
+  // Honest degradation: a planned cut whose verdict never came (its predictor down or late) makes
+  // the full model answer from there (gati/runtime/cascade.py says why the certificate still holds).
+  14: bool degraded = false,           // some planned cut's verdict was missing
+  15: list<string> missing_cuts = [],  // those cuts, in cut order
 }
 
 struct ServiceStatus {
@@ -100,6 +104,7 @@ struct LookupReply {
   5: bool hit,
   6: i32 cache_version,
   7: string predictor,
+  8: string error = "",     // non-empty: the cache could not judge (e.g. its index is down): no verdict, not a miss
 }
 
 struct Sample {
@@ -122,6 +127,7 @@ struct ExecutionResult {
   8: optional double queue_ms,    // from `run` received to a worker taking the request
   9: optional double compute_ms,  // time in stages
   10: optional double lookup_ms,  // time blocked reading verdicts (lookups plus their hops)
+  11: list<i32> missing_cuts = [], // planned cuts whose verdict never came: the full model answered from there
 }
 
 // A sampled request after its answer: run to the end by the full model, for live agreement and
@@ -185,8 +191,11 @@ service Aggregator extends Service {
 }
 
 service Executor extends Service {
-  // Returns once the request is queued; its outcome comes back as Aggregator.finished.
-  void run(1: RunRequest request) throws (1: Unavailable unavailable),
+  // Returns once the request is queued; its outcome comes back as Aggregator.finished. Refused at
+  // once when draining (Unavailable), when its bounded queue is full (Overloaded), or when the
+  // input is not the model's (InvalidRequest): nothing is queued then.
+  void run(1: RunRequest request)
+      throws (1: Unavailable unavailable, 2: Overloaded overloaded, 3: InvalidRequest invalid),
   // From the aggregator: stop now (deadline passed, answer no longer wanted).
   oneway void cancel(1: i64 request_id),
 }

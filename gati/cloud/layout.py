@@ -32,18 +32,23 @@ class Node:
 
 
 def nodes(spec: DeploySpec) -> tuple[Node, ...]:
-    """The instances, in launch order; index/retrainer either get their own or share one."""
-    own: dict[str, list[str]] = {"aggregator": ["aggregator"], "executor": ["executor"]}
+    """The instances, in launch order; index/retrainer either get their own or share one (with the
+    aggregator, or the first executor replica). One executor is named `executor`, several
+    `executor-0`, `executor-1`, ... (each also its replica's name in the cluster config)."""
+    ex = spec.executor
+    executors = ["executor"] if ex.count == 1 else [f"executor-{i}" for i in range(ex.count)]
+    own: dict[str, list[str]] = {"aggregator": ["aggregator"], **{e: ["executor"] for e in executors}}
     for role in ("index", "retrainer"):
         r = getattr(spec, role)
         if r.colocate:
-            own[r.colocate].append(role)
+            own[executors[0] if r.colocate == "executor" else r.colocate].append(role)
         elif r.count:
             own[role] = [role]
     out = []
     for name, roles in own.items():
-        r = getattr(spec, name)
-        device = (r.device or default_device(r.type)) if name == "executor" else "cpu"
+        role = roles[0]
+        r = getattr(spec, role)
+        device = (r.device or default_device(r.type)) if role == "executor" else "cpu"
         out.append(Node(name, tuple(roles), r.type, device, hourly_usd(r.type, r.hourly_usd)))
     p = spec.predictors
     for i, cuts in enumerate(p.placement):
@@ -54,13 +59,19 @@ def nodes(spec: DeploySpec) -> tuple[Node, ...]:
 
 
 def service_ports(spec: DeploySpec, node: Node) -> dict[str, int]:
-    """Ports the node listens on, by role (the aggregator also serves its callbacks, and `metrics`: its
-    HTTP port: health, metrics, /v2)."""
-    ports = {role: getattr(spec.ports, role) for role in node.roles}
+    """Ports the node listens on, by name: each role's Thrift port and its HTTP port (health, metrics;
+    the aggregator's is `metrics`, also serving /v2), and the aggregator's callback port."""
+    ports = {}
+    for role in node.roles:
+        ports[role] = getattr(spec.ports, role)
+        ports[http_port_name(role)] = getattr(spec.ports, http_port_name(role))
     if "aggregator" in node.roles:
         ports["aggregator_internal"] = spec.ports.aggregator_internal
-        ports["metrics"] = spec.ports.metrics
     return ports
+
+
+def http_port_name(role: str) -> str:
+    return "metrics" if role == "aggregator" else f"{role}_metrics"
 
 
 def _check_ports(spec: DeploySpec, all_nodes: list[Node]) -> None:
@@ -75,21 +86,24 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
                    node: Node) -> dict[str, Any]:
     """The config file written on `node`; `hosts` maps node names to private addresses."""
     c, ports = spec.cluster, spec.ports
-    where = {role: n.name for n in all_nodes for role in n.roles if role != "predictor"}
+    where = {role: n.name for n in all_nodes for role in n.roles if role not in ("predictor", "executor")}
     tuned = {k: v for k, v in (("queue_size", c.queue_size), ("workers", c.workers), ("sample_rate", c.sample_rate))
              if v is not None}
+
+    def at(role: str, name: str) -> dict[str, Any]:
+        return {"host": hosts[name], "port": getattr(ports, role), "http_port": getattr(ports, http_port_name(role))}
+
+    executors = [{"name": n.name, **at("executor", n.name)} for n in all_nodes if "executor" in n.roles]
     services: dict[str, Any] = {
-        "aggregator": {"host": hosts[where["aggregator"]], "port": ports.aggregator,
-                       "internal_port": ports.aggregator_internal, "http_port": ports.metrics, **tuned},
-        "executor": {"host": hosts[where["executor"]], "port": ports.executor},
+        "aggregator": {**at("aggregator", where["aggregator"]), "internal_port": ports.aggregator_internal, **tuned},
+        **({"executor": executors[0]} if len(executors) == 1 else {"executors": executors}),
         "predictors": [
-            {"name": n.name, "host": hosts[n.name], "port": ports.predictor,
-             "cuts": n.cuts if n.cuts == AUTO else list(n.cuts or ())}
+            {"name": n.name, **at("predictor", n.name), "cuts": n.cuts if n.cuts == AUTO else list(n.cuts or ())}
             for n in all_nodes if "predictor" in n.roles],
     }
     for role in ("index", "retrainer"):
         if role in where:
-            services[role] = {"host": hosts[where[role]], "port": getattr(ports, role)}
+            services[role] = at(role, where[role])
     config = {
         "bundle": REMOTE_BUNDLE,
         "device": node.device,

@@ -56,7 +56,12 @@ class Ports:
     predictor: int = 9092
     index: int = 9094
     retrainer: int = 9095
-    metrics: int = 9100
+    # HTTP (health, readiness, Prometheus metrics): every service has one, open to the group only.
+    metrics: int = 9100                 # the aggregator's (also the Open Inference Protocol, /v2)
+    executor_metrics: int = 9101
+    predictor_metrics: int = 9102
+    index_metrics: int = 9104
+    retrainer_metrics: int = 9105
     ssh: int = 22
 
 
@@ -136,11 +141,12 @@ def parse_spec(raw: Mapping[str, Any]) -> DeploySpec:
 
 
 def _check_roles(spec: DeploySpec) -> None:
-    # The cluster config has one aggregator and one executor entry; scaling those out is a new
-    # deployment behind a load balancer (docs/aws.md), not a count here.
-    for role in ("aggregator", "executor"):
-        if getattr(spec, role).count != 1 or getattr(spec, role).colocate:
-            raise DeployError(f"roles.{role}: needs exactly one instance of its own (count: 1)")
+    # One aggregator per deployment (more: deployments behind a load balancer, docs/aws.md); the
+    # executor's count is its replicas, each on an instance of its own.
+    if spec.aggregator.count != 1 or spec.aggregator.colocate:
+        raise DeployError("roles.aggregator: needs exactly one instance of its own (count: 1)")
+    if spec.executor.count < 1 or spec.executor.colocate:
+        raise DeployError("roles.executor: needs at least one instance of its own (count: replicas)")
     for role in ("index", "retrainer"):
         r: RoleSpec = getattr(spec, role)
         if r.count not in (0, 1):

@@ -98,7 +98,7 @@ def _write_config(config: Mapping[str, Any]) -> str:
 
 
 def _unit(role: str, node: Node) -> str:
-    name = f" --name {node.name}" if role == "predictor" else ""
+    name = f" --name {node.name}" if role in ("predictor", "executor") else ""
     unit = f"gati-{role}"
     return f"""cat >/etc/systemd/system/{unit}.service <<'UNIT'
 [Unit]

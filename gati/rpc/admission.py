@@ -1,7 +1,10 @@
-"""Bounded admission: at most `capacity` requests admitted, `workers` of them running at once.
+"""Bounded admission: at most `capacity` requests admitted, `workers` of them running at once, and
+no deadline longer than the server allows.
 
 A request beyond capacity is refused at once (`Overloaded`) instead of queueing without bound; an
-admitted one waits for a worker until its deadline (`DeadlineExceeded`).
+admitted one waits for a worker until its deadline (`DeadlineExceeded`). A client chooses its
+deadline, but at most `max_request_ms`: a request with a deadline of weeks would otherwise hold a
+worker that long when the executor it waits on is gone.
 """
 from __future__ import annotations
 
@@ -47,3 +50,9 @@ class Admission:
 
     def _depth(self) -> None:
         self.on_depth(self.admitted - self.running)
+
+
+def deadline_s(asked_ms: int | None, default_ms: float, max_ms: float) -> float:
+    """Seconds a request may take: the client's `deadline_ms` (none or <= 0: `default_ms`), capped at `max_ms`."""
+    ms = asked_ms if asked_ms is not None and asked_ms > 0 else default_ms
+    return min(ms, max_ms) / 1000

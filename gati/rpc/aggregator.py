@@ -1,12 +1,16 @@
 """The aggregator: the front door. `predict(Request) -> Prediction`.
 
-It decodes and checks the request (InvalidRequest), admits it into a bounded queue (Overloaded
-when full, never growing), and hands it to a backend:
+It admits the request into a bounded queue (Overloaded when full, never growing, and before any
+decoding: a refused request costs almost nothing), decodes and checks it once a worker takes it
+(InvalidRequest), caps its deadline at `timeouts_ms.max_request`, and hands it to a backend:
 
-- `ClusterBackend` (the distributed topology): sends the request to the executor and waits for the
-  answer its cascade loop decides (`finished`), within the request's deadline. The loop is the
-  in-process engine's, so the cluster answers exactly what the engine answers, unless a predictor
-  is down or slow: then its cut is a miss.
+- `ClusterBackend` (the distributed topology): sends the request to the least loaded executor
+  replica and waits for the answer its cascade loop decides (`finished`), within the deadline. The
+  loop is the in-process engine's, so the cluster answers exactly what the engine answers, unless
+  a predictor is down or slow: then the full model answers from that cut on and the reply says it
+  is degraded. A replica that dies with requests in flight is noticed at once
+  (gati/rpc/replicas.py): they move to another replica, or fail with Unavailable, not at their
+  deadline.
 - `EngineBackend` (`--role all`): the in-process engine behind the same Thrift front door.
 
 A sampled share of requests is finished by the full model in the background; comparing it with
@@ -29,8 +33,8 @@ from typing import Protocol
 import torch
 
 from gati.errors import InvalidInput
-from gati.rpc.admission import Admission
-from gati.rpc.config import AggregatorConfig
+from gati.rpc.admission import Admission, deadline_s
+from gati.rpc.config import AggregatorConfig, Timeouts
 from gati.rpc.gen.gati_idl.ttypes import (
     DeadlineExceeded,
     ExecutionResult,
@@ -44,10 +48,11 @@ from gati.rpc.gen.gati_idl.ttypes import (
 )
 from gati.rpc.inputs import InputSpec
 from gati.rpc.metrics import AggregatorMetrics
+from gati.rpc.replicas import Replica, Replicas
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import to_tensor
 from gati.rpc.timing import Stopwatch
-from gati.rpc.transport import PeerUnavailable, Pool
+from gati.rpc.transport import Limits, PeerUnavailable, Pool
 from gati.runtime.engine import Engine
 
 log = logging.getLogger("gati.rpc.aggregator")
@@ -66,6 +71,7 @@ class Outcome:
     queue_ms: float | None = None
     compute_ms: float | None = None
     lookup_ms: float | None = None
+    missing: tuple[str, ...] = ()   # planned cuts whose verdict never came: the full model answered from there
 
 
 class Backend(Protocol):
@@ -83,14 +89,22 @@ class Pending:
     request_id: int
     sampled: bool
     cut_names: dict[int, str]
+    replica: str = ""          # the executor replica it was sent to last
     created: float = field(default_factory=time.monotonic)
     outcome: Outcome | None = None
     error: str = ""
+    lost: str = ""             # why the replica it was sent to can no longer answer it
     shadow: ShadowResult | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
+    def send_to(self, replica: str) -> None:
+        """A new attempt, on `replica`: forget how an earlier one failed."""
+        self.replica, self.lost, self.error = replica, "", ""
+        if self.outcome is None:
+            self.done.clear()
+
     def answer(self, result: ExecutionResult) -> None:
-        if self.done.is_set():
+        if self.done.is_set() and not self.lost:
             return
         if result.error:
             self.error = result.error
@@ -98,40 +112,85 @@ class Pending:
             self.error = "the executor stopped the request before it was answered"
         else:
             name = self.cut_names.get(result.exit_cut, "final")
+            missing = tuple(self.cut_names.get(c, str(c)) for c in result.missing_cuts or ())
             self.outcome = Outcome(result.label, result.confidence, result.exit_cut, name, result.stages_run,
-                                   self.request_id, result.queue_ms, result.compute_ms, result.lookup_ms)
+                                   self.request_id, result.queue_ms, result.compute_ms, result.lookup_ms, missing)
+        self.lost = ""
         self.done.set()
+
+    def lose(self, why: str) -> None:
+        """Its replica died: wake the request's thread, which moves it or fails it."""
+        if not self.done.is_set():
+            self.lost = why
+            self.done.set()
 
 
 class ClusterBackend:
-    def __init__(self, cut_names: dict[int, str], executor: Pool, metrics: AggregatorMetrics,
-                 retrainer: Pool | None = None):
+    """Sends each request to an executor replica (the least loaded) and waits for its answer. A
+    replica that refuses the request, or dies with it in flight, hands it to the next replica
+    while the deadline allows (gati/rpc/replicas.py says how a death is noticed)."""
+
+    def __init__(self, cut_names: dict[int, str], replicas: list[Replica], limits: Limits,
+                 metrics: AggregatorMetrics, retrainer: Pool | None = None, heartbeat_s: float = 1.0):
         self.cut_names = cut_names
-        self.executor, self.retrainer, self.metrics = executor, retrainer, metrics
+        self.retrainer, self.metrics = retrainer, metrics
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
+        for r in replicas:
+            metrics.replica_in_flight.labels(r.name).set_function(lambda r=r: r.in_flight)
+        self.replicas = Replicas(replicas, limits, self._lost, self._replica_state, heartbeat_s).start()
 
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
         p = Pending(self._next_id(), sampled, self.cut_names)
+        message = RunRequest(p.request_id, to_tensor(x.numpy()), sampled,
+                             time.time() + (deadline - time.monotonic()))
         self._pending[p.request_id] = p
+        answered = False
+        try:
+            outcome = self._attempts(p, message, deadline)
+            answered = True
+            return outcome
+        finally:
+            if answered and sampled:
+                self._learn(p)  # its shadow result may have come first
+            else:
+                self._pending.pop(p.request_id, None)
+
+    def _attempts(self, p: Pending, message: RunRequest, deadline: float) -> Outcome:
+        tried: set[str] = set()
+        refusals: list[Exception] = []
+        while (replica := self.replicas.pick(tried)) is not None:
+            if p.replica:  # handed on from the replica tried last
+                self.metrics.moved.labels(p.replica).inc()
+            tried.add(replica.name)
+            p.send_to(replica.name)
+            with self.replicas.busy(replica):
+                try:
+                    outcome = self._attempt(p, replica, message, deadline)
+                except (PeerUnavailable, Unavailable, Overloaded) as e:
+                    if isinstance(e, PeerUnavailable):
+                        self.replicas.suspect(replica)
+                    refusals.append(e)
+                    outcome = None
+            if outcome is not None:
+                return outcome
+            if time.monotonic() >= deadline:
+                break
+        raise _failure(refusals, deadline)
+
+    def _attempt(self, p: Pending, replica: Replica, message: RunRequest, deadline: float) -> Outcome | None:
+        """The answer of one replica; None when it died with the request in flight."""
         remaining = deadline - time.monotonic()
         try:
-            self.executor.call("run", RunRequest(p.request_id, to_tensor(x.numpy()), sampled, time.time() + remaining),
-                               timeout_s=max(0.001, remaining))
-        except (PeerUnavailable, Unavailable) as e:
-            self._pending.pop(p.request_id, None)
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(f"the executor did not take the request within {remaining * 1000:.0f} ms") from e
-            raise Unavailable(f"the executor is unreachable: {getattr(e, 'message', None) or e}") from e
+            replica.pool.call("run", message, timeout_s=max(0.001, remaining))
+        except PeerUnavailable as e:
+            raise PeerUnavailable(f"executor {replica.name} is unreachable: {e}") from e
         remaining = deadline - time.monotonic()
         if not p.done.wait(timeout=max(0.0, remaining)):
-            self._pending.pop(p.request_id, None)
-            self._cancel(p.request_id)
+            self._cancel(replica, p.request_id)
             raise DeadlineExceeded(f"no answer within {remaining * 1000:.0f} ms (request {p.request_id})")
-        if not sampled or p.error:
-            self._pending.pop(p.request_id, None)
-        else:
-            self._learn(p)  # its shadow result may have come first
+        if p.lost:
+            raise Unavailable(f"executor {replica.name} died with the request in flight ({p.lost})")
         if p.error:
             raise Unavailable(p.error)
         assert p.outcome is not None
@@ -148,6 +207,15 @@ class ClusterBackend:
             p.shadow = result
             self._learn(p)
         self._forget_stale()
+
+    def _lost(self, replica: str) -> None:
+        """A replica died: every request waiting on it moves on now, not at its deadline."""
+        for p in list(self._pending.values()):
+            if p.replica == replica:
+                p.lose(f"{replica} is gone")
+
+    def _replica_state(self, replica: str, up: bool) -> None:
+        self.metrics.replica_up.labels(replica).set(1 if up else 0)
 
     def _learn(self, p: Pending) -> None:
         """A sampled request has both its answer and its full-model answer: score it, pass samples on."""
@@ -168,9 +236,9 @@ class ClusterBackend:
             if p.created < old:
                 self._pending.pop(rid, None)
 
-    def _cancel(self, request_id: int) -> None:
+    def _cancel(self, replica: Replica, request_id: int) -> None:
         try:
-            self.executor.send("cancel", request_id)
+            replica.pool.send("cancel", request_id)
         except PeerUnavailable:
             pass
 
@@ -179,9 +247,20 @@ class ClusterBackend:
         return secrets.randbits(63)
 
     def close(self) -> None:
-        self.executor.close()
+        self.replicas.close()
         if self.retrainer is not None:
             self.retrainer.close()
+
+
+def _failure(refusals: list[Exception], deadline: float) -> Exception:
+    """What the client hears when no replica answered: Overloaded if every replica was full,
+    DeadlineExceeded if time ran out, else Unavailable naming each replica's failure."""
+    if refusals and all(isinstance(e, Overloaded) for e in refusals):
+        return Overloaded("; ".join(e.message for e in refusals))
+    why = "; ".join(getattr(e, "message", None) or str(e) for e in refusals) or "no executor is configured"
+    if time.monotonic() >= deadline:
+        return DeadlineExceeded(f"the deadline passed before an executor answered ({why})")
+    return Unavailable(why)
 
 
 # ---- the in-process backend (--role all) ----------------------------------------------------
@@ -219,10 +298,10 @@ class AggregatorHandler(ServiceBase):
     role = "aggregator"
 
     def __init__(self, backend: Backend, spec: InputSpec, classes: list[str], cfg: AggregatorConfig,
-                 metrics: AggregatorMetrics, request_timeout_s: float):
+                 metrics: AggregatorMetrics, timeouts: Timeouts):
         super().__init__(metrics)
         self.backend, self.spec, self.classes, self.cfg = backend, spec, classes, cfg
-        self.metrics, self.request_timeout_s = metrics, request_timeout_s
+        self.metrics, self.timeouts = metrics, timeouts
         self.admission = Admission(cfg.queue_size, cfg.workers, metrics.queue_depth.set)
         metrics.in_flight.set_function(lambda: self.admission.running)  # read at scrape time
         self._rng = random.Random(os.getpid())
@@ -237,22 +316,26 @@ class AggregatorHandler(ServiceBase):
             raise
         seconds = clock.stop()
         self.metrics.answered(seconds, outcome.exit_name)
+        if outcome.missing:
+            self.metrics.degraded.labels(outcome.missing[0]).inc()
         return Prediction(label=outcome.label, class_name=self._class_name(outcome.label),
                           confidence=outcome.confidence, exit_cut=outcome.exit_cut, exit_name=outcome.exit_name,
                           stages_run=outcome.stages_run, server_ms=seconds * 1000, request_id=outcome.request_id,
+                          degraded=bool(outcome.missing), missing_cuts=list(outcome.missing),
                           **clock.breakdown(outcome.queue_ms, outcome.compute_ms, outcome.lookup_ms))
 
     def _admit_and_run(self, request: Request, clock: Stopwatch) -> Outcome:
-        timeout_s = request.deadline_ms / 1000 if request.deadline_ms and request.deadline_ms > 0 \
-            else self.request_timeout_s
-        deadline = time.monotonic() + timeout_s
-        try:
-            x = self.spec.decode(request)
-        except InvalidInput as e:
-            raise InvalidRequest(str(e)) from e
-        clock.decoded()
+        # Admitted first, decoded once a worker takes it: a request refused as Overloaded costs no
+        # decoding, and at most `workers` decoded images are held at once.
+        t = self.timeouts
+        deadline = time.monotonic() + deadline_s(request.deadline_ms, t.request_ms, t.max_request_ms)
         with self.admission.slot(deadline):
             clock.admitted()
+            try:
+                x = self.spec.decode(request)
+            except InvalidInput as e:
+                raise InvalidRequest(str(e)) from e
+            clock.decoded()
             return self.backend.run(x, deadline, self._rng.random() < self.cfg.sample_rate)
 
     def finished(self, result: ExecutionResult) -> None:

@@ -6,14 +6,16 @@ message naming it (gati.optional.require) instead of disappearing from the CLI.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
-from gati.rpc.config import ROLES
+from gati.rpc.config import ROLES, ClusterConfig
 
 Command = Callable[[str, str, str, Callable[[argparse.Namespace], int | None]], argparse.ArgumentParser]
 
@@ -24,7 +26,8 @@ gati serve --role all --config deploy/local.yaml
 gati serve --role predictor --name predictor-0 --config deploy/local.yaml""", _serve)
     s.add_argument("--role", required=True, choices=ROLES, help="which service to run")
     s.add_argument("--config", required=True, help="cluster YAML (see deploy/local.yaml)")
-    s.add_argument("--name", help="which predictor entry of the config to run (--role predictor)")
+    s.add_argument("--name", help="which entry of the config to run: a predictor (--role predictor) or an "
+                   "executor replica (--role executor, when several are configured)")
 
     p = command("predict", "classify image files through a running aggregator",
                 "gati predict --endpoint 127.0.0.1:9090 cat.png dog.jpg", _predict)
@@ -43,9 +46,10 @@ def _thrift(purpose: str) -> None:
 def _serve(a: argparse.Namespace) -> None:
     _thrift("gati serve")
     from gati.rpc.config import load_config
-    from gati.rpc.roles import serve
     logging.getLogger("gati").setLevel(logging.INFO)  # service logs are what deploy-local keeps
     cfg = load_config(a.config)
+    openmp_environment(cfg, a.role, a.name)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack into the service's log
 
     def announce(service, http) -> None:
         web = f", HTTP on {http.host}:{http.port}" if http is not None else ""
@@ -53,7 +57,26 @@ def _serve(a: argparse.Namespace) -> None:
         print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port}"
               f"{internal}{web}, pid {os.getpid()}", flush=True)
 
+    # gati.rpc.roles imports torch: only now, with the OpenMP environment set
+    from gati.rpc.roles import serve
     serve(a.role, cfg, a.name, announce)
+
+
+def openmp_environment(cfg: ClusterConfig, role: str, name: str | None) -> None:
+    """OpenMP reads its environment once, when torch is imported: set it for this service first.
+
+    Services share the host's cores (six processes on one machine in deploy-local; a predictor
+    beside the aggregator on AWS). OpenMP's default lets idle threads spin on every core, so one busy
+    neighbour multiplied the executor's p99 (docs/results.md); `omp_wait_policy: PASSIVE` makes them
+    sleep, and each role gets its configured thread count.
+    """
+    if "torch" in sys.modules:
+        logging.getLogger("gati.rpc").warning("torch was imported before the OpenMP environment was set")
+    if cfg.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = cfg.omp_wait_policy
+    threads = cfg.threads(role, name)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def _predict(a: argparse.Namespace) -> int:

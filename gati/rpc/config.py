@@ -4,18 +4,21 @@
     device: cpu
     log_dir: ../runs/local
     secret_file: ../runs/local/secret   # signs every call between services (gati/rpc/auth.py)
-    timeouts_ms: {connect: 1000, call: 2000, request: 5000, lookup: 200}
+    timeouts_ms: {connect: 1000, call: 2000, request: 5000, max_request: 30000, lookup: 200}
     max_message_mb: 64
     hop_delay_ms: 0.0          # injected before every message a client sends (placement studies)
+    omp_wait_policy: PASSIVE   # OpenMP threads sleep when idle: services share the host's cores
     connections: {max_open: 1024, idle_s: 120, read_s: 10, workers: 16, buffer_mb: 64}
     services:
       aggregator: {host: 127.0.0.1, port: 9090, internal_port: 9096, http_port: 9100,
                    queue_size: 64, workers: 4, sample_rate: 0.05}
-      executor:   {host: 127.0.0.1, port: 9091, http_port: 9101}
+      executors:                 # replicas; `executor: {...}` is one replica named `executor`
+        - {name: executor-0, host: 127.0.0.1, port: 9091, http_port: 9101, queue_size: 64}
+        - {name: executor-1, host: 127.0.0.1, port: 9097, http_port: 9107}
       predictors:
         - {name: predictor-0, host: 127.0.0.1, port: 9092, cuts: [layer2.1, layer3.0]}
         - {name: predictor-1, host: 127.0.0.1, port: 9093, cuts: auto}
-      index:      {host: 127.0.0.1, port: 9094}
+      index:      {host: 127.0.0.1, port: 9094, max_keys: 16, max_vectors: 200000, max_dim: 4096}
       retrainer:  {host: 127.0.0.1, port: 9095}
 
 `port` is the service's Thrift port; the optional `http_port` serves /health/live, /health/ready
@@ -23,6 +26,11 @@ and /metrics (and on the aggregator the Open Inference Protocol, /v2/...). The a
 is the one public Thrift port (predict, ping, status; no authentication); its `internal_port` takes
 the executor's callbacks. Every other port is internal: callers prove they hold the secret in
 `secret_file` (see gati/rpc/surface.py and auth.py).
+
+Every service's `threads` is its process's torch (OpenMP) thread count, set before torch is
+imported together with `omp_wait_policy` (gati/rpc/commands.py): on a shared host the default,
+spinning threads on every core, lets one busy neighbour multiply tail latency. A client's
+`deadline_ms` is capped at `timeouts_ms.max_request`, so no request holds a worker for long.
 
 Placement (which cuts a predictor serves) is configuration: `placement(plan_cuts)` resolves `auto`
 and checks that every cut of the plan is served by exactly one predictor. Unknown keys are errors,
@@ -33,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -52,6 +60,7 @@ class Timeouts:
     connect_ms: float = 1000.0   # opening a connection
     call_ms: float = 2000.0      # one two-way call between services
     request_ms: float = 5000.0   # a client's request end to end (the default deadline)
+    max_request_ms: float = 30000.0  # the longest deadline a client may ask for (longer ones are capped)
     lookup_ms: float = 200.0     # how long the executor waits for a cut's verdict before calling it a miss
 
 
@@ -75,6 +84,7 @@ class Endpoint:
     host: str
     port: int                         # Thrift
     http_port: int | None = None      # health, metrics (and /v2 on the aggregator); None: no HTTP server
+    threads: int = 1                  # torch intra-op threads of its process; 0: torch's default (every core)
 
     @property
     def address(self) -> str:
@@ -112,9 +122,19 @@ class AggregatorConfig(Endpoint):
 
 @dataclass(frozen=True)
 class ExecutorConfig(Endpoint):
+    name: str = "executor"            # one replica's process name (`gati serve --role executor --name`)
+    threads: int = 0                  # the model's stages use every core unless told otherwise
     workers: int = 4                  # requests in the stage loop at once (one computes while another waits)
-    threads: int = 0                  # torch intra-op threads; 0 keeps torch's default
+    queue_size: int = 64              # requests queued for a worker at most; beyond: Overloaded
     lookahead: int = -1               # stages run past an unanswered lookup; -1: the plan's mode (sync 0, async 1)
+
+
+@dataclass(frozen=True)
+class IndexConfig(Endpoint):
+    """The neighbour index's bounds: what a caller may make it hold."""
+    max_keys: int = 16                # indexes (a kNN cut's versions) held at once
+    max_vectors: int = 200_000        # vectors per index
+    max_dim: int = 4096               # a vector's dimension
 
 
 @dataclass(frozen=True)
@@ -136,15 +156,16 @@ class ClusterConfig:
     bundle: Path
     secret_file: Path                 # the deployment's shared secret (hex, mode 0600)
     aggregator: AggregatorConfig
-    executor: ExecutorConfig
+    executors: tuple[ExecutorConfig, ...]   # replicas, each its own process
     predictors: tuple[PredictorConfig, ...]
-    index: Endpoint | None = None
+    index: IndexConfig | None = None
     retrainer: RetrainerConfig | None = None
     device: str = "cpu"
     log_dir: Path = Path("runs/local")
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_message_mb: float = 64.0
     hop_delay_ms: float = 0.0
+    omp_wait_policy: str = "PASSIVE"   # OpenMP's OMP_WAIT_POLICY for every service; "": leave OpenMP's default
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     @property
@@ -152,11 +173,23 @@ class ClusterConfig:
         return int(self.max_message_mb * 1024 * 1024)
 
     def predictor(self, name: str) -> PredictorConfig:
-        for p in self.predictors:
-            if p.name == name:
-                return p
-        known = ", ".join(p.name for p in self.predictors) or "none"
-        raise ConfigError(f"{self.path}: no predictor named {name!r} (configured: {known})")
+        return self._named(self.predictors, "predictor", name)
+
+    def executor(self, name: str | None = None) -> ExecutorConfig:
+        """The executor replica `name`; without a name, the only one."""
+        if name is None:
+            if len(self.executors) > 1:
+                raise ConfigError(f"{self.path}: {len(self.executors)} executors are configured: name one "
+                                  f"(--name {self.executors[0].name})")
+            return self.executors[0]
+        return self._named(self.executors, "executor", name)
+
+    def _named(self, entries: tuple, kind: str, name: str):
+        for e in entries:
+            if e.name == name:
+                return e
+        known = ", ".join(e.name for e in entries) or "none"
+        raise ConfigError(f"{self.path}: no {kind} named {name!r} (configured: {known})")
 
     def placement(self, plan_cuts: list[str]) -> dict[str, list[str]]:
         """Predictor name -> the plan's cut names it serves, in plan order."""
@@ -182,9 +215,29 @@ class ClusterConfig:
                               f"list them under a predictor or give one `cuts: auto`")
         return placed
 
+    def service(self, role: str, name: str | None = None) -> Endpoint:
+        """The entry of the process `gati serve --role ROLE [--name NAME]` runs (`all`: the aggregator's)."""
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+        if role == "predictor":
+            if not name:
+                names = ", ".join(p.name for p in self.predictors)
+                raise ConfigError(f"--role predictor needs --name (one of: {names})")
+            return self.predictor(name)
+        if role == "executor":
+            return self.executor(name)
+        if role in ("index", "retrainer") and getattr(self, role) is None:
+            raise ConfigError(f"{self.path}: services.{role} is not configured")
+        return self.endpoints()["aggregator" if role == "all" else role]
+
+    def threads(self, role: str, name: str | None = None) -> int:
+        """Torch threads for that process; `all` runs the model in process, with the executor's."""
+        return self.executors[0].threads if role == "all" else self.service(role, name).threads
+
     def endpoints(self) -> dict[str, Endpoint]:
         """Every service by its process name (role, or the predictor's name)."""
-        out: dict[str, Endpoint] = {"aggregator": self.aggregator, "executor": self.executor}
+        out: dict[str, Endpoint] = {"aggregator": self.aggregator}
+        out.update({e.name: e for e in self.executors})
         out.update({p.name: p for p in self.predictors})
         if self.index is not None:
             out["index"] = self.index
@@ -208,15 +261,15 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
     where = str(path)
     raw = _mapping(raw, where)
     _known(raw, {"bundle", "device", "log_dir", "secret_file", "timeouts_ms", "max_message_mb", "hop_delay_ms",
-                 "connections", "services"}, where)
+                 "omp_wait_policy", "connections", "services"}, where)
     if "bundle" not in raw:
         raise ConfigError(f"{where}: `bundle` (the bundle folder to serve) is required")
     if "secret_file" not in raw:
         raise ConfigError(f"{where}: `secret_file` (the deployment's shared secret, which signs every call "
                           f"between services; `make deploy-local` creates it) is required")
     services = _mapping(raw.get("services"), f"{where}: services")
-    _known(services, {"aggregator", "executor", "predictors", "index", "retrainer"}, f"{where}: services")
-    for required in ("aggregator", "executor", "predictors"):
+    _known(services, {"aggregator", "executor", "executors", "predictors", "index", "retrainer"}, f"{where}: services")
+    for required in ("aggregator", "predictors"):
         if required not in services:
             raise ConfigError(f"{where}: services.{required} is required")
     base = path.parent
@@ -229,11 +282,12 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
         timeouts=_timeouts(raw.get("timeouts_ms", {}), where),
         max_message_mb=_positive(raw.get("max_message_mb", 64), "max_message_mb", where),
         hop_delay_ms=_non_negative(raw.get("hop_delay_ms", 0.0), "hop_delay_ms", where),
+        omp_wait_policy=_wait_policy(raw.get("omp_wait_policy", "PASSIVE"), where),
         connections=_connections(raw.get("connections", {}), where),
         aggregator=_service(AggregatorConfig, services["aggregator"], f"{where}: services.aggregator"),
-        executor=_service(ExecutorConfig, services["executor"], f"{where}: services.executor"),
+        executors=_executors(services, where),
         predictors=_predictors(services["predictors"], where),
-        index=_optional(Endpoint, services.get("index"), f"{where}: services.index"),
+        index=_optional(IndexConfig, services.get("index"), f"{where}: services.index"),
         retrainer=_optional(RetrainerConfig, services.get("retrainer"), f"{where}: services.retrainer"),
     )
     _check(cfg)
@@ -241,6 +295,10 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
 
 
 def _check(cfg: ClusterConfig) -> None:
+    names = [e.name for e in (*cfg.executors, *cfg.predictors)]
+    clash = sorted({n for n in names if names.count(n) > 1 or n in ("aggregator", "index", "retrainer")})
+    if clash:
+        raise ConfigError(f"{cfg.path}: every service needs a name of its own (its process and log): {clash}")
     seen: dict[tuple[str, int], str] = {}
     for name, ep in cfg.endpoints().items():
         ports = [ep.port] + ([ep.http_port] if ep.http_port else [])
@@ -261,26 +319,59 @@ def _check(cfg: ClusterConfig) -> None:
                           f"workers ({a.workers}): it counts running requests too")
     if cfg.retrainer is not None and not 0.0 < cfg.retrainer.holdout < 1.0:
         raise ConfigError(f"{cfg.path}: services.retrainer.holdout must be in (0, 1)")
+    t = cfg.timeouts
+    if t.request_ms > t.max_request_ms:
+        raise ConfigError(f"{cfg.path}: timeouts_ms.request ({t.request_ms:g}) is the default deadline and may not "
+                          f"exceed timeouts_ms.max_request ({t.max_request_ms:g}), the longest one allowed")
+
+
+def _executors(services: dict, where: str) -> tuple[ExecutorConfig, ...]:
+    """`executors: [...]` (replicas named executor-0, executor-1, ... unless named), or `executor: {...}`
+    (one replica named `executor`)."""
+    if ("executor" in services) == ("executors" in services):
+        raise ConfigError(f"{where}: give exactly one of services.executor (one replica) or services.executors "
+                          f"(a list of replicas)")
+    if "executor" in services:
+        return (_service(ExecutorConfig, services["executor"], f"{where}: services.executor"),)
+    return _named_list(ExecutorConfig, services["executors"], "executors", "executor", where)
+
+
+def _wait_policy(value: Any, where: str) -> str:
+    policy = _typed(value, str, "omp_wait_policy", where).upper()
+    if policy not in ("PASSIVE", "ACTIVE", ""):
+        raise ConfigError(f"{where}: omp_wait_policy must be PASSIVE, ACTIVE or \"\" (OpenMP's default), "
+                          f"got {value!r}")
+    return policy
 
 
 def _predictors(raw: Any, where: str) -> tuple[PredictorConfig, ...]:
+    return _named_list(PredictorConfig, raw, "predictors", "predictor", where, _cuts)
+
+
+def _cuts(item: dict, ctx: str) -> None:
+    cuts = item.get("cuts", AUTO)
+    if cuts != AUTO:
+        if not isinstance(cuts, list) or not all(isinstance(c, str) and c for c in cuts):
+            raise ConfigError(f"{ctx}: cuts must be a list of cut names or 'auto', got {cuts!r}")
+        item["cuts"] = tuple(cuts)
+
+
+def _named_list(cls: type, raw: Any, key: str, kind: str, where: str,
+                prepare: Callable[[dict, str], None] = lambda item, ctx: None) -> tuple:
+    """A non-empty list of services of one role, each named (`<kind>-<i>` unless given), names unique."""
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{where}: services.predictors must be a non-empty list")
+        raise ConfigError(f"{where}: services.{key} must be a non-empty list")
     out = []
     for i, item in enumerate(raw):
-        ctx = f"{where}: services.predictors[{i}]"
+        ctx = f"{where}: services.{key}[{i}]"
         item = dict(_mapping(item, ctx))
-        item.setdefault("name", f"predictor-{i}")
-        cuts = item.get("cuts", AUTO)
-        if cuts != AUTO:
-            if not isinstance(cuts, list) or not all(isinstance(c, str) and c for c in cuts):
-                raise ConfigError(f"{ctx}: cuts must be a list of cut names or 'auto', got {cuts!r}")
-            item["cuts"] = tuple(cuts)
-        out.append(_service(PredictorConfig, item, ctx))
-    names = [p.name for p in out]
+        item.setdefault("name", f"{kind}-{i}")
+        prepare(item, ctx)
+        out.append(_service(cls, item, ctx))
+    names = [e.name for e in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{where}: predictor names must be unique, repeated: {dupes}")
+        raise ConfigError(f"{where}: {kind} names must be unique, repeated: {dupes}")
     return tuple(out)
 
 
@@ -311,7 +402,7 @@ def _optional(cls: type, raw: Any, ctx: str) -> Any:
 def _timeouts(raw: Any, where: str) -> Timeouts:
     ctx = f"{where}: timeouts_ms"
     raw = _mapping(raw, ctx)
-    _known(raw, {"connect", "call", "request", "lookup"}, ctx)
+    _known(raw, {"connect", "call", "request", "max_request", "lookup"}, ctx)
     return Timeouts(**{f"{k}_ms": _positive(v, k, ctx) for k, v in raw.items()})
 
 

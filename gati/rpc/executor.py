@@ -3,10 +3,12 @@
 The loop is `gati.runtime.cascade.run_cascade`, the same one the in-process engine runs; here its
 verdict source is `RemoteVerdicts`: after each planned cut the cache's reduced input (e.g. the
 pooled vector, not the activation) goes to the cut's predictor, whose reply is the verdict. A
-predictor that is down or slower than `lookup_s` gives no verdict: a miss. `lookahead` bounds how
-far the stages run ahead of the verdicts (0 for sync plans, 1 for async ones).
+predictor that is down, failing or slower than `lookup_s` gives no verdict: the cut is missing,
+the full model answers from there, and the answer says so (see gati/runtime/cascade.py for why).
+`lookahead` bounds how far the stages run ahead of the verdicts (0 for sync plans, 1 for async ones).
 
-This handler keeps only what is specific to serving: a queue of requests and worker threads,
+This handler keeps only what is specific to serving: a bounded queue of requests (a request that
+is not the model's input, or that finds the queue full, is refused before it is queued) and worker threads,
 cancellation (by the aggregator, or at the request's deadline) and the wire messages. The moment
 the loop decides an answer it goes to the aggregator (`finished`); a sampled request then runs to
 the end and its full-model answer and reduced features follow (`shadowed`), for live agreement and
@@ -27,9 +29,18 @@ import torch
 from gati.bundle import Bundle
 from gati.cache import Cache
 from gati.cache.base import confidence_and_label
-from gati.errors import Cancelled
+from gati.errors import Cancelled, InvalidInput
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
-from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Features, RunRequest, Sample, ShadowResult, Unavailable
+from gati.rpc.gen.gati_idl.ttypes import (
+    ExecutionResult,
+    Features,
+    InvalidRequest,
+    Overloaded,
+    RunRequest,
+    Sample,
+    ShadowResult,
+    Unavailable,
+)
 from gati.rpc.metrics import ExecutorMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
@@ -73,10 +84,13 @@ class _Reply:
         self.read = True
         try:
             reply = self.call.result(self.until - time.monotonic())
-        except PeerUnavailable as e:  # slow or crashed: a miss
+        except PeerUnavailable as e:  # slow or crashed: no verdict
             late = time.monotonic() >= self.until
             self.source.failures.labels("timeout" if late else "unreachable").inc()
             self.call.pool.warn(log, e)
+            return None
+        if reply.error:  # the predictor answered that its cache could not judge: no verdict either
+            self.source.failures.labels("error").inc()
             return None
         return Verdict(reply.cut, reply.label, reply.confidence, reply.hit)
 
@@ -100,7 +114,7 @@ class RemoteVerdicts:
         until = time.monotonic() + self.lookup_s
         try:
             call = route.pool.start("lookup", Features(request_id=self.request_id, cut=cut, features=feats))
-        except PeerUnavailable as e:  # its cut is a miss; the request goes on
+        except PeerUnavailable as e:  # no verdict at its cut; the request goes on without caches
             route.pool.warn(log, e)
             self.failures.labels("unreachable").inc()
             return Done(None)
@@ -119,20 +133,22 @@ class ExecutorHandler(ServiceBase):
     role = "executor"
 
     def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool,
-                 lookup_s: float, workers: int = 1, lookahead: int = 1, metrics: ExecutorMetrics | None = None):
+                 lookup_s: float, workers: int = 1, lookahead: int = 1, metrics: ExecutorMetrics | None = None,
+                 queue_size: int = 64):
         self.metrics: ExecutorMetrics = metrics or ExecutorMetrics()
         super().__init__(self.metrics)
         cuts = bundle.staged.cuts
         self.steps = [Step(stage, i + 1, i if i in routes else None, cuts[i] if i in routes else "")
                       for i, stage in enumerate(bundle.staged.stages)]
         self.device = next(bundle.model.parameters()).device
+        self.input_shape = (1, *bundle.info.manifest.input_shape)
         self.routes, self.aggregator, self.lookup_s = routes, aggregator, lookup_s
         self.lookahead = lookahead
         self.draining = False
         self._states: dict[int, RunState] = {}
         self._early_cancels: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._jobs: queue.Queue[tuple[RunRequest, float] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[RunRequest, torch.Tensor, float] | None] = queue.Queue(queue_size)
         self.metrics.queue_depth.set_function(self._jobs.qsize)  # read at scrape time
         self.metrics.in_flight.set_function(lambda: len(self._states))
         self._workers = [threading.Thread(target=self._work, name=f"executor-{i}", daemon=True)
@@ -145,7 +161,24 @@ class ExecutorHandler(ServiceBase):
     def run(self, request: RunRequest) -> None:
         if self.draining:
             raise Unavailable("the executor is draining")
-        self._jobs.put((request, time.perf_counter()))
+        x = self._input(request)
+        try:
+            self._jobs.put_nowait((request, x, time.perf_counter()))
+        except queue.Full:
+            raise Overloaded(f"the executor's queue is full ({self._jobs.maxsize} requests waiting); "
+                             f"send to another replica or retry later") from None
+
+    def _input(self, request: RunRequest) -> torch.Tensor:
+        """The request's input, checked before it is queued: float32, the model's shape, finite."""
+        try:
+            x = from_tensor(request.input, "run input")
+        except InvalidInput as e:
+            raise InvalidRequest(str(e)) from e
+        if x.dtype != np.float32 or x.shape != self.input_shape:
+            raise InvalidRequest(f"run input must be float32 {self.input_shape}, got {x.dtype} {x.shape}")
+        if not np.isfinite(x).all():
+            raise InvalidRequest("run input contains NaN or infinite values")
+        return torch.from_numpy(x.copy())
 
     def cancel(self, request_id: int) -> None:
         with self._lock:  # with _execute's registration: a cancel is never lost between the two
@@ -177,7 +210,7 @@ class ExecutorHandler(ServiceBase):
                 return
             self._execute(*job)
 
-    def _execute(self, request: RunRequest, received: float) -> None:
+    def _execute(self, request: RunRequest, x: torch.Tensor, received: float) -> None:
         queue_ms = (time.perf_counter() - received) * 1000
         state = RunState(request.request_id, request.sampled, request.deadline_unix)
         with self._lock:
@@ -195,10 +228,9 @@ class ExecutorHandler(ServiceBase):
             self._send("finished", _result(request.request_id, answer, queue_ms))
 
         try:
-            x = torch.from_numpy(from_tensor(request.input, "run input").copy()).to(self.device)
             with torch.inference_mode():
-                trace = run_cascade(x, self.steps, source, self.lookahead, _head, shadow=request.sampled,
-                                    stop=state.should_stop, on_answer=on_answer)
+                trace = run_cascade(x.to(self.device), self.steps, source, self.lookahead, _head,
+                                    shadow=request.sampled, stop=state.should_stop, on_answer=on_answer)
             self._count(trace, request.sampled)
             if request.sampled:
                 self._send("shadowed", _shadow(request.request_id, trace, source.samples))
@@ -206,7 +238,7 @@ class ExecutorHandler(ServiceBase):
             self.metrics.requests.labels("stopped").inc()
             if not answered:
                 self._send("finished", ExecutionResult(request_id=request.request_id, cancelled=True, error=""))
-        except Exception as e:  # a bad tensor or a model failure: the aggregator gets a typed error
+        except Exception as e:  # a model failure: the aggregator gets a typed error
             log.exception("request %d failed", request.request_id)
             self.metrics.requests.labels("failed").inc()
             if not answered:
@@ -240,7 +272,8 @@ def _result(request_id: int, answer: Answer, queue_ms: float) -> ExecutionResult
     return ExecutionResult(request_id=request_id, label=answer.label, confidence=answer.confidence,
                            exit_cut=-1 if answer.exit_cut is None else answer.exit_cut,
                            stages_run=answer.stages_run, error="", cancelled=False, queue_ms=queue_ms,
-                           compute_ms=answer.compute_s * 1000, lookup_ms=answer.wait_s * 1000)
+                           compute_ms=answer.compute_s * 1000, lookup_ms=answer.wait_s * 1000,
+                           missing_cuts=list(answer.missing))
 
 
 def _shadow(request_id: int, trace: Trace, samples: list[Sample]) -> ShadowResult:

@@ -2,8 +2,14 @@
 
 A key names one version of one kNN cache (`<cut name>@v<version>`). At start the service loads the
 bundle's kNN caches itself (version 0), so a restarted index rejoins without the predictors'
-help; predictors add later versions before they swap to them. `RemoteIndex` is the client a
-`KnnCache` searches through (`KnnCache.use_index`).
+help; predictors add later versions before they swap to them (and reset the version two back,
+which no lookup uses any more). `RemoteIndex` is the client a `KnnCache` searches through
+(`KnnCache.use_index`).
+
+What a caller may make it hold is bounded (`services.index` in the cluster config): at most
+`max_keys` indexes, `max_vectors` vectors in each, vectors of at most `max_dim` dimensions. An
+addition beyond a bound is refused whole (InvalidRequest naming the bound) and counted
+(`gati_index_refused_total{bound}`); nothing of it is stored.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import numpy as np
 from gati.bundle import BundleInfo
 from gati.cache.knn import FaissIndex, KnnCache
 from gati.errors import GatiError, InvalidInput
+from gati.rpc.config import IndexConfig
 from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, SearchResult, Vectors
 from gati.rpc.metrics import IndexMetrics
 from gati.rpc.service import ServiceBase
@@ -36,25 +43,40 @@ class _Entry:
 class IndexHandler(ServiceBase):
     role = "index"
 
-    def __init__(self, metrics: IndexMetrics | None = None):
+    def __init__(self, metrics: IndexMetrics | None = None, bounds: IndexConfig = IndexConfig("", 0)):
         self.metrics: IndexMetrics = metrics or IndexMetrics()
         super().__init__(self.metrics)
+        self.bounds = bounds
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
     def add(self, key: str, vectors, labels) -> None:
         x, y = _arrays(vectors, labels)
+        b = self.bounds
+        if x.shape[1] > b.max_dim:
+            self._refuse("max_dim", f"vectors of {x.shape[1]} dimensions; the index takes at most {b.max_dim} "
+                                    f"(max_dim)")
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
+                if len(self._entries) >= b.max_keys:
+                    self._refuse("max_keys", f"{len(self._entries)} indexes are held (max_keys {b.max_keys}); "
+                                             f"reset one before adding {key!r}")
                 entry = self._entries[key] = _Entry(FaissIndex(x.shape[1]))
         with entry.lock:
+            if entry.index.ntotal + len(x) > b.max_vectors:
+                self._refuse("max_vectors", f"index {key} holds {entry.index.ntotal} vectors; {len(x)} more would "
+                                            f"pass max_vectors {b.max_vectors}")
             try:
                 entry.index.add(x, y)
             except InvalidInput as e:
                 raise InvalidRequest(f"index {key}: {e}") from e
             self.metrics.vectors.labels(key).set(entry.index.ntotal)
         self.metrics.added.inc(len(y))
+
+    def _refuse(self, bound: str, message: str) -> None:
+        self.metrics.refused.labels(bound).inc()
+        raise InvalidRequest(message)
 
     def search(self, key: str, queries, k: int) -> SearchResult:
         with self.gate.track():

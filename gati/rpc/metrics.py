@@ -152,6 +152,15 @@ class AggregatorMetrics(ServiceMetrics):
                                          "Estimated end-to-end agreement with the full model (sampled requests)")
         self.live_hit_agreement = self.gauge("gati_live_hit_agreement_ratio",
                                              "Agreement of cache answers with the full model (sampled hits)")
+        self.degraded = self.counter("gati_degraded_answers", "Answers given without a planned cut's verdict "
+                                     "(its predictor down or late): the full model answered from that cut, "
+                                     "by the first missing cut", ["cut"])
+        self.moved = self.counter("gati_requests_moved", "Requests handed to another executor replica after "
+                                  "this one refused them, failed or died with them in flight", ["replica"])
+        self.replica_up = self.gauge("gati_executor_up", "1 while an executor replica answers its watcher",
+                                     ["replica"])
+        self.replica_in_flight = self.gauge("gati_executor_in_flight", "Requests sent to an executor replica "
+                                            "and not yet answered (routing sends to the least)", ["replica"])
         self._lock = threading.Lock()
         self._tally = [0, 0, 0]  # sampled, sampled hits, sampled wrong: the ratios' inputs
 
@@ -186,8 +195,9 @@ class ExecutorMetrics(ServiceMetrics):
         self.stages = self.counter("gati_stages_run", "Stages run, all requests together")
         self.stages_after_hit = self.histogram("gati_stages_after_hit",
                                                "Stages run after the cut that hit (unsampled requests)", STAGE_BUCKETS)
-        self.lookup_failures = self.counter("gati_lookup_failures", "Lookups counted as misses because the "
-                                            "predictor was unreachable or late", ["reason"])
+        self.lookup_failures = self.counter("gati_lookup_failures", "Lookups without a verdict (the full model "
+                                            "answers from there): the predictor unreachable, late, or failing",
+                                            ["reason"])
         self.queue_depth = self.gauge("gati_queue_depth", "Requests waiting for an executor worker")
         self.in_flight = self.gauge("gati_requests_in_flight", "Requests in the stage loop")
 
@@ -211,6 +221,7 @@ class IndexMetrics(ServiceMetrics):
         self.searches = self.counter("gati_index_searches", "Nearest-neighbour searches")
         self.added = self.counter("gati_index_vectors_added", "Vectors added to the indexes")
         self.vectors = self.gauge("gati_index_vectors", "Vectors held, by index key", ["key"])
+        self.refused = self.counter("gati_index_refused", "Additions refused by the index's bounds", ["bound"])
 
 
 class RetrainerMetrics(ServiceMetrics):
@@ -219,7 +230,8 @@ class RetrainerMetrics(ServiceMetrics):
     def __init__(self, name: str = "retrainer", build: BuildInfo = BuildInfo()):
         super().__init__("retrainer", name, build)
         self.samples = self.counter("gati_retrainer_samples", "Samples kept, by cut", ["cut"])
-        self.dropped = self.counter("gati_retrainer_samples_dropped", "Samples refused as malformed")
+        self.dropped = self.counter("gati_retrainer_samples_dropped", "Samples refused at the door, never stored, "
+                                    "by what was wrong", ["reason"])
         self.retrains = self.counter("gati_retrains", "Candidate caches by result (deployed, rejected, "
                                      "deploy_failed)", ["result"])
         self.version = self.gauge("gati_cache_version", "The cache version each cut serves", ["cut"])

@@ -14,9 +14,9 @@ as JSON (`data`) or with the binary tensor extension (`parameters.binary_data_si
 `Inference-Header-Content-Length` header). The answer has three outputs, `label` INT64 [1],
 `class_name` BYTES [1] and `confidence` FP32 [1], each in JSON or binary as asked (an output's
 `parameters.binary_data`, or the request's `parameters.binary_data_output`), and the response's
-`parameters` carry the exit (`exit_cut`, `exit_name`), `stages_run`, `request_id` and the server's
-timing (`server_ms` and its breakdown). The request's `parameters.timeout` (microseconds, as in
-Triton) becomes its deadline.
+`parameters` carry the exit (`exit_cut`, `exit_name`), `stages_run`, `request_id`, `degraded` (and,
+when true, `missing_cuts`) and the server's timing (`server_ms` and its breakdown). The request's
+`parameters.timeout` (microseconds, as in Triton) becomes its deadline.
 
 Each request is translated into the Thrift `Request` and answered by the aggregator's `predict`:
 the same decoding, admission, metrics and answer as `gati predict`.
@@ -235,7 +235,9 @@ def _response(model: OipModel, request_id: Any, p: Prediction, wanted: dict[str,
             out["data"] = data
         outputs.append(out)
     parameters = {"exit_cut": p.exit_cut, "exit_name": p.exit_name, "stages_run": p.stages_run,
-                  "request_id": p.request_id}
+                  "request_id": p.request_id, "degraded": bool(p.degraded)}
+    if p.missing_cuts:  # parameters are scalars: the cuts whose verdict was missing, comma-separated
+        parameters["missing_cuts"] = ",".join(p.missing_cuts)
     parameters.update({k: getattr(p, k) for k in TIMING_FIELDS if getattr(p, k) is not None})
     reply = {"model_name": model.name, "model_version": model.version, "outputs": outputs,
              "parameters": parameters}

@@ -57,6 +57,7 @@ class PredictorHandler(ServiceBase):
         self.index = index
         self._deploy_lock = threading.Lock()
         self._failures_logged = Throttle()
+        self._replaced: dict[int, int] = {}  # cut -> the version its last deploy replaced
         self.slots: dict[int, Slot] = {}
         for slot in slots.values():
             self._attach_index(slot, populate=False)  # the index service loads version 0 itself
@@ -78,14 +79,14 @@ class PredictorHandler(ServiceBase):
             x = torch.from_numpy(from_tensor(features.features, "features").copy())
             label, conf = slot.cache.predict(x)
             v = Verdict.judge(slot.cut, int(label[0]), float(conf[0]), slot.threshold)
-            outcome = "hit" if v.hit else "miss"
-        except Exception as e:  # a broken lookup is a miss, never a lost request
+            outcome, error = "hit" if v.hit else "miss", ""
+        except Exception as e:  # a broken lookup is no verdict (never a lost request, never a made-up miss)
             if self._failures_logged.allow():  # e.g. the index is down: every lookup fails alike
                 log.warning("lookup for request %d at cut %d failed: %s", features.request_id, features.cut, e)
-            v, outcome = Verdict(features.cut, -1, 0.0, False), "error"
+            v, outcome, error = Verdict(features.cut, -1, 0.0, False), "error", str(e) or type(e).__name__
         self.metrics.lookups.labels(slot.cut_name if slot else str(features.cut), outcome).inc()
         return LookupReply(features.request_id, v.cut, v.label, v.confidence, v.hit,
-                           slot.version if slot else -1, self.name)
+                           slot.version if slot else -1, self.name, error)
 
     # ---- management -----------------------------------------------------------------------
 
@@ -114,9 +115,22 @@ class PredictorHandler(ServiceBase):
             except PeerUnavailable as e:
                 raise InvalidRequest(f"cannot load version {update.version} into the neighbour index: {e}") from e
             self.slots = {**self.slots, new.cut: new}  # one reference swap: atomic for readers
+            self._forget_index(slot)
         self.metrics.deploys.labels(slot.cut_name).inc()
         self.metrics.version.labels(slot.cut_name).set(update.version)
         log.info("cut %s now serves version %d", slot.cut_name, update.version)
+
+    def _forget_index(self, replaced: Slot) -> None:
+        """Reset the index of the version `replaced` had replaced: lookups in flight may still search
+        `replaced`'s version, none the one before it, and the index holds a bounded number of keys."""
+        before = self._replaced.get(replaced.cut)
+        self._replaced[replaced.cut] = replaced.version
+        if self.index is None or not isinstance(replaced.cache, KnnCache) or before is None:
+            return
+        try:
+            RemoteIndex(self.index, index_key(replaced.cut_name, before)).reset()
+        except PeerUnavailable as e:
+            self.index.warn(log, e)
 
     def _attach_index(self, slot: Slot, populate: bool) -> None:
         """kNN caches search the index service when one is configured."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gati.cache import Cache, make_cache
-from gati.errors import GatiError, InvalidInput
+from gati.errors import GatiError
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes
 from gati.rpc.config import RetrainerConfig
 from gati.rpc.gen.gati_idl.ttypes import (
@@ -33,9 +33,9 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Sample,
 )
 from gati.rpc.metrics import RetrainerMetrics
+from gati.rpc.samples import BadSample, check_sample
 from gati.rpc.service import ServiceBase
-from gati.rpc.tensors import from_tensor
-from gati.rpc.transport import PeerUnavailable, Pool
+from gati.rpc.transport import WARN_EVERY_S, PeerUnavailable, Pool, Throttle
 
 log = logging.getLogger("gati.rpc.retrainer")
 ONE_HOT_LOGIT = 4.0  # teacher logit margin when a sample carries only the label
@@ -74,6 +74,7 @@ class RetrainerHandler(ServiceBase):
         self.metrics: RetrainerMetrics = metrics or RetrainerMetrics()
         super().__init__(self.metrics)
         self.cuts, self.cfg, self.num_classes = cuts, cfg, num_classes
+        self._refusals_logged = Throttle()
         for st in cuts.values():
             st.samples = deque(maxlen=cfg.max_samples)
             self.metrics.version.labels(st.cut_name).set(st.version)
@@ -83,16 +84,15 @@ class RetrainerHandler(ServiceBase):
             st = self.cuts.get(s.cut)
             try:
                 if st is None:
-                    raise InvalidInput(f"cut {s.cut} has no cache in the plan")
-                feats = from_tensor(s.features, "sample features").reshape(st.cache.feat_shape).copy()
-                logits = from_tensor(s.base_logits, "sample logits").copy() if s.base_logits else None
-                if not 0 <= s.base_label < self.num_classes:
-                    raise InvalidInput(f"base label {s.base_label} is not a class")
-            except (InvalidInput, ValueError) as e:
-                log.warning("dropped a sample: %s", e)
-                self.metrics.dropped.inc()
+                    raise BadSample("cut", f"cut {s.cut} has no cache in the plan")
+                ok = check_sample(s, st.cache.feat_shape, self.num_classes)  # whole, before it is stored
+            except BadSample as e:
+                if self._refusals_logged.allow():
+                    log.warning("refused a sample (%s): %s (refusals are logged once per %d s)", e.reason, e,
+                                WARN_EVERY_S)
+                self.metrics.dropped.labels(e.reason).inc()
                 continue
-            st.samples.append((feats, s.base_label, logits))
+            st.samples.append((ok.features, ok.label, ok.logits))
             self.metrics.samples.labels(st.cut_name).inc()
 
     def retrain(self, cut: int) -> RetrainResult:

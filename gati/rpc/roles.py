@@ -1,9 +1,11 @@
 """Build one service of the cluster from its configuration: `gati serve --role R` runs `serve()`.
 
-Roles: aggregator, executor, predictor (one per `--name`), index, retrainer, and `all` (the
-in-process engine behind the aggregator's Thrift front door, in one process). Each role loads
-only what it needs: the executor the model, a predictor the caches of its cuts, the aggregator
-just the manifest.
+Roles: aggregator, executor (one per replica, `--name` when there are several), predictor (one
+per `--name`), index, retrainer, and `all` (the in-process engine behind the aggregator's Thrift
+front door, in one process). Each role loads only what it needs: the executor the model, a
+predictor the caches of its cuts, the aggregator just the manifest. Each runs with its entry's
+`threads` torch threads (the OpenMP environment was set before torch was imported: see
+gati/rpc/commands.py).
 
 A service with an `http_port` serves /health/live, /health/ready and /metrics there (the
 aggregator also the Open Inference Protocol, /v2). It is ready once built, while the peers it
@@ -27,7 +29,7 @@ from gati.rpc import surface
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
 from gati.rpc.auth import Secret
 from gati.rpc.client import ping
-from gati.rpc.config import ROLES, ClusterConfig, ConfigError, Endpoint
+from gati.rpc.config import ClusterConfig, ConfigError, Endpoint, ExecutorConfig
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
 from gati.rpc.gen.gati_idl import (
     Aggregator,
@@ -49,6 +51,7 @@ from gati.rpc.metrics import (
 )
 from gati.rpc.oip import OipModel, oip_routes
 from gati.rpc.predictor import PredictorHandler, Slot, index_pool
+from gati.rpc.replicas import Replica
 from gati.rpc.retrainer import CutState, RetrainerHandler
 from gati.rpc.server import RpcServer, wait_for_signal
 from gati.rpc.service import PeerProbe, ServiceBase
@@ -95,21 +98,22 @@ class Service:
 
 
 def build_service(role: str, cfg: ClusterConfig, name: str | None = None) -> Service:
-    if role not in ROLES:
-        raise ConfigError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    cfg.service(role, name)  # a role and name the config knows
+    threads = cfg.threads(role, name)
+    if threads:
+        torch.set_num_threads(threads)
     if role == "predictor":
-        if not name:
-            raise ConfigError(f"--role predictor needs --name (one of: {', '.join(p.name for p in cfg.predictors)})")
         return _predictor(cfg, name)
-    return {"aggregator": _aggregator, "all": _all, "executor": _executor, "index": _index,
-            "retrainer": _retrainer}[role](cfg)
+    if role == "executor":
+        return _executor(cfg, name)
+    return {"aggregator": _aggregator, "all": _all, "index": _index, "retrainer": _retrainer}[role](cfg)
 
 
 def serve(role: str, cfg: ClusterConfig, name: str | None = None,
           announce: Callable[[Service, HttpServer | None], None] = lambda s, h: None) -> None:
     """Run one service until SIGTERM/SIGINT, then drain it. Its HTTP port answers from the start
     (live; ready once the bundle is loaded and the peers answer), and closes last."""
-    ep = endpoint(role, cfg, name)
+    ep = cfg.service(role, name)
     http = HttpServer(ep.host, ep.http_port, name or role).start() if ep.http_port else None
     try:
         service = build_service(role, cfg, name)
@@ -128,18 +132,10 @@ def serve(role: str, cfg: ClusterConfig, name: str | None = None,
             http.close()
 
 
-def endpoint(role: str, cfg: ClusterConfig, name: str | None = None) -> Endpoint:
-    """Where the process of `role` (and `--name`) listens."""
-    if role == "predictor":
-        return cfg.predictor(name or "")
-    if role in ("index", "retrainer") and getattr(cfg, role) is None:
-        raise ConfigError(f"{cfg.path}: services.{role} is not configured")
-    return cfg.endpoints()["aggregator" if role == "all" else role]
-
-
-def _peers(cfg: ClusterConfig, **peers: Endpoint) -> PeerProbe:
-    """The internal endpoints a service cannot work without, probed with the deployment secret."""
-    return PeerProbe(peers, functools.partial(ping, secret=Secret.load(cfg.secret_file)))
+def _peers(cfg: ClusterConfig, peers: dict[str, Endpoint], any_of: bool = False) -> PeerProbe:
+    """The internal endpoints a service cannot work without (`any_of`: one of them is enough),
+    probed with the deployment secret."""
+    return PeerProbe(peers, functools.partial(ping, secret=Secret.load(cfg.secret_file)), any_of=any_of)
 
 
 def _listen(processor: object, handler: ServiceBase, host: str, port: int, port_surface: surface.Surface,
@@ -167,7 +163,7 @@ def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: Aggregat
     a = cfg.aggregator
     m = info.manifest
     spec = InputSpec(m.preprocess, a.max_request_kb * 1024)
-    handler = AggregatorHandler(backend, spec, m.classes, a, metrics, cfg.timeouts.request_ms / 1000)
+    handler = AggregatorHandler(backend, spec, m.classes, a, metrics, cfg.timeouts)
     largest = max(a.max_request_kb * 1024, 4 * math.prod(m.input_shape))  # an image, or float32 pixels
     # predict holds a worker while it waits in the admission queue: enough workers that a request
     # beyond the queue reaches admission and hears Overloaded.
@@ -183,16 +179,19 @@ def _front_door(cfg: ClusterConfig, info: BundleInfo, backend, metrics: Aggregat
 
 
 def _aggregator(cfg: ClusterConfig) -> Service:
-    torch.set_num_threads(1)  # decoding and preprocessing one small image
     info = read_bundle(cfg.bundle)
     limits = Limits.from_config(cfg)
-    ex = cfg.executor
-    executor = Pool(Executor.Client, ex.host, ex.port, limits, size=cfg.aggregator.workers + 2, name="executor")
+    replicas = [Replica(ex.name, Pool(Executor.Client, ex.host, ex.port, limits, size=cfg.aggregator.workers + 2,
+                                      name=ex.name)) for ex in cfg.executors]
     retrainer = Pool(Retrainer.Client, cfg.retrainer.host, cfg.retrainer.port, limits, name="retrainer") \
         if cfg.retrainer else None
     metrics = AggregatorMetrics(build=build_info(info))
-    backend = ClusterBackend({e.cut: e.cut_name for e in info.plan.entries}, executor, metrics, retrainer)
-    return _front_door(cfg, info, backend, metrics, _peers(cfg, executor=cfg.executor), callbacks=True)
+    # Heartbeats well inside the executors' idle timeout, so that they never close the watch connection.
+    heartbeat_s = min(1.0, cfg.connections.idle_s / 4)
+    backend = ClusterBackend({e.cut: e.cut_name for e in info.plan.entries}, replicas, limits, metrics, retrainer,
+                             heartbeat_s)
+    peers = _peers(cfg, {ex.name: ex for ex in cfg.executors}, any_of=True)
+    return _front_door(cfg, info, backend, metrics, peers, callbacks=True)
 
 
 def _all(cfg: ClusterConfig) -> Service:
@@ -201,9 +200,8 @@ def _all(cfg: ClusterConfig) -> Service:
     return _front_door(cfg, bundle.info, EngineBackend(Engine(bundle), metrics), metrics, None, callbacks=False)
 
 
-def _executor(cfg: ClusterConfig) -> Service:
-    if cfg.executor.threads:
-        torch.set_num_threads(cfg.executor.threads)
+def _executor(cfg: ClusterConfig, name: str | None) -> Service:
+    ex = cfg.executor(name)
     bundle = load_bundle(cfg.bundle, cfg.device)
     limits = Limits.from_config(cfg)
     where = {cut: (p.host, p.port) for p in cfg.predictors
@@ -214,10 +212,10 @@ def _executor(cfg: ClusterConfig) -> Service:
                                                             call_s=min(limits.call_s, lookup_s)))
     handler = ExecutorHandler(bundle, routes,
                               aggregator_pool(cfg.aggregator.host, cfg.aggregator.callbacks.port, limits),
-                              lookup_s, cfg.executor.workers, lookahead(cfg, bundle.plan),
-                              ExecutorMetrics(build=build_info(bundle.info)))
-    server = _server(Executor.Processor(handler), handler, cfg.executor, cfg, "executor", "executor")
-    return Service("executor", handler, server, _peers(cfg, aggregator=cfg.aggregator.callbacks),
+                              lookup_s, ex.workers, lookahead(ex, bundle.plan),
+                              ExecutorMetrics(ex.name, build_info(bundle.info)), ex.queue_size)
+    server = _server(Executor.Processor(handler), handler, ex, cfg, "executor", ex.name)
+    return Service(ex.name, handler, server, _peers(cfg, {"aggregator": cfg.aggregator.callbacks}),
                    before_close=handler.drain)
 
 
@@ -229,15 +227,14 @@ def plan_cut_names(info: BundleInfo) -> list[str]:
     return [e.cut_name for e in info.plan.entries]
 
 
-def lookahead(cfg: ClusterConfig, plan: Plan) -> int:
+def lookahead(ex: ExecutorConfig, plan: Plan) -> int:
     """Configured, or the plan's mode: sync plans wait for each verdict, async ones run one stage ahead."""
-    if cfg.executor.lookahead >= 0:
-        return cfg.executor.lookahead
+    if ex.lookahead >= 0:
+        return ex.lookahead
     return LOOKAHEAD[plan.mode]
 
 
 def _predictor(cfg: ClusterConfig, name: str) -> Service:
-    torch.set_num_threads(1)  # a lookup is a small matrix product; threads only contend
     pc = cfg.predictor(name)
     info = read_bundle(cfg.bundle)
     cuts = cfg.placement(plan_cut_names(info))[name]
@@ -253,9 +250,8 @@ def _predictor(cfg: ClusterConfig, name: str) -> Service:
 def _index(cfg: ClusterConfig) -> Service:
     if cfg.index is None:
         raise ConfigError(f"{cfg.path}: services.index is not configured")
-    torch.set_num_threads(1)
     info = read_bundle(cfg.bundle)
-    handler = IndexHandler(IndexMetrics(build=build_info(info)))
+    handler = IndexHandler(IndexMetrics(build=build_info(info)), cfg.index)
     keys = handler.load_bundle_caches(info)
     log.info("index: loaded %s", ", ".join(keys) or "no kNN caches (the plan has none)")
     return Service("index", handler, _server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index",
@@ -265,7 +261,6 @@ def _index(cfg: ClusterConfig) -> Service:
 def _retrainer(cfg: ClusterConfig) -> Service:
     if cfg.retrainer is None:
         raise ConfigError(f"{cfg.path}: services.retrainer is not configured")
-    torch.set_num_threads(1)
     info = read_bundle(cfg.bundle)
     limits = Limits.from_config(cfg)
     placement = cfg.placement(plan_cut_names(info))

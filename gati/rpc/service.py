@@ -48,11 +48,14 @@ class PeerProbe:
     """Which of the peers a service cannot work without do not answer ping.
 
     Readiness probes may come often and from several checkers; peers are asked at most once per
-    `every_s`, each with a short timeout, so a probe never waits long nor floods a peer.
+    `every_s`, each with a short timeout, so a probe never waits long nor floods a peer. With
+    `any_of` (replicas: one answering is enough) none is reported down while one answers.
     """
 
-    def __init__(self, peers: Mapping[str, Endpoint], ping: Ping, every_s: float = 1.0, timeout_s: float = 0.5):
+    def __init__(self, peers: Mapping[str, Endpoint], ping: Ping, every_s: float = 1.0, timeout_s: float = 0.5,
+                 any_of: bool = False):
         self.peers, self.ping, self.every_s, self.timeout_s = dict(peers), ping, every_s, timeout_s
+        self.any_of = any_of
         self._lock = threading.Lock()
         self._checked = float("-inf")
         self._down: list[str] = list(self.peers)
@@ -62,5 +65,7 @@ class PeerProbe:
             if time.monotonic() - self._checked >= self.every_s:
                 self._down = [name for name, ep in self.peers.items()
                               if not self.ping(ep.host, ep.port, self.timeout_s)]
+                if self.any_of and len(self._down) < len(self.peers):
+                    self._down = []
                 self._checked = time.monotonic()
             return list(self._down)

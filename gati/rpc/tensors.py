@@ -1,12 +1,15 @@
 """numpy arrays <-> the IDL's Tensor {shape, dtype, data}: raw C-order bytes, no copies beyond one."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gati.errors import InvalidInput
 from gati.rpc.gen.gati_idl.ttypes import Tensor
 
 DTYPES = ("uint8", "float32", "int64", "int32", "float64")
+MAX_DIMS = 8   # no message between services needs more; numpy refuses over 64
 
 
 def to_tensor(array: np.ndarray) -> Tensor:
@@ -23,11 +26,13 @@ def from_tensor(t: Tensor | None, what: str = "tensor") -> np.ndarray:
     if t.dtype not in DTYPES:
         raise InvalidInput(f"{what} has dtype {t.dtype!r}; supported: {', '.join(DTYPES)}")
     shape = tuple(t.shape or ())
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"{what} has {len(shape)} dimensions; at most {MAX_DIMS} are accepted")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{what} has a negative dimension in shape {shape}")
     data = t.data or b""
     itemsize = np.dtype(t.dtype).itemsize
-    expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+    expected = math.prod(shape) * itemsize  # Python ints: a huge shape cannot overflow into a small count
     if len(data) != expected:
         raise InvalidInput(f"{what} of shape {shape} and dtype {t.dtype} needs {expected} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=t.dtype).reshape(shape)

@@ -14,21 +14,22 @@ TIMING_FIELDS = ("server_ms", "decode_ms", "queue_ms", "compute_ms", "lookup_ms"
 class Stopwatch:
     """One request's time in the aggregator.
 
-    The aggregator measures decoding, its admission queue and the backend's total itself; the
-    backend reports what it knows (the executor's queue, compute, lookups). The backend's time that
-    neither accounts for is `network_ms`: hops, serialisation, scheduling. Without a compute time
-    there is nothing to subtract from, and `network_ms` stays unset.
+    A request is admitted first (it waits for a worker), then decoded, then handed to the backend.
+    The aggregator measures those three itself; the backend reports what it knows (the executor's
+    queue, compute, lookups). The backend's time that neither accounts for is `network_ms`: hops,
+    serialisation, scheduling. Without a compute time there is nothing to subtract from, and
+    `network_ms` stays unset.
     """
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self._decoded = self._admitted = self._end = self.start
+        self._admitted = self._decoded = self._end = self.start
+
+    def admitted(self) -> None:
+        self._admitted = self._decoded = time.perf_counter()
 
     def decoded(self) -> None:
         self._decoded = time.perf_counter()
-
-    def admitted(self) -> None:
-        self._admitted = time.perf_counter()
 
     def stop(self) -> float:
         """Seconds since the request arrived."""
@@ -38,9 +39,9 @@ class Stopwatch:
     def breakdown(self, queue_ms: float | None, compute_ms: float | None,
                   lookup_ms: float | None) -> dict[str, float | None]:
         """The timing fields but `server_ms`, from the backend's own report (milliseconds or None)."""
-        backend_ms = (self._end - self._admitted) * 1000
+        backend_ms = (self._end - self._decoded) * 1000
         reported = sum(v for v in (queue_ms, compute_ms, lookup_ms) if v is not None)
-        return {"decode_ms": (self._decoded - self.start) * 1000,
-                "queue_ms": (self._admitted - self._decoded) * 1000 + (queue_ms or 0.0),
+        return {"decode_ms": (self._decoded - self._admitted) * 1000,
+                "queue_ms": (self._admitted - self.start) * 1000 + (queue_ms or 0.0),
                 "compute_ms": compute_ms, "lookup_ms": lookup_ms,
                 "network_ms": max(0.0, backend_ms - reported) if compute_ms is not None else None}

@@ -11,8 +11,17 @@ the CUDA-graph engine and the cluster's executor all run `run_cascade`; they dif
 
 The rule: the answer is the **first hit in cut order**, else the full model's answer. A hit at the
 cut after step k is read before step k + 1 + lookahead, so the request stops having run exactly
-`steps[k + lookahead].stages_done` stages (capped at the last step). Verdicts that never arrive
-(a predictor down or late) are misses: a miss only costs time, never agreement.
+`steps[k + lookahead].stages_done` stages (capped at the last step).
+
+A verdict that never arrives (a predictor down or late) is *missing*, and from there the full
+model answers: no later cut is asked, and a later hit already asked for is not used. The answer
+lists the missing cuts (`Answer.missing`: it is degraded). Why this rule: the thresholds were
+certified for the whole cascade, each later cut on the requests the earlier ones missed. With cut
+k missing, a request either exits before k exactly as the certified cascade would, or gets the
+full model's answer, which always agrees; its wrong answers are a subset of the certified
+cascade's on every request, so the certified agreement still holds. Letting a later cache answer
+would send it the requests cut k would have taken, which no calibration looked at.
+
 The calibration simulator (`gati.pipeline.certify`) replays the same rule vectorised over stored
 scores; a test runs both on the same scores and checks they agree.
 
@@ -88,6 +97,7 @@ class Answer:
     stages_run: int        # stages run when the answer was decided
     compute_s: float = 0.0   # up to the answer: seconds in the steps
     wait_s: float = 0.0      # up to the answer: seconds waiting for verdicts (lookups, hops)
+    missing: tuple[int, ...] = ()   # planned cuts whose verdict never came: the full model answered from there
 
 
 @dataclass
@@ -98,6 +108,7 @@ class Trace:
     output: Tensor | None = None      # the last step's output when completed (the logits, eagerly)
     final: Answer | None = None       # the full model's own answer when completed
     verdicts: list[Verdict] = field(default_factory=list)  # the verdicts read, in cut order
+    missing: list[int] = field(default_factory=list)       # cuts whose verdict never came, in cut order
 
 
 Head = Callable[[Tensor], tuple[int, float]]   # the last step's output -> (label, confidence)
@@ -119,12 +130,14 @@ def run_cascade(x: Tensor, steps: Sequence[Step], source: VerdictSource, lookahe
         nonlocal wait_s
         while pending and pending[0][0] <= upto:
             start = time.perf_counter()
-            v = pending.popleft()[1].verdict()
+            k, ticket = pending.popleft()
+            v = ticket.verdict()
             wait_s += time.perf_counter() - start
             if v is None:
+                trace.missing.append(steps[k].cut)
                 continue
             trace.verdicts.append(v)
-            if v.hit and trace.answer is None:
+            if v.hit and trace.answer is None and not trace.missing:
                 trace.answer = Answer(v.label, v.confidence, v.cut, names[v.cut], stages_done, compute_s, wait_s)
                 if on_answer is not None:
                     on_answer(trace.answer)
@@ -137,14 +150,14 @@ def run_cascade(x: Tensor, steps: Sequence[Step], source: VerdictSource, lookahe
             return trace
         start = time.perf_counter()
         x = step.run(x)
-        if step.cut is not None:
+        if step.cut is not None and not trace.missing:  # after a missing verdict no cache may answer
             pending.append((k, source.ask(step.cut, x)))
         compute_s += time.perf_counter() - start   # a lookup started here counts as compute (sync: it ran here)
         stages_done = step.stages_done
     settle(len(steps))  # every verdict still out: a hit at a late cut still answers (cut order)
     label, confidence = head(x)
     trace.completed, trace.output = True, x
-    trace.final = Answer(label, confidence, None, "final", stages_done, compute_s, wait_s)
+    trace.final = Answer(label, confidence, None, "final", stages_done, compute_s, wait_s, tuple(trace.missing))
     if trace.answer is None:
         trace.answer = trace.final
         if on_answer is not None:

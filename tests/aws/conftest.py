@@ -78,7 +78,15 @@ def bundle(tmp_path: Path) -> Path:
 
 def fake_manifest(checkpoint: str) -> Manifest:
     """A valid manifest with placeholder values (nothing loads the model it names)."""
-    from gati.bundle.manifest import CalibrationInfo, Certificate, CheckpointRef, Expected, Manifest, Profile, TrainInfo
+    from gati.bundle.manifest import (
+        CalibrationInfo,
+        Certificate,
+        CheckpointRef,
+        Expected,
+        Manifest,
+        Profile,
+        TrainInfo,
+    )
     from gati.preprocess import Preprocess
     from gati.runtime.plan import Plan
     return Manifest(

@@ -67,16 +67,18 @@ def test_launches_each_role_with_its_type_tags_and_user_data(session, recorder, 
         cfg = config_in(script)
         # every instance's config names the real private addresses, per the schema
         # settings the description leaves out keep the services' own defaults (gati/rpc/config.py)
-        assert cfg["services"]["aggregator"] == {"host": hosts["aggregator"], "port": 9090, "internal_port": 9096,
-                                                 "http_port": 9100}
+        # every service has its HTTP port (health, metrics), open to the group only (below)
+        assert cfg["services"]["aggregator"] == {"host": hosts["aggregator"], "port": 9090, "http_port": 9100,
+                                                 "internal_port": 9096}
         assert cfg["secret_file"] == "/opt/gati/secret"
-        assert cfg["services"]["executor"] == {"host": hosts["executor"], "port": 9091}
-        assert cfg["services"]["index"] == {"host": hosts["aggregator"], "port": 9094}
-        assert cfg["services"]["retrainer"] == {"host": hosts["retrainer"], "port": 9095}
+        assert cfg["services"]["executor"] == {"name": "executor", "host": hosts["executor"], "port": 9091,
+                                               "http_port": 9101}
+        assert cfg["services"]["index"] == {"host": hosts["aggregator"], "port": 9094, "http_port": 9104}
+        assert cfg["services"]["retrainer"] == {"host": hosts["retrainer"], "port": 9095, "http_port": 9105}
         assert cfg["services"]["predictors"] == [
-            {"name": "predictor-0", "host": hosts["predictor-0"], "port": 9092,
+            {"name": "predictor-0", "host": hosts["predictor-0"], "port": 9092, "http_port": 9102,
              "cuts": ["layer2.1", "layer3.0"]},
-            {"name": "predictor-1", "host": hosts["predictor-1"], "port": 9092, "cuts": "auto"}]
+            {"name": "predictor-1", "host": hosts["predictor-1"], "port": 9092, "http_port": 9102, "cuts": "auto"}]
         assert cfg["device"] == ("cuda" if node == "executor" else "cpu")
         assert cfg["bundle"] == "/opt/gati/bundle"
         assert result.plan.bucket in script and FAKE_SECRET not in script
@@ -105,7 +107,7 @@ def test_security_group_rules_are_exactly_the_intended_ones(session, recorder, b
     # Only the public port (and SSH) from allowed_cidr; the aggregator's callback port, like every
     # other service port, from the deployment's own group only.
     assert rules == {(9090, me), (9096, me), (9091, me), (9092, me), (9094, me), (9095, me), (9100, me),
-                     (9090, CIDR), (22, CIDR)}
+                     (9101, me), (9102, me), (9104, me), (9105, me), (9090, CIDR), (22, CIDR)}
     for inst in instances(session, "t1"):
         assert [g["GroupId"] for g in inst["NetworkInterfaces"][0]["Groups"]] == [me]
 
@@ -179,8 +181,8 @@ def test_inventory_and_wait_use_the_launched_addresses(session, recorder, bundle
         assert entry["private_ip"] == inst["PrivateIpAddress"]
         assert entry["public_ip"] == inst["PublicIpAddress"]
     assert by_node["aggregator"]["ports"] == {"aggregator": 9090, "aggregator_internal": 9096, "index": 9094,
-                                              "metrics": 9100}
-    assert by_node["predictor-0"]["ports"] == {"predictor": 9092}
+                                              "metrics": 9100, "index_metrics": 9104}
+    assert by_node["predictor-0"]["ports"] == {"predictor": 9092, "predictor_metrics": 9102}
     agg = by_node["aggregator"]
     assert [str(e) for e in recorder.pinged] == [f"{agg['public_ip']}:9090"]
     assert inv["endpoint"] == f"{agg['public_ip']}:9090"

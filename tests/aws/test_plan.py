@@ -96,7 +96,9 @@ def test_cost_uses_the_table_and_says_what_it_cannot_price():
     ({"name": "Bad_Name"}, "name"),
     ({"ami": {"id": "ami-1", "ssm_parameter": "/x"}}, "exactly one"),
     ({"colour": "blue"}, "unknown key"),
-    ({"roles": {"executor": {"count": 2}}}, "exactly one instance"),
+    ({"roles": {"aggregator": {"count": 2}}}, "exactly one instance"),
+    ({"roles": {"executor": {"count": 0}}}, "at least one instance"),
+    ({"roles": {"executor": {"colocate": "aggregator"}}}, "at least one instance of its own"),
     ({"roles": {"index": {"colocate": "predictors"}}}, "colocate"),
     ({"roles": {"predictors": {"placement": ["auto", "auto"]}}}, "at most one 'auto'"),
     ({"roles": {"predictors": {"placement": [["layer1.0"], ["layer1.0"]]}}}, "two predictors"),
@@ -176,7 +178,7 @@ def test_instance_configs_are_read_by_the_services_own_parser():
         cfg = config.parse_config(dict(inst.config), Path("/opt/gati/config.yaml"))
         assert cfg.aggregator.host == hosts["aggregator"] and cfg.aggregator.port == 9090
         assert cfg.aggregator.internal_port == 9096 and str(cfg.secret_file) == "/opt/gati/secret"
-        assert cfg.executor.host == hosts["executor"]
+        assert cfg.executor().host == hosts["executor"] and cfg.executor().http_port == 9101
         assert [(p.name, p.host, p.cuts) for p in cfg.predictors] == [
             ("predictor-0", hosts["predictor-0"], ("layer2.1", "layer3.0")),
             ("predictor-1", hosts["predictor-1"], "auto")]
@@ -189,3 +191,22 @@ def test_a_config_the_services_would_refuse_fails_the_plan_not_the_boot():
     with pytest.raises(GatiError, match="queue_size"):
         build_plan(spec, Resolved(account_id="123456789012", ami_id="ami-1", subnet_id="subnet-1",
                                   hosts=hosts, wheel_key="gati-0.1.0-py3-none-any.whl"))
+
+
+def test_executor_replicas_get_an_instance_each_and_one_cluster_config():
+    config = pytest.importorskip("gati.rpc.config")
+    spec = make_spec(roles={"executor": {"type": "g5.xlarge", "count": 2}, "retrainer": {"colocate": "executor"},
+                            "index": {"colocate": "aggregator"},
+                            "predictors": {"placement": ["auto"]}})
+    assert [(n.name, n.roles, n.device) for n in nodes(spec)] == [
+        ("aggregator", ("aggregator", "index"), "cpu"), ("executor-0", ("executor", "retrainer"), "cuda"),
+        ("executor-1", ("executor",), "cuda"), ("predictor-0", ("predictor",), "cpu")]
+    plan = build_plan(spec, placeholders(spec))
+    cfg = config.parse_config(dict(plan.instance("executor-1").config), Path("/opt/gati/config.yaml"))
+    assert [(e.name, e.host, e.port, e.http_port) for e in cfg.executors] == [
+        ("executor-0", "<private-ip:executor-0>", 9091, 9101), ("executor-1", "<private-ip:executor-1>", 9091, 9101)]
+    assert cfg.retrainer.host == "<private-ip:executor-0>" and cfg.retrainer.http_port == 9105
+    for name in ("executor-0", "executor-1"):  # each unit runs its own replica
+        assert f"--role executor --config /opt/gati/config.yaml --name {name}" in plan.instance(name).user_data
+    assert plan.cost.known_usd == pytest.approx(sum(HOURLY_USD_US_EAST_1[t] for t in
+                                                    ("c5.xlarge", "g5.xlarge", "g5.xlarge", "c5.xlarge")))

@@ -83,28 +83,41 @@ def references(cluster_bundle: Path, eval_images: np.ndarray) -> References:
 CLUSTER_PORTS = 13  # a Thrift and an HTTP port for each of six services, and the aggregator's callbacks
 
 
+def cluster_ports(executors: int = 1) -> int:
+    """Free ports a cluster needs: CLUSTER_PORTS, and two more for each further executor replica."""
+    return CLUSTER_PORTS + 2 * (executors - 1)
+
+
 def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = True, retrainer: bool = True,
                  sample_rate: float = 0.0, queue_size: int = 16, workers: int = 4, lookup_ms: float = 300,
-                 request_ms: float = 5000, executor_workers: int = 1, lookahead: int = -1,
-                 connections: dict | None = None) -> Path:
-    """`ports`: CLUSTER_PORTS free ports: six for Thrift, six for HTTP, one for the aggregator's callbacks."""
+                 request_ms: float = 5000, max_request_ms: float | None = None, executor_workers: int = 1,
+                 lookahead: int = -1, executors: int = 1, connections: dict | None = None,
+                 index_bounds: dict | None = None) -> Path:
+    """`ports`: `cluster_ports(executors)` free ports: six for Thrift, six for HTTP, one for the aggregator's
+    callbacks, then a Thrift and an HTTP port for each executor replica after the first. One replica is
+    written as `executor:`, several as `executors:` (named executor-0, executor-1, ...)."""
     def at(i: int) -> dict:
         return {"host": "127.0.0.1", "port": ports[i], "http_port": ports[6 + i]}
 
+    executor = {"workers": executor_workers, "threads": 1, "lookahead": lookahead}
+    replicas = [{**at(1), **executor}] + [{"host": "127.0.0.1", "port": ports[13 + 2 * k],
+                                           "http_port": ports[14 + 2 * k], **executor} for k in range(executors - 1)]
     services = {
         "aggregator": {**at(0), "internal_port": ports[12], "queue_size": queue_size, "workers": workers,
                        "sample_rate": sample_rate},
-        "executor": {**at(1), "workers": executor_workers, "threads": 1, "lookahead": lookahead},
+        **({"executor": replicas[0]} if executors == 1 else {"executors": replicas}),
         "predictors": [{"name": "predictor-0", **at(2), "cuts": ["stem"]},
                        {"name": "predictor-1", **at(3), "cuts": "auto"}],
     }
     if index:
-        services["index"] = at(4)
+        services["index"] = {**at(4), **(index_bounds or {})}
     if retrainer:
         services["retrainer"] = {**at(5), "min_samples": 20}
+    timeouts = {"connect": 500, "call": 3000, "request": request_ms, "lookup": lookup_ms}
+    if max_request_ms is not None:
+        timeouts["max_request"] = max_request_ms
     raw = {"bundle": str(bundle), "log_dir": str(path.parent / "logs"), "secret_file": str(path.parent / "secret"),
-           "timeouts_ms": {"connect": 500, "call": 3000, "request": request_ms, "lookup": lookup_ms},
-           "max_message_mb": 1, "services": services}
+           "timeouts_ms": timeouts, "max_message_mb": 1, "services": services}
     if connections:
         raw["connections"] = connections
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -115,7 +128,8 @@ def start_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
                   **options) -> Cluster:
     """A started Cluster of real processes, stopped by a finalizer of the requesting fixture's scope."""
     folder = tmp_path_factory.mktemp("cluster")
-    cluster = Cluster(write_config(folder / "cluster.yaml", bundle, free_ports(CLUSTER_PORTS), **options))
+    ports = free_ports(cluster_ports(options.get("executors", 1)))
+    cluster = Cluster(write_config(folder / "cluster.yaml", bundle, ports, **options))
     request.addfinalizer(cluster.stop)
     cluster.start()
     return cluster

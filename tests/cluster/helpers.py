@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,12 @@ class Cluster:
         while launch.alive(self.procs[name].pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def restart(self, name: str) -> None:
-        """Start one service again on its configured port, alone, and wait until it answers ping."""
-        role = dict(launch.roles(self.cfg))[name]
-        self.procs[name] = launch.spawn(self.cfg, name, role)
-        launch.wait_ready([self.procs[name]], timeout_s=120, secret=self.secret)
+    def restart(self, *names: str) -> None:
+        """Start services again on their configured ports, alone, and wait until they answer ping."""
+        roles = dict(launch.roles(self.cfg))
+        for name in names:
+            self.procs[name] = launch.spawn(self.cfg, name, roles[name])
+        launch.wait_ready([self.procs[n] for n in names], timeout_s=120, secret=self.secret)
 
 
 @dataclass
@@ -224,3 +226,15 @@ def handshake(sock: socket.socket, secret: Secret) -> auth.Session:
     proof, session = auth.prove(secret, sent, challenge)
     sock.sendall(proof)
     return session
+
+
+@contextmanager
+def frozen(cluster: Cluster, *names: str):
+    """SIGSTOP services (slow: alive, silent) for the body; SIGCONT whatever happens."""
+    for name in names:
+        cluster.signal(name, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for name in names:
+            cluster.signal(name, signal.SIGCONT)

@@ -1,6 +1,7 @@
 """The cluster configuration: parsing, relative paths, placement, and the errors a typo gets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,9 @@ def test_parses_values_defaults_and_relative_paths(tmp_path):
     assert cfg.hop_delay_ms == 0.5 and cfg.max_message_bytes == 64 * 1024 * 1024
     assert cfg.aggregator.queue_size == 8 and cfg.aggregator.sample_rate == 0.05
     assert cfg.predictor("p1").cuts == AUTO and cfg.retrainer is None and cfg.index.port == 9094
-    assert cfg.aggregator.http_port == 9100 and cfg.executor.http_port == 9101 and cfg.index.http_port is None
+    assert cfg.aggregator.http_port == 9100 and cfg.executor().http_port == 9101 and cfg.index.http_port is None
     assert cfg.secret_file == tmp_path / "conf" / "secret" and cfg.aggregator.callbacks.port == 9096
-    assert not cfg.aggregator.internal and cfg.executor.internal and cfg.predictor("p0").internal
+    assert not cfg.aggregator.internal and cfg.executor().internal and cfg.predictor("p0").internal
     assert cfg.connections.max_open == 1024 and cfg.connections.client_idle_s < cfg.connections.idle_s
     assert set(cfg.endpoints()) == {"aggregator", "executor", "p0", "p1", "index"}
 
@@ -80,6 +81,12 @@ def test_placement_resolves_auto_to_the_cuts_placed_nowhere_else(tmp_path):
     ({"connections": {"max_open": 0}}, "max_open must be at least 1"),
     ({"connections": {"idle_s": 0}}, "idle_s must be positive"),
     ({"connections": {"maxopen": 5}}, "unknown keys \\['maxopen'\\]"),
+    ({"timeouts_ms": {"request": 5000, "max_request": 1000}}, "may not exceed timeouts_ms.max_request"),
+    ({"omp_wait_policy": "SPIN"}, "PASSIVE, ACTIVE or"),
+    ({"services__executor__threads": -1}, "threads must be at least 0"),
+    ({"services__executor__queue_size": 0}, "queue_size must be at least 1"),
+    ({"services__index__max_keys": 0}, "max_keys must be at least 1"),
+    ({"services__executors": [{"host": "127.0.0.1", "port": 9097}]}, "exactly one of services.executor"),
 ])
 def test_bad_values_are_named(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -119,3 +126,36 @@ def test_the_shipped_local_config_loads():
     http = [ep.http_port for ep in cfg.endpoints().values()]
     assert None not in http and len(set(http)) == len(http)  # every service has a health port of its own
     assert cfg.aggregator.internal_port == 9096 and cfg.secret_file.parent == cfg.log_dir
+
+
+def test_executor_replicas_names_threads_and_deadlines(tmp_path):
+    raw = variant(services__executors=[{"host": "127.0.0.1", "port": 9091, "http_port": 9101, "threads": 2},
+                                       {"name": "gpu-b", "host": "127.0.0.1", "port": 9097, "queue_size": 8}],
+                  timeouts_ms={"request": 3000, "max_request": 10000}, omp_wait_policy="passive")
+    del raw["services"]["executor"]
+    cfg = load_config(write(tmp_path, raw))
+    assert [(e.name, e.port, e.queue_size, e.threads) for e in cfg.executors] == [
+        ("executor-0", 9091, 64, 2), ("gpu-b", 9097, 8, 0)]
+    assert cfg.executor("gpu-b").port == 9097 and set(cfg.endpoints()) >= {"executor-0", "gpu-b"}
+    with pytest.raises(ConfigError, match="2 executors are configured: name one"):
+        cfg.executor()
+    with pytest.raises(ConfigError, match="no executor named 'x'"):
+        cfg.service("executor", "x")
+    assert cfg.timeouts.max_request_ms == 10000 and cfg.omp_wait_policy == "PASSIVE"
+    # threads per role: 1 for the light services, the executor's for the model (--role all too)
+    assert [cfg.threads(r, n) for r, n in (("aggregator", None), ("predictor", "p0"), ("index", None),
+                                           ("executor", "executor-0"), ("all", None))] == [1, 1, 1, 2, 2]
+    raw["services"]["predictors"][0]["name"] = "gpu-b"
+    with pytest.raises(ConfigError, match="a name of its own.*gpu-b"):
+        load_config(write(tmp_path, raw))
+
+
+def test_the_openmp_environment_is_set_for_the_role_before_torch_is_imported(tmp_path, monkeypatch):
+    from gati.rpc.commands import openmp_environment
+    cfg = load_config(write(tmp_path, variant(services__executor__threads=3)))
+    for var in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    openmp_environment(cfg, "executor", None)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "3"
+    openmp_environment(cfg, "predictor", "p0")
+    assert os.environ["OMP_NUM_THREADS"] == "1"

@@ -55,13 +55,28 @@ def test_deploy_local_starts_every_service_and_stop_local_stops_exactly_those(co
         until(lambda: deploy("status", config).returncode == 0, timeout_s=30)  # every service up and ready
         report = deploy("status", config).stdout
         assert all(f"{name} " in report for name in cfg.endpoints()) and report.count(" ready") == len(procs)
+        supervisor = launch.read_supervisor(pidfile)
+        assert f"supervisor   pid {supervisor}" in report and report.count("restarts 0") == len(procs)
 
         again = deploy("start", config)
         assert again.returncode == 1 and "already running" in again.stderr
 
+        # A crash: the supervisor starts the service again, logs it, and status counts it.
+        crashed = next(p for p in procs if p.name == "predictor-1")
+        os.killpg(crashed.pid, signal.SIGKILL)
+        until(lambda: launch.read_pidfile(pidfile)[[p.name for p in procs].index("predictor-1")].restarts == 1,
+              timeout_s=30)
+        restarted = next(p for p in launch.read_pidfile(pidfile) if p.name == "predictor-1")
+        assert restarted.pid != crashed.pid
+        until(lambda: restarted.answers(secret), timeout_s=60)
+        assert "restarts 1" in deploy("status", config).stdout
+        log = (Path(cfg.log_dir) / "supervisor.log").read_text()
+        assert f"predictor-1 (pid {crashed.pid}) exited (killed by SIGKILL)" in log and "predictor-1 restarted" in log
+
         down = deploy("stop", config)
         assert down.returncode == 0 and f"stopped {len(procs)} processes" in down.stdout
-        assert not any(launch.alive(p.pid) for p in procs) and not pidfile.exists()
+        assert not any(launch.alive(p.pid) for p in [*procs, restarted]) and not pidfile.exists()
+        assert not launch.alive(supervisor)
         assert bystander.poll() is None  # only what deploy-local started was stopped
     finally:
         bystander.kill()

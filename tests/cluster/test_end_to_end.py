@@ -16,7 +16,14 @@ from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, Request, Tensor
 from gati.rpc.tensors import to_tensor
 from gati.rpc.transport import PeerUnavailable
 from tests.cluster.conftest import edit_cache_file, start_cluster
-from tests.cluster.helpers import Cluster, Load, References, lookups, stages_after_hit, until
+from tests.cluster.helpers import (
+    Cluster,
+    Load,
+    References,
+    lookups,
+    stages_after_hit,
+    until,
+)
 from tests.cluster.helpers import answered as answered_by_aggregator
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,15 +8,28 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from gati.rpc import launch
 from gati.rpc.client import ping
-from gati.rpc.gen.gati_idl.ttypes import DeadlineExceeded, Overloaded, Unavailable
+from gati.rpc.gen.gati_idl.ttypes import (
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    Request,
+    Unavailable,
+)
+from gati.rpc.tensors import to_tensor
 from tests.cluster.conftest import start_cluster
-from tests.cluster.helpers import Cluster, Load, answered, stages_after_hit, until
+from tests.cluster.helpers import (
+    Cluster,
+    Load,
+    answered,
+    frozen,
+    stages_after_hit,
+    until,
+)
 
 QUEUE, WORKERS, LOOKUP_MS = 4, 2, 300
 
@@ -26,16 +39,6 @@ def cluster(request, tmp_path_factory, cluster_bundle) -> Cluster:
     # No index service: the kNN cut searches its local FAISS index, the embedded default.
     return start_cluster(request, tmp_path_factory, cluster_bundle, index=False, retrainer=False,
                          queue_size=QUEUE, workers=WORKERS, lookup_ms=LOOKUP_MS, request_ms=3000)
-
-
-@contextmanager
-def frozen(cluster: Cluster, name: str):
-    """SIGSTOP a service (slow: alive, silent) for the body; SIGCONT whatever happens."""
-    cluster.signal(name, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        cluster.signal(name, signal.SIGCONT)
 
 
 def answers_match(cluster: Cluster, images, references, n: int = 40) -> bool:
@@ -98,26 +101,36 @@ def test_executor_down_or_hung_is_a_typed_error_within_the_deadline(cluster, eva
     assert answered(cluster.status("aggregator")) > 0
 
 
-def test_a_full_queue_answers_overloaded_at_once(cluster, eval_images):
+def test_a_full_queue_answers_overloaded_at_once_before_decoding(cluster, eval_images):
     outcomes: list[object] = []
     lock = threading.Lock()
 
-    def one(i: int) -> None:
+    def one(request: Request) -> None:
         with cluster.client() as client:
             try:
-                result: object = client.predict_pixels(eval_images[i], deadline_ms=2000)
-            except (Overloaded, DeadlineExceeded) as e:
+                result: object = client.predict(request)
+            except (Overloaded, DeadlineExceeded, InvalidRequest) as e:
                 result = e
             with lock:
                 outcomes.append((time.monotonic(), result))
 
+    def admitted() -> float:
+        g = cluster.status("aggregator").gauges
+        return g["queue_depth"] + g["requests_in_flight"]
+
     with frozen(cluster, "executor"):  # nothing completes: admitted requests wait, the rest are refused
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(QUEUE + 3)]
-        started = time.monotonic()
+        threads = [threading.Thread(target=one, args=(Request(tensor=to_tensor(eval_images[i]), deadline_ms=2000),))
+                   for i in range(QUEUE)]
         for t in threads:
             t.start()
-        until(lambda: len(outcomes) >= 3, timeout_s=10)
-        for t in threads:
+        until(lambda: admitted() == QUEUE, timeout_s=10)
+        # Bytes that are no image: refused as Overloaded, so admission comes before any decoding.
+        extra = [threading.Thread(target=one, args=(Request(image=b"not an image", deadline_ms=2000),))
+                 for _ in range(3)]
+        started = time.monotonic()
+        for t in extra:
+            t.start()
+        for t in threads + extra:
             t.join(timeout=10)
     kinds = [type(r).__name__ for _, r in outcomes]
     assert kinds.count("Overloaded") == 3 and kinds.count("DeadlineExceeded") == QUEUE
@@ -125,6 +138,8 @@ def test_a_full_queue_answers_overloaded_at_once(cluster, eval_images):
     assert cluster.status("aggregator").counters["request_failures.Overloaded"] == 3
     with cluster.client() as client:
         assert client.predict_pixels(eval_images[0]).label >= 0  # serving again
+        with pytest.raises(InvalidRequest, match="cannot be decoded"):  # with room, the same bytes are decoded
+            client.predict(Request(image=b"not an image"))
 
 
 def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_a_restart_rejoins(cluster, eval_images,

@@ -1,4 +1,5 @@
-"""The request path's pieces without processes: tensors, request decoding, admission, the decision rule."""
+"""The request path's pieces without processes: tensors, request decoding, admission, deadlines, the decision
+rule (and its degraded form), the retrainer's, index's and executor's checks at their doors."""
 from __future__ import annotations
 
 import io
@@ -14,17 +15,24 @@ from PIL import Image
 
 from gati.errors import InvalidInput
 from gati.preprocess import Preprocess
-from gati.rpc.admission import Admission
+from gati.rpc.admission import Admission, deadline_s
 from gati.rpc.aggregator import Pending
+from gati.rpc.config import IndexConfig
 from gati.rpc.gen.gati_idl.ttypes import (
     DeadlineExceeded,
     ExecutionResult,
+    InvalidRequest,
     Overloaded,
     Request,
+    RunRequest,
+    Sample,
     Tensor,
 )
+from gati.rpc.index import IndexHandler
 from gati.rpc.inputs import InputSpec
+from gati.rpc.samples import BadSample, check_sample
 from gati.rpc.tensors import from_tensor, to_tensor
+from gati.runtime.cascade import Done, Step, Verdict, run_cascade
 
 PRE = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 SPEC = InputSpec(PRE, max_bytes=64 * 1024)
@@ -199,3 +207,124 @@ def test_an_executor_error_or_cancel_becomes_the_request_error():
     q = pending()
     q.answer(ExecutionResult(request_id=7, cancelled=True, error=""))
     assert q.outcome is None and "stopped" in q.error
+
+
+# ---- issue 14: bounds and typed errors on every input -------------------------------------------
+
+@pytest.mark.parametrize("tensor, message", [
+    # 2^64 bytes: an int64 count wraps to 0 and would match the empty data (then reshape failed, untyped)
+    (Tensor(shape=[65536] * 4, dtype="uint8", data=b""), f"needs {2 ** 64} bytes, got 0"),
+    (Tensor(shape=[1] * 9, dtype="uint8", data=b"\0"), "9 dimensions"),
+    (Tensor(shape=[-1, 4], dtype="uint8", data=b""), "negative dimension"),
+    (Tensor(shape=[4], dtype="object", data=b"\0" * 4), "dtype 'object'"),
+])
+def test_tensors_whose_shape_cannot_be_held_are_invalid_input(tensor, message):
+    with pytest.raises(InvalidInput, match=message):
+        from_tensor(tensor)
+    with pytest.raises(InvalidInput):  # and the front door says the same about such a request
+        SPEC.decode(Request(tensor=tensor))
+
+
+def test_a_clients_deadline_is_capped_and_a_missing_one_is_the_default():
+    assert deadline_s(2 ** 31 - 1, 5000, 30000) == 30.0   # ~24.8 days asked: 30 s given
+    assert deadline_s(200, 5000, 30000) == 0.2
+    assert deadline_s(None, 5000, 30000) == deadline_s(0, 5000, 30000) == deadline_s(-5, 5000, 30000) == 5.0
+
+
+def _steps(n: int) -> list[Step]:
+    return [Step(lambda x: x, k + 1, k if k < n else None, f"cut{k}" if k < n else "") for k in range(n + 1)]
+
+
+class _Verdicts:
+    """Cut k answers `plan[k]`: a Verdict, or None (its predictor gave none)."""
+    def __init__(self, plan: dict[int, Verdict | None]):
+        self.plan, self.asked = plan, []
+
+    def ask(self, cut, x):
+        self.asked.append(cut)
+        return Done(self.plan[cut])
+
+
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_after_a_missing_verdict_the_full_model_answers_and_the_answer_says_so(lookahead):
+    hit = Verdict(2, label=5, confidence=0.99, hit=True)
+    source = _Verdicts({0: Verdict(0, 1, 0.1, False), 1: None, 2: hit, 3: hit})
+    trace = run_cascade(torch.tensor([0]), _steps(4), source, lookahead, lambda x: (3, 0.6))
+    # the hit at cut 2 was certified for requests cut 1 missed, not for the ones it would have taken
+    assert trace.answer.exit_cut is None and trace.answer.label == 3 and trace.answer.missing == (1,)
+    assert source.asked == [0, 1, 2][:2 + lookahead]  # no cut asked once a verdict is known missing
+    # a hit before the missing cut answers as the certified cascade does, not degraded
+    early = run_cascade(torch.tensor([0]), _steps(4), _Verdicts({0: hit, 1: None}), 0, lambda x: (3, 0.6))
+    assert early.answer.exit_cut == 2 and early.answer.missing == ()
+
+
+def test_samples_are_checked_whole_at_the_retrainers_door():
+    feats, logits = np.ones((1, 8), np.float32), np.zeros(4, np.float32)
+
+    def sample(features=feats, label=2, base_logits=logits) -> Sample:
+        return Sample(cut=1, features=to_tensor(features), base_label=label,
+                      base_logits=None if base_logits is None else to_tensor(base_logits))
+
+    ok = check_sample(sample(), (8,), 4)
+    assert ok.features.shape == (8,) and ok.label == 2 and ok.logits.shape == (4,)
+    assert check_sample(sample(base_logits=None), (8,), 4).logits is None
+    bad = {
+        "dtype": sample(features=feats.astype(np.float64)),
+        "shape": sample(features=np.ones((2, 4), np.float32)),
+        "nonfinite": sample(features=np.full((8,), np.nan, np.float32)),
+        "label": sample(label=4),
+        "logits": sample(base_logits=np.zeros(5, np.float32)),
+    }
+    for reason, s in bad.items():
+        with pytest.raises(BadSample) as e:
+            check_sample(s, (8,), 4)
+        assert e.value.reason == reason
+    with pytest.raises(BadSample, match="NaN") as e:
+        check_sample(sample(base_logits=np.full(4, np.inf, np.float32)), (8,), 4)
+    assert e.value.reason == "logits"
+    broken = Sample(cut=1, features=Tensor(shape=[8], dtype="float32", data=b"\0"), base_label=0)
+    with pytest.raises(BadSample, match="needs 32 bytes") as e:
+        check_sample(broken, (8,), 4)
+    assert e.value.reason == "malformed"
+
+
+def test_the_index_refuses_what_passes_its_bounds_and_keeps_nothing_of_it():
+    index = IndexHandler(bounds=IndexConfig("127.0.0.1", 0, max_keys=2, max_vectors=10, max_dim=16))
+
+    def vectors(n: int, d: int = 8):
+        return to_tensor(np.ones((n, d), np.float32)), to_tensor(np.zeros(n, np.int64))
+
+    index.add("a@v0", *vectors(6))
+    for key, args, bound in (("a@v0", vectors(5), "max_vectors"), ("b@v0", vectors(1, d=17), "max_dim")):
+        with pytest.raises(InvalidRequest, match=bound):
+            index.add(key, *args)
+    index.add("b@v0", *vectors(10))
+    with pytest.raises(InvalidRequest, match="max_keys 2"):
+        index.add("c@v0", *vectors(1))
+    assert (index.size("a@v0"), index.size("b@v0"), index.size("c@v0")) == (6, 10, 0)
+    refused = index.metrics.refused
+    assert [refused.labels(b)._value.get() for b in ("max_vectors", "max_dim", "max_keys")] == [1, 1, 1]
+    index.reset("a@v0")  # room for another key
+    index.add("c@v0", *vectors(1))
+
+
+def test_the_executor_refuses_a_wrong_input_or_a_full_queue_before_queueing(cluster_bundle):
+    from gati.bundle import load_bundle
+    from gati.rpc.executor import ExecutorHandler, aggregator_pool
+    from gati.rpc.transport import Limits
+    bundle = load_bundle(cluster_bundle)
+    shape = (1, *bundle.info.manifest.input_shape)
+    # No worker takes jobs (workers=0), so the one queued stays: the next finds the queue full.
+    handler = ExecutorHandler(bundle, {}, aggregator_pool("127.0.0.1", 1, Limits()), 0.1, workers=0, queue_size=1)
+
+    def run(x: np.ndarray) -> None:
+        handler.run(RunRequest(request_id=1, input=to_tensor(x), sampled=False, deadline_unix=time.time() + 5))
+
+    for x, message in ((np.zeros((1, 3, 16, 16), np.float32), r"float32 \(1, 3, 32, 32\)"),
+                       (np.zeros(shape, np.float64), "float64"),
+                       (np.full(shape, np.nan, np.float32), "NaN")):
+        with pytest.raises(InvalidRequest, match=message):
+            run(x)
+    run(np.zeros(shape, np.float32))
+    with pytest.raises(Overloaded, match="queue is full"):
+        run(np.zeros(shape, np.float32))

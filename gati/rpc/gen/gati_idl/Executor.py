@@ -71,6 +71,10 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
         iprot.readMessageEnd()
         if result.unavailable is not None:
             raise result.unavailable
+        if result.overloaded is not None:
+            raise result.overloaded
+        if result.invalid is not None:
+            raise result.invalid
         return
 
     def cancel(self, request_id):
@@ -130,6 +134,12 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         except Unavailable as unavailable:
             msg_type = TMessageType.REPLY
             result.unavailable = unavailable
+        except Overloaded as overloaded:
+            msg_type = TMessageType.REPLY
+            result.overloaded = overloaded
+        except InvalidRequest as invalid:
+            msg_type = TMessageType.REPLY
+            result.invalid = invalid
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -224,12 +234,16 @@ class run_result(object):
     """
     Attributes:
      - unavailable
+     - overloaded
+     - invalid
 
     """
 
 
-    def __init__(self, unavailable=None,):
+    def __init__(self, unavailable=None, overloaded=None, invalid=None,):
         self.unavailable = unavailable
+        self.overloaded = overloaded
+        self.invalid = invalid
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -246,6 +260,18 @@ class run_result(object):
                     self.unavailable.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.overloaded = Overloaded()
+                    self.overloaded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -259,6 +285,14 @@ class run_result(object):
         if self.unavailable is not None:
             oprot.writeFieldBegin('unavailable', TType.STRUCT, 1)
             self.unavailable.write(oprot)
+            oprot.writeFieldEnd()
+        if self.overloaded is not None:
+            oprot.writeFieldBegin('overloaded', TType.STRUCT, 2)
+            self.overloaded.write(oprot)
+            oprot.writeFieldEnd()
+        if self.invalid is not None:
+            oprot.writeFieldBegin('invalid', TType.STRUCT, 3)
+            self.invalid.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -280,6 +314,8 @@ all_structs.append(run_result)
 run_result.thrift_spec = (
     None,  # 0
     (1, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 1
+    (2, TType.STRUCT, 'overloaded', [Overloaded, None], None, ),  # 2
+    (3, TType.STRUCT, 'invalid', [InvalidRequest, None], None, ),  # 3
 )
 
 

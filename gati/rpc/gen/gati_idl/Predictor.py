@@ -429,11 +429,11 @@ class caches_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype35, _size32) = iprot.readListBegin()
-                    for _i36 in range(_size32):
-                        _elem37 = CacheInfo()
-                        _elem37.read(iprot)
-                        self.success.append(_elem37)
+                    (_etype49, _size46) = iprot.readListBegin()
+                    for _i50 in range(_size46):
+                        _elem51 = CacheInfo()
+                        _elem51.read(iprot)
+                        self.success.append(_elem51)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -450,8 +450,8 @@ class caches_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter38 in self.success:
-                iter38.write(oprot)
+            for iter52 in self.success:
+                iter52.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

@@ -254,11 +254,11 @@ class add_samples_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.samples = []
-                    (_etype42, _size39) = iprot.readListBegin()
-                    for _i43 in range(_size39):
-                        _elem44 = Sample()
-                        _elem44.read(iprot)
-                        self.samples.append(_elem44)
+                    (_etype56, _size53) = iprot.readListBegin()
+                    for _i57 in range(_size53):
+                        _elem58 = Sample()
+                        _elem58.read(iprot)
+                        self.samples.append(_elem58)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -275,8 +275,8 @@ class add_samples_args(object):
         if self.samples is not None:
             oprot.writeFieldBegin('samples', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.samples))
-            for iter45 in self.samples:
-                iter45.write(oprot)
+            for iter59 in self.samples:
+                iter59.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

@@ -439,11 +439,14 @@ class Prediction(object):
      - compute_ms
      - lookup_ms
      - network_ms
+     - degraded
+     - missing_cuts
 
     """
 
 
-    def __init__(self, label=None, class_name=None, confidence=None, exit_cut=None, exit_name=None, stages_run=None, server_ms=None, request_id=None, decode_ms=None, queue_ms=None, compute_ms=None, lookup_ms=None, network_ms=None,):
+    def __init__(self, label=None, class_name=None, confidence=None, exit_cut=None, exit_name=None, stages_run=None, server_ms=None, request_id=None, decode_ms=None, queue_ms=None, compute_ms=None, lookup_ms=None, network_ms=None, degraded=False, missing_cuts=[
+    ],):
         self.label = label
         self.class_name = class_name
         self.confidence = confidence
@@ -457,6 +460,11 @@ class Prediction(object):
         self.compute_ms = compute_ms
         self.lookup_ms = lookup_ms
         self.network_ms = network_ms
+        self.degraded = degraded
+        if missing_cuts is self.thrift_spec[15][4]:
+            missing_cuts = [
+            ]
+        self.missing_cuts = missing_cuts
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -532,6 +540,21 @@ class Prediction(object):
                     self.network_ms = iprot.readDouble()
                 else:
                     iprot.skip(ftype)
+            elif fid == 14:
+                if ftype == TType.BOOL:
+                    self.degraded = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 15:
+                if ftype == TType.LIST:
+                    self.missing_cuts = []
+                    (_etype10, _size7) = iprot.readListBegin()
+                    for _i11 in range(_size7):
+                        _elem12 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.missing_cuts.append(_elem12)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -593,6 +616,17 @@ class Prediction(object):
         if self.network_ms is not None:
             oprot.writeFieldBegin('network_ms', TType.DOUBLE, 13)
             oprot.writeDouble(self.network_ms)
+            oprot.writeFieldEnd()
+        if self.degraded is not None:
+            oprot.writeFieldBegin('degraded', TType.BOOL, 14)
+            oprot.writeBool(self.degraded)
+            oprot.writeFieldEnd()
+        if self.missing_cuts is not None:
+            oprot.writeFieldBegin('missing_cuts', TType.LIST, 15)
+            oprot.writeListBegin(TType.STRING, len(self.missing_cuts))
+            for iter13 in self.missing_cuts:
+                oprot.writeString(iter13.encode('utf-8') if sys.version_info[0] == 2 else iter13)
+            oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -669,22 +703,22 @@ class ServiceStatus(object):
             elif fid == 5:
                 if ftype == TType.MAP:
                     self.counters = {}
-                    (_ktype8, _vtype9, _size7) = iprot.readMapBegin()
-                    for _i11 in range(_size7):
-                        _key12 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val13 = iprot.readI64()
-                        self.counters[_key12] = _val13
+                    (_ktype15, _vtype16, _size14) = iprot.readMapBegin()
+                    for _i18 in range(_size14):
+                        _key19 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val20 = iprot.readI64()
+                        self.counters[_key19] = _val20
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 6:
                 if ftype == TType.MAP:
                     self.gauges = {}
-                    (_ktype15, _vtype16, _size14) = iprot.readMapBegin()
-                    for _i18 in range(_size14):
-                        _key19 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val20 = iprot.readDouble()
-                        self.gauges[_key19] = _val20
+                    (_ktype22, _vtype23, _size21) = iprot.readMapBegin()
+                    for _i25 in range(_size21):
+                        _key26 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val27 = iprot.readDouble()
+                        self.gauges[_key26] = _val27
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -727,17 +761,17 @@ class ServiceStatus(object):
         if self.counters is not None:
             oprot.writeFieldBegin('counters', TType.MAP, 5)
             oprot.writeMapBegin(TType.STRING, TType.I64, len(self.counters))
-            for kiter21, viter22 in self.counters.items():
-                oprot.writeString(kiter21.encode('utf-8') if sys.version_info[0] == 2 else kiter21)
-                oprot.writeI64(viter22)
+            for kiter28, viter29 in self.counters.items():
+                oprot.writeString(kiter28.encode('utf-8') if sys.version_info[0] == 2 else kiter28)
+                oprot.writeI64(viter29)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         if self.gauges is not None:
             oprot.writeFieldBegin('gauges', TType.MAP, 6)
             oprot.writeMapBegin(TType.STRING, TType.DOUBLE, len(self.gauges))
-            for kiter23, viter24 in self.gauges.items():
-                oprot.writeString(kiter23.encode('utf-8') if sys.version_info[0] == 2 else kiter23)
-                oprot.writeDouble(viter24)
+            for kiter30, viter31 in self.gauges.items():
+                oprot.writeString(kiter30.encode('utf-8') if sys.version_info[0] == 2 else kiter30)
+                oprot.writeDouble(viter31)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         if self.bundle_sha256 is not None:
@@ -947,11 +981,12 @@ class LookupReply(object):
      - hit
      - cache_version
      - predictor
+     - error
 
     """
 
 
-    def __init__(self, request_id=None, cut=None, label=None, confidence=None, hit=None, cache_version=None, predictor=None,):
+    def __init__(self, request_id=None, cut=None, label=None, confidence=None, hit=None, cache_version=None, predictor=None, error="",):
         self.request_id = request_id
         self.cut = cut
         self.label = label
@@ -959,6 +994,7 @@ class LookupReply(object):
         self.hit = hit
         self.cache_version = cache_version
         self.predictor = predictor
+        self.error = error
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1004,6 +1040,11 @@ class LookupReply(object):
                     self.predictor = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.STRING:
+                    self.error = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1041,6 +1082,10 @@ class LookupReply(object):
         if self.predictor is not None:
             oprot.writeFieldBegin('predictor', TType.STRING, 7)
             oprot.writeString(self.predictor.encode('utf-8') if sys.version_info[0] == 2 else self.predictor)
+            oprot.writeFieldEnd()
+        if self.error is not None:
+            oprot.writeFieldBegin('error', TType.STRING, 8)
+            oprot.writeString(self.error.encode('utf-8') if sys.version_info[0] == 2 else self.error)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1165,11 +1210,13 @@ class ExecutionResult(object):
      - queue_ms
      - compute_ms
      - lookup_ms
+     - missing_cuts
 
     """
 
 
-    def __init__(self, request_id=None, label=None, confidence=None, exit_cut=None, stages_run=None, error=None, cancelled=None, queue_ms=None, compute_ms=None, lookup_ms=None,):
+    def __init__(self, request_id=None, label=None, confidence=None, exit_cut=None, stages_run=None, error=None, cancelled=None, queue_ms=None, compute_ms=None, lookup_ms=None, missing_cuts=[
+    ],):
         self.request_id = request_id
         self.label = label
         self.confidence = confidence
@@ -1180,6 +1227,10 @@ class ExecutionResult(object):
         self.queue_ms = queue_ms
         self.compute_ms = compute_ms
         self.lookup_ms = lookup_ms
+        if missing_cuts is self.thrift_spec[11][4]:
+            missing_cuts = [
+            ]
+        self.missing_cuts = missing_cuts
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1240,6 +1291,16 @@ class ExecutionResult(object):
                     self.lookup_ms = iprot.readDouble()
                 else:
                     iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.LIST:
+                    self.missing_cuts = []
+                    (_etype35, _size32) = iprot.readListBegin()
+                    for _i36 in range(_size32):
+                        _elem37 = iprot.readI32()
+                        self.missing_cuts.append(_elem37)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1289,6 +1350,13 @@ class ExecutionResult(object):
         if self.lookup_ms is not None:
             oprot.writeFieldBegin('lookup_ms', TType.DOUBLE, 10)
             oprot.writeDouble(self.lookup_ms)
+            oprot.writeFieldEnd()
+        if self.missing_cuts is not None:
+            oprot.writeFieldBegin('missing_cuts', TType.LIST, 11)
+            oprot.writeListBegin(TType.I32, len(self.missing_cuts))
+            for iter38 in self.missing_cuts:
+                oprot.writeI32(iter38)
+            oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1345,11 +1413,11 @@ class ShadowResult(object):
             elif fid == 3:
                 if ftype == TType.LIST:
                     self.samples = []
-                    (_etype28, _size25) = iprot.readListBegin()
-                    for _i29 in range(_size25):
-                        _elem30 = Sample()
-                        _elem30.read(iprot)
-                        self.samples.append(_elem30)
+                    (_etype42, _size39) = iprot.readListBegin()
+                    for _i43 in range(_size39):
+                        _elem44 = Sample()
+                        _elem44.read(iprot)
+                        self.samples.append(_elem44)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1374,8 +1442,8 @@ class ShadowResult(object):
         if self.samples is not None:
             oprot.writeFieldBegin('samples', TType.LIST, 3)
             oprot.writeListBegin(TType.STRUCT, len(self.samples))
-            for iter31 in self.samples:
-                iter31.write(oprot)
+            for iter45 in self.samples:
+                iter45.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -1920,6 +1988,9 @@ Prediction.thrift_spec = (
     (11, TType.DOUBLE, 'compute_ms', None, None, ),  # 11
     (12, TType.DOUBLE, 'lookup_ms', None, None, ),  # 12
     (13, TType.DOUBLE, 'network_ms', None, None, ),  # 13
+    (14, TType.BOOL, 'degraded', None, False, ),  # 14
+    (15, TType.LIST, 'missing_cuts', (TType.STRING, 'UTF8', False), [
+    ], ),  # 15
 )
 all_structs.append(ServiceStatus)
 ServiceStatus.thrift_spec = (
@@ -1958,6 +2029,7 @@ LookupReply.thrift_spec = (
     (5, TType.BOOL, 'hit', None, None, ),  # 5
     (6, TType.I32, 'cache_version', None, None, ),  # 6
     (7, TType.STRING, 'predictor', 'UTF8', None, ),  # 7
+    (8, TType.STRING, 'error', 'UTF8', "", ),  # 8
 )
 all_structs.append(Sample)
 Sample.thrift_spec = (
@@ -1980,6 +2052,8 @@ ExecutionResult.thrift_spec = (
     (8, TType.DOUBLE, 'queue_ms', None, None, ),  # 8
     (9, TType.DOUBLE, 'compute_ms', None, None, ),  # 9
     (10, TType.DOUBLE, 'lookup_ms', None, None, ),  # 10
+    (11, TType.LIST, 'missing_cuts', (TType.I32, None, False), [
+    ], ),  # 11
 )
 all_structs.append(ShadowResult)
 ShadowResult.thrift_spec = (
