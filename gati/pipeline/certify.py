@@ -73,6 +73,9 @@ class Certified:
     n: int               # size of the certify part
     wrong_hits: int
     tested: int          # how many vectors of the sequence were tested
+    # every vector that passed, in sequence order (the last is `thresholds`): fixed-sequence testing
+    # certifies all of them at once, at the same level
+    passed: list[np.ndarray] = field(default_factory=list)
 
 
 def look_alpha(look: int, alpha: float = ALPHA) -> float:
@@ -259,6 +262,7 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
     n = len(entries[0].conf) if entries else 0
     chosen = Certified(np.full(len(entries), np.inf), alpha, agreement_lower_bound(n, 0, alpha), 1.0, 0.0, 0.0,
                        n, 0, 0)
+    passed: list[np.ndarray] = []
     for tested, thresholds in enumerate(sequence, start=1):
         exit_at = exit_index(entries, thresholds)
         wrong = int(_wrong_at(entries, exit_at).sum())
@@ -267,8 +271,9 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
             chosen.tested = tested
             break
         hits = int((exit_at < len(entries)).sum())
+        passed.append(thresholds)
         chosen = Certified(thresholds, alpha, bound, 1.0 - wrong / n, hits / n,
-                           agreement_lower_bound(n, n - hits, alpha), n, wrong, tested)
+                           agreement_lower_bound(n, n - hits, alpha), n, wrong, tested, list(passed))
     return chosen
 
 
