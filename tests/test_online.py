@@ -82,7 +82,7 @@ def test_repeated_traffic_gets_a_certified_version_and_the_tier_answers_near_dup
     assert record.certificate.claim == "agreement with the base model >= 0.9" and record.certificate.caches_sha256
     assert record.fitted_on.last < record.certified_on.first  # certified on requests it was not fitted on
     reviews = [json.loads(line) for line in (tmp_path / REVIEWS).read_text().splitlines()]
-    assert sum(r["deployed"] for r in reviews) == status.versions_deployed
+    assert sum(r["deployed"] is not None for r in reviews) == status.versions_deployed
 
 
 def test_a_broken_candidate_is_never_deployed(bundle, split):
@@ -95,8 +95,8 @@ def test_a_broken_candidate_is_never_deployed(bundle, split):
     with OnlineEngine(bundle, config, refit=broken) as engine:
         answers, _ = serve(engine, bundle, images)
         status = engine.status()
-    assert status.reviews >= 1 and status.rejected == status.reviews and status.versions_deployed == 0
-    assert {a.version for a in answers} == {0}
+    assert status.reviews >= 1 and status.deployed_by.get("refit", 0) == 0  # retuned thresholds may serve
+    assert all(engine.caches[cut] is cache for cut, cache in bundle.caches.items())  # the broken caches never do
 
 
 def test_injected_drift_falls_back_and_returns_only_after_recertification(bundle, split):
@@ -183,3 +183,25 @@ def test_state_survives_sigkill_and_a_restart_resumes_the_latest_certified_versi
         for cut, cache in caches.items():  # the caches served are the certified ones on disk
             assert torch.equal(resumed.caches[cut](acts[cut])[1], cache(acts[cut])[1])
     assert not list(tmp_path.glob(".tmp-*")) and not list((tmp_path / "versions").glob(".tmp-*"))
+
+
+def test_the_in_process_front_door_exports_the_live_bound_and_level(bundle, split):
+    pytest.importorskip("thrift")
+    from gati.rpc.aggregator import EngineBackend
+    from gati.rpc.metrics import AggregatorMetrics
+    metrics = AggregatorMetrics()
+    engine = OnlineEngine(bundle, OnlineConfig(**{**FAST, "learn": False}), on_checked=metrics.sample)
+    backend = EngineBackend(engine, metrics)
+    images = Iid(n=60, seed=7).generate(split).images
+    try:
+        for i in range(len(images)):
+            backend.run(bundle.preprocess(images[i:i + 1]), time.monotonic() + 10, sampled=False)
+        engine.settle()
+        counters, gauges = metrics.snapshot()
+    finally:
+        backend.close()
+    status = engine.status()
+    assert gauges["live_agreement_lower_bound_ratio"] == pytest.approx(status.live.lower_bound)
+    assert gauges["live_agreement_ratio"] == pytest.approx(status.live.point_estimate)
+    assert gauges["fallback_level"] == status.level
+    assert sum(v for k, v in counters.items() if k.startswith("sampled_requests")) > 0

@@ -57,8 +57,10 @@ from gati.learning.guarantee import (
 )
 from gati.learning.neighbours import EMPTY, TIER, NeighbourTier, TierConfig, TierVerdict
 from gati.learning.refit import (
+    REFIT,
     Review,
     Slot,
+    Trial,
     certificate,
     now,
     order_slots,
@@ -135,8 +137,8 @@ class LearnerStatus:
     levels: int  # rungs of the ladder, no early exits included
     version: int
     versions_deployed: int  # by this engine (a resumed version not counted)
+    deployed_by: dict[str, int]  # of those, how many each trial made (gati.learning.refit: retune, refit)
     reviews: int
-    rejected: int
     transitions: list[Transition]
     samples: int
     samples_dropped: int
@@ -225,7 +227,8 @@ class OnlineEngine:
         self._rng = np.random.default_rng(cfg.coin_seed)
         self._lock = threading.Lock()  # the request counter, the coin, the live bound and the controller
         self._requests = 0
-        self._deployed, self._reviews, self._rejected, self._dropped = 0, 0, 0, 0
+        self._deployed: dict[str, int] = {}  # versions deployed by this engine, by the trial that made them
+        self._reviews, self._dropped = 0, 0
         self._candidate: _Candidate | None = None
         self._refit_mark = (0, time.monotonic())  # samples added and the time when the last refit began
         self._saved_at = 0
@@ -411,19 +414,17 @@ class OnlineEngine:
         fresh = self.samples.snapshot(after=candidate.after, coin_only=True)
         incumbent = self._version
         found = review(self.slots, (incumbent.caches, incumbent.levels), candidate.caches, candidate.select, fresh,
-                       self.costs, self.target, self.config.alpha)
+                       self.costs, self.target, self.config.alpha, retune=self.config.learn)
         self._reviews += 1
         self._candidate = None
         version = None
-        if found.deploy:
-            assert candidate.caches is not None and found.candidate is not None
-            version = _Version(incumbent.number + 1 if self.state is None else self._next_number(),
-                               candidate.caches, found.levels)
-            self._deployed += 1
+        if found.deployed is not None:
+            number = incumbent.number + 1 if self.state is None else self._next_number()
+            version = _Version(number, found.deployed.caches, found.levels)
+            self._deployed[found.deployed.name] = self._deployed.get(found.deployed.name, 0) + 1
             if self.state is not None:
-                self.state.save_version(self._record(version, found, candidate, fresh), candidate.caches)
-        elif candidate.caches is not None:
-            self._rejected += 1
+                self.state.save_version(self._record(version, found.deployed, candidate, fresh),
+                                        found.deployed.caches)
         self._log_review(found, candidate, fresh, version)
         with self._lock:
             if version is not None:
@@ -435,24 +436,24 @@ class OnlineEngine:
         if self.state is not None:
             self._save()
 
-    def _record(self, version: _Version, found: Review, candidate: _Candidate, fresh: SampleSet) -> VersionRecord:
-        assert found.candidate is not None
-        cert = certificate(found.candidate, self.target, fresh, len(candidate.select), self._reviews)
+    def _record(self, version: _Version, trial: Trial, candidate: _Candidate, fresh: SampleSet) -> VersionRecord:
+        cert = certificate(trial.result, self.target, fresh, len(candidate.select), self._reviews)
         window = Window(int(fresh.requests.min()), int(fresh.requests.max()), len(fresh))
+        fitted = candidate.fitted_on if trial.name == REFIT else Window(0, 0, 0)
         return VersionRecord(version.number, now(), [(s.cut, s.name) for s in self.slots], version.levels, cert,
-                             found.candidate.hit_rate, found.candidate_ms, candidate.fitted_on, window,
-                             self.bundle.sha256)
+                             trial.result.hit_rate, trial.expected_ms, fitted, window, self.bundle.sha256,
+                             made_by=trial.name)
 
     def _log_review(self, found: Review, candidate: _Candidate, fresh: SampleSet, version: _Version | None) -> None:
-        line = {"review": self._reviews, "created": now(), "deployed": version is not None,
-                "version": None if version is None else version.number, "reason": found.reason,
-                "fitted_on": vars(candidate.fitted_on), "certified_on": len(fresh),
-                "candidate": None if found.candidate is None else {
-                    "vectors_passed": len(found.candidate.passed), "agreement": found.candidate.agreement,
-                    "hit_rate": found.candidate.hit_rate, "wrong_hits": found.candidate.wrong_hits,
-                    "lower_bound": found.candidate.lower_bound, "expected_ms": found.candidate_ms},
-                "incumbent": {"version": self._version.number, "levels_passed": found.incumbent_levels_passed,
-                              "expected_ms": found.incumbent_ms},
+        line = {"review": self._reviews, "created": now(), "version": None if version is None else version.number,
+                "deployed": None if found.deployed is None else found.deployed.name, "reason": found.reason,
+                "fitted_on": vars(candidate.fitted_on), "certified_on": len(fresh), "select": len(candidate.select),
+                "trials": [{"name": t.name, "vectors_passed": len(t.result.passed), "tested": t.result.tested,
+                            "agreement": t.result.agreement, "hit_rate": t.result.hit_rate,
+                            "wrong_hits": t.result.wrong_hits, "lower_bound": t.result.lower_bound,
+                            "expected_ms": t.expected_ms} for t in found.trials],
+                "serving": {"version": self._version.number, "levels_passed": found.incumbent_levels_passed,
+                            "expected_ms": found.incumbent_ms},
                 "base_ms": found.base_ms, "alpha_each": found.alpha, "target": self.target}
         log.info("review %d: %s", self._reviews, found.reason)
         if self.state is not None:
@@ -552,7 +553,8 @@ class OnlineEngine:
             requests = self._requests
         serving = self._serving
         return LearnerStatus(requests, live, serving.rung, len(serving.version.levels) + 1, serving.version.number,
-                             self._deployed, self._reviews, self._rejected, transitions, len(self.samples),
+                             sum(self._deployed.values()), dict(self._deployed), self._reviews, transitions,
+                             len(self.samples),
                              self._dropped, self.tier.size if self.tier else 0,
                              self.tier.nbytes() if self.tier else 0)
 

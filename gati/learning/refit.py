@@ -13,24 +13,28 @@ was served (it changes with every request, so it cannot be replayed).
 `refit_caches`: a fresh copy of each cache (same variant, input shape and hyper-parameters), fitted by distillation
 on the samples' features and base logits.
 
-`review`: the decision whether a candidate goes live, on *fresh* coin samples neither fitted on nor used to build
-the candidate's threshold sequence. Two tests, each at alpha / 2, so that both certificates hold together at
-1 - alpha:
+`review`: the decision whether a new version goes live, on *fresh* coin samples neither fitted on nor used to build
+any threshold sequence. Two fixed-sequence tests at the target, each at alpha / 2, so that both certificates hold
+together at 1 - alpha; each covers the whole cascade, tier and caches together, end to end, and certifies every
+vector of its sequence before the first that fails:
 
-- the candidate: its greedy threshold path is built on `select` (held-out coin samples from before the fit),
-  then the fixed-sequence test walks it on `fresh` at the target: the whole cascade, tier and caches together,
-  end to end; every vector before the first failure is certified;
-- the incumbent: its certified levels, conservative first, tested the same way on the same `fresh` samples:
-  how far up its ladder it may serve on today's traffic (what lets a fallback return without a new version).
+- *retune*: the serving caches, with the sequence made of the serving version's certified levels (conservative
+  first) and then the greedy path on `select` (held-out coin samples from before the fit) going on from the last
+  of them, lowering thresholds further, the tier's included. Its first part re-tests the serving version on
+  today's traffic (how far up its ladder it may serve: what lets a fallback climb back without new caches); the
+  rest finds the early exits the traffic now allows (a tier certified for the first time, typically).
+- *refit* (when there are new caches): the greedy path on `select` from no early exits, one sample's band per
+  step (a few hundred live samples are too few for the build's coarser bands: one band made the first vector
+  fail).
 
-The candidate is deployed only when it certified a vector with early exits *and* that vector's expected latency
-on `fresh` (the latency model of the planner, with the bundle's measured costs) is no higher than that of the
-incumbent's highest level that passed. Latency rather than hit rate: it weighs where a request exits, and a
-version that keeps agreement by never hitting has the latency of the base model, so it never wins.
+The faster of the two (expected latency on `fresh`: the planner's latency model with the bundle's measured
+costs) becomes the next version when it certified a vector with early exits beyond the serving version's and is
+faster than the serving version at its highest level that passed. Latency rather than hit rate: it weighs where
+a request exits, and a version that keeps agreement by never hitting has the latency of the base model, so it
+never wins. A candidate that fails certification, or is slower, is never deployed.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +53,8 @@ from gati.pipeline.certify import (
     Scores,
     certify,
     exit_costs,
+    greedy_path,
+    max_wrong_for,
     simulate,
     threshold_sequence,
 )
@@ -112,25 +118,37 @@ def refit_caches(configs: dict[int, dict[str, Any]], fit: SampleSet, seed: int =
 
 
 @dataclass
+class Trial:
+    """One sequence tested on the fresh samples."""
+
+    name: str  # RETUNE (the serving caches, thresholds going on) or REFIT (new caches)
+    caches: dict[int, Cache]
+    result: Certified
+    expected_ms: float  # at its last certified vector (no early exits when none passed)
+
+
+RETUNE, REFIT = "retune", "refit"
+
+
+@dataclass
 class Review:
     """What one re-certification found and decided."""
 
-    candidate: Certified | None  # None: no candidate (only the incumbent was re-tested)
-    incumbent: Certified
-    incumbent_levels_passed: int  # how many of the incumbent's levels passed (its ladder is 1-based)
-    candidate_ms: float  # expected latency at the candidate's certified vector, on the fresh samples
-    incumbent_ms: float  # the same at the incumbent's highest level that passed
-    base_ms: float  # with no early exit
-    deploy: bool
+    trials: list[Trial]
+    incumbent_levels_passed: int  # how many of the serving version's levels passed (its ladder is 1-based)
+    incumbent_ms: float  # expected latency at its highest level that passed, on the fresh samples
+    base_ms: float  # a request that never exits early
+    deployed: Trial | None
     reason: str
-    levels: list[list[float]]  # the candidate's certified levels (a spread of its passed vectors)
+    levels: list[list[float]]  # the deployed trial's certified levels (a spread of its passed vectors)
     alpha: float  # each test's share (alpha / 2)
 
 
 def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float]]],
            candidate: dict[int, Cache] | None, select: SampleSet, fresh: SampleSet, costs: Costs, target: float,
-           alpha: float) -> Review:
-    """Certify the candidate (if any) and re-test the incumbent on `fresh`; decide (see the module docstring)."""
+           alpha: float, retune: bool = True) -> Review:
+    """Test the serving version (going on from its levels when `retune`) and the refitted `candidate` (if any) on
+    `fresh`, and decide (see the module docstring)."""
     if not 0.0 < target < 1.0 or not 0.0 < alpha < 1.0:
         raise GatiError(f"target and alpha must be in (0, 1), got {target} and {alpha}")
     if len(fresh) == 0:
@@ -138,25 +156,41 @@ def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float
     each = alpha / 2
     caches, levels = incumbent
     exit_cost = slot_costs(slots, costs)
-    base_ms = float(exit_cost[-1])
+    ladder = [np.asarray(v, dtype=np.float64) for v in levels]
+    sequence = list(ladder)
+    if retune and len(select):
+        top = ladder[-1] if ladder else np.full(len(slots), np.inf)
+        path = greedy_path(slot_scores(slots, caches, select), exit_cost, max_wrong_for(target, len(select)),
+                           moves=(1,), start=top)
+        sequence += [v for _, v in path[1:]]
+    trials = [_trial(RETUNE, slots, caches, sequence, fresh, exit_cost, target, each)]
+    passed = min(len(trials[0].result.passed), len(ladder))
     old_scores = slot_scores(slots, caches, fresh)
-    old = certify(old_scores, [np.asarray(v, dtype=np.float64) for v in levels], target, each)
-    old_ms = simulate(old_scores, old.thresholds, exit_cost)["latency_ms"]
-    if candidate is None:
-        return Review(None, old, len(old.passed), math.inf, old_ms, base_ms, False, "no candidate", [], each)
-    sequence = threshold_sequence(slot_scores(slots, candidate, select), exit_cost, target)
-    new_scores = slot_scores(slots, candidate, fresh)
-    new = certify(new_scores, sequence, target, each)
-    new_ms = simulate(new_scores, new.thresholds, exit_cost)["latency_ms"]
-    if not new.passed or new.hit_rate == 0.0:
-        deploy, reason = False, "the candidate certified no vector with early exits"
-    elif new_ms > old_ms:
-        deploy, reason = False, (f"the candidate is slower ({new_ms:.3f} ms expected) than the incumbent at its "
-                                 f"highest passing level ({old_ms:.3f} ms)")
+    old_vector = ladder[passed - 1] if passed else np.full(len(slots), np.inf)
+    old_ms = simulate(old_scores, old_vector, exit_cost)["latency_ms"]
+    if candidate is not None:
+        fresh_path = threshold_sequence(slot_scores(slots, candidate, select), exit_cost, target, moves=(1,))
+        trials.append(_trial(REFIT, slots, candidate, fresh_path, fresh, exit_cost, target, each))
+    beyond = [t for t in trials if t.result.hit_rate > 0
+              and len(t.result.passed) > (passed if t.name == RETUNE else 0)]
+    best = min(beyond, key=lambda t: t.expected_ms, default=None)
+    if best is None:
+        deployed, reason = None, "no trial certified early exits beyond the serving version's"
+    elif best.expected_ms >= old_ms:
+        deployed, reason = None, (f"the best trial ({best.name}, {best.expected_ms:.3f} ms expected) is no faster "
+                                  f"than the serving version at its highest passing level ({old_ms:.3f} ms)")
     else:
-        deploy, reason = True, f"certified, {new_ms:.3f} ms expected against the incumbent's {old_ms:.3f} ms"
-    spread = [[float(t) for t in v] for v in spread_levels(new.passed)]
-    return Review(new, old, len(old.passed), new_ms, old_ms, base_ms, deploy, reason, spread, each)
+        deployed, reason = best, (f"{best.name} certified, {best.expected_ms:.3f} ms expected against the serving "
+                                  f"version's {old_ms:.3f} ms")
+    spread = [] if deployed is None else [[float(t) for t in v] for v in spread_levels(deployed.result.passed)]
+    return Review(trials, passed, old_ms, float(exit_cost[-1]), deployed, reason, spread, each)
+
+
+def _trial(name: str, slots: list[Slot], caches: dict[int, Cache], sequence: list[np.ndarray], fresh: SampleSet,
+           exit_cost: np.ndarray, target: float, alpha: float) -> Trial:
+    scores = slot_scores(slots, caches, fresh)
+    result = certify(scores, sequence, target, alpha)
+    return Trial(name, caches, result, simulate(scores, result.thresholds, exit_cost)["latency_ms"])
 
 
 def certificate(result: Certified, target: float, fresh: SampleSet, select_n: int, look: int) -> Certificate:

@@ -58,9 +58,10 @@ class VersionRecord:
     certificate: Certificate
     hit_rate: float  # on the samples that certified it, at the chosen vector
     expected_ms: float  # the latency model's mean on those samples, at the chosen vector
-    fitted_on: Window
+    fitted_on: Window  # empty (0, 0, 0) for a retuned version: its caches were not refitted
     certified_on: Window
     bundle_sha256: str
+    made_by: str = ""  # the review's trial that made it: retune (the same caches) or refit (new ones)
     cache_variants: dict[int, str] = field(default_factory=dict)  # cut -> variant of the cache saved there
 
     def to_json(self) -> str:

@@ -100,7 +100,7 @@ class EvalResult:
     transitions: list[dict] = field(default_factory=list)
     versions_deployed: int = 0
     reviews: int = 0
-    rejected: int = 0
+    deployed_by: dict[str, int] = field(default_factory=dict)  # versions by what made them: retune, refit
     final_level: int | None = None
     final_version: int = 0
 
@@ -243,8 +243,8 @@ def _add_online(result: EvalResult, learner: OnlineEngine, agree: np.ndarray, lo
     result.sample_rate = learner.config.sample_rate
     result.live_lower_bound, result.live_point_estimate = status.live.lower_bound, status.live.point_estimate
     result.bound_above_realised = int((lower > realised + 1e-12).sum())
-    result.versions_deployed, result.reviews, result.rejected = status.versions_deployed, status.reviews, \
-        status.rejected
+    result.versions_deployed, result.deployed_by, result.reviews = status.versions_deployed, status.deployed_by, \
+        status.reviews
     result.transitions = [asdict(t) for t in status.transitions]
     result.fallbacks = sum(t.kind == FALLBACK for t in status.transitions)
     result.recoveries = _spans(status.transitions, RECOVERED)
@@ -299,7 +299,7 @@ def format_table(r: EvalResult) -> str:
             f"online: coin p={r.sample_rate}, live lower bound {r.live_lower_bound:.4f} (point estimate "
             f"{r.live_point_estimate:.4f}; above the realised agreement after {r.bound_above_realised} requests)",
             f"fallbacks {r.fallbacks}, recovered after {r.recoveries} requests, faster again after {r.returns}; "
-            f"reviews {r.reviews}, versions deployed {r.versions_deployed}, rejected {r.rejected}; "
+            f"reviews {r.reviews}, versions deployed {r.versions_deployed} {r.deployed_by}; "
             f"final level {r.final_level}, version {r.final_version}",
         ]
     return "\n".join(lines)
