@@ -29,9 +29,11 @@ vector of its sequence before the first that fails:
 
 The faster of the two (expected latency on `fresh`: the planner's latency model with the bundle's measured
 costs) becomes the next version when it certified a vector with early exits beyond the serving version's and is
-faster than the serving version at its highest level that passed. Latency rather than hit rate: it weighs where
-a request exits, and a version that keeps agreement by never hitting has the latency of the base model, so it
-never wins. A candidate that fails certification, or is slower, is never deployed.
+faster than the serving version at the level it serves now (which the live bound watches: a few hundred fresh
+samples certify less than a bundle's thousands, so a version serving well must not be replaced by a slower one
+merely because its own top level could not be re-certified on them). Latency rather than hit rate: it weighs
+where a request exits, and a version that keeps agreement by never hitting has the latency of the base model,
+so it never wins. A candidate that fails certification, or is slower, is never deployed.
 """
 from __future__ import annotations
 
@@ -136,7 +138,7 @@ class Review:
 
     trials: list[Trial]
     incumbent_levels_passed: int  # how many of the serving version's levels passed (its ladder is 1-based)
-    incumbent_ms: float  # expected latency at its highest level that passed, on the fresh samples
+    incumbent_ms: float  # expected latency at the level it serves, on the fresh samples
     base_ms: float  # a request that never exits early
     deployed: Trial | None
     reason: str
@@ -146,9 +148,9 @@ class Review:
 
 def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float]]],
            candidate: dict[int, Cache] | None, select: SampleSet, fresh: SampleSet, costs: Costs, target: float,
-           alpha: float, retune: bool = True) -> Review:
+           alpha: float, retune: bool = True, serving: int | None = None) -> Review:
     """Test the serving version (going on from its levels when `retune`) and the refitted `candidate` (if any) on
-    `fresh`, and decide (see the module docstring)."""
+    `fresh`, and decide (see the module docstring). `serving`: the rung served now (default: the top)."""
     if not 0.0 < target < 1.0 or not 0.0 < alpha < 1.0:
         raise GatiError(f"target and alpha must be in (0, 1), got {target} and {alpha}")
     if len(fresh) == 0:
@@ -165,9 +167,9 @@ def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float
         sequence += [v for _, v in path[1:]]
     trials = [_trial(RETUNE, slots, caches, sequence, fresh, exit_cost, target, each)]
     passed = min(len(trials[0].result.passed), len(ladder))
-    old_scores = slot_scores(slots, caches, fresh)
-    old_vector = ladder[passed - 1] if passed else np.full(len(slots), np.inf)
-    old_ms = simulate(old_scores, old_vector, exit_cost)["latency_ms"]
+    rung = len(ladder) if serving is None else serving
+    old_vector = ladder[rung - 1] if rung else np.full(len(slots), np.inf)
+    old_ms = simulate(slot_scores(slots, caches, fresh), old_vector, exit_cost)["latency_ms"]
     if candidate is not None:
         fresh_path = threshold_sequence(slot_scores(slots, candidate, select), exit_cost, target, moves=(1,))
         trials.append(_trial(REFIT, slots, candidate, fresh_path, fresh, exit_cost, target, each))
@@ -178,7 +180,7 @@ def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float
         deployed, reason = None, "no trial certified early exits beyond the serving version's"
     elif best.expected_ms >= old_ms:
         deployed, reason = None, (f"the best trial ({best.name}, {best.expected_ms:.3f} ms expected) is no faster "
-                                  f"than the serving version at its highest passing level ({old_ms:.3f} ms)")
+                                  f"than the serving version at the level it serves ({old_ms:.3f} ms)")
     else:
         deployed, reason = best, (f"{best.name} certified, {best.expected_ms:.3f} ms expected against the serving "
                                   f"version's {old_ms:.3f} ms")
