@@ -202,26 +202,13 @@ class OnlineEngine:
                  refit: Refit = refit_caches, on_checked: Callable[[bool, bool], None] | None = None) -> None:
         """`refit` makes the candidate caches (the default fits fresh copies); `on_checked(hit, agreed)` is told
         of every request the coin sampled once its answer is known to agree with the base model's or not."""
-        self.config = config or OnlineConfig()
-        cfg = self.config
+        self.config = cfg = config or OnlineConfig()
         self.bundle, self.refit, self.on_checked = bundle, refit, on_checked
         self.engine = Engine(bundle, "sync", graphs=False)  # lookups inline; the tier searches on the host
         self.target = float(cfg.target if cfg.target is not None else bundle.manifest.target)
-        m = bundle.manifest
-        entries = bundle.plan.entries
         self.tier = self._make_tier(bundle) if cfg.learn and cfg.tier is not None else None
-        self.slots = order_slots([Slot(e.cut, e.variant) for e in entries]
-                                 + ([Slot(self.tier.config.cut, TIER)] if self.tier is not None else []))
-        watched = {s.cut for s in self.slots}
-        names = bundle.staged.cuts
-        self.steps = [Step(stage, i + 1, i if i in watched else None, names[i] if i in watched else "")
-                      for i, stage in enumerate(self.engine.stages)]
-        self.plan_cuts = [e.cut for e in entries]
-        self.configs = {e.cut: bundle.caches[e.cut].config() for e in entries}
-        self.costs = Costs(m.profile.stage_ms, {(e.cut, e.variant): m.profile.lookup(e.cut, e.variant) for e in entries})
-        if self.tier is not None:
-            self.costs.lookup_ms[(self.tier.config.cut, TIER)] = _time_tier(self.tier)
-        self.samples = SampleBook(cfg.max_samples, self.plan_cuts, m.num_classes)
+        self._layout(bundle)
+        self.samples = SampleBook(cfg.max_samples, self.plan_cuts, bundle.manifest.num_classes)
         self.live = LiveAgreement(cfg.sample_rate, cfg.alpha)
         bundle_levels = [self._over_slots(level) for level in bundle.plan.levels[1:]]
         self._version = _Version(0, dict(bundle.caches), bundle_levels)
@@ -239,16 +226,27 @@ class OnlineEngine:
             self._resume()
         self._serve(self._version, self.controller.index)
         self._inline: list[Callable[[], None]] = []
-        self._work: queue.Queue | None = None
-        self._closed = threading.Event()
-        self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
-        if cfg.background:
-            self._work = queue.Queue()
-            self._threads = [threading.Thread(target=self._work_loop, name="gati-learn", daemon=True),
-                             threading.Thread(target=self._refit_loop, name="gati-refit", daemon=True)]
-            for t in self._threads:
-                t.start()
+        self._work: queue.Queue | None = queue.Queue() if cfg.background else None
+        self._closed, self._wake = threading.Event(), threading.Event()
+        self._threads = [threading.Thread(target=loop, name=name, daemon=True) for loop, name in
+                         ((self._work_loop, "gati-learn"), (self._refit_loop, "gati-refit"))] if cfg.background else []
+        for t in self._threads:
+            t.start()
+
+    def _layout(self, bundle: Bundle) -> None:
+        """The slots (tier and caches, in the order a request meets them), the steps that stop at each slot's cut,
+        and the latency model's costs (the bundle's profile, and the tier's search timed here)."""
+        m, entries = bundle.manifest, bundle.plan.entries
+        self.slots = order_slots([Slot(e.cut, e.variant) for e in entries]
+                                 + ([Slot(self.tier.config.cut, TIER)] if self.tier is not None else []))
+        watched, names = {s.cut for s in self.slots}, bundle.staged.cuts
+        self.steps = [Step(stage, i + 1, i if i in watched else None, names[i] if i in watched else "")
+                      for i, stage in enumerate(self.engine.stages)]
+        self.plan_cuts = [e.cut for e in entries]
+        self.configs = {e.cut: bundle.caches[e.cut].config() for e in entries}
+        self.costs = Costs(m.profile.stage_ms, {(e.cut, e.variant): m.profile.lookup(e.cut, e.variant) for e in entries})
+        if self.tier is not None:
+            self.costs.lookup_ms[(self.tier.config.cut, TIER)] = _time_tier(self.tier)
 
     # ---- the request path ----------------------------------------------------------------------------------
 
