@@ -21,7 +21,6 @@ raises `Cancelled`, leaving no state behind (the engine holds none per request).
 """
 from __future__ import annotations
 
-import copy
 import math
 import threading
 from collections.abc import Callable
@@ -104,8 +103,7 @@ class Engine:
         self.head = self._graphs.head
         levels = []
         for index, vector in enumerate(vectors):
-            source = copy.copy(self._graphs)  # the same segments, judged at this level's thresholds
-            source.thresholds = {e.cut: t for e, t in zip(bundle.plan.entries, vector)}
+            source = self._graphs.judged_at({e.cut: t for e, t in zip(bundle.plan.entries, vector)})
             levels.append(Level(index, tuple(vector), steps, source))
         return levels
 
