@@ -14,9 +14,10 @@ takes the nearest one's label, with confidence
     (1 / k) * sum_i s_i * (+1 if label_i equals that label, else -1),   clipped to [0, 1]
 
 (s_i the cosine similarities; missing neighbours count 0): high only when several stored copies are all close and
-all agree, and pulled down by any close neighbour that disagrees. Measured on `repeat` over ResNet-18 (the
-experiment in docs/results.md), this rule with k = 8 answered far more requests at a given error rate than the
-nearest similarity alone or k = 1..4.
+all agree, and pulled down by any close neighbour that disagrees. Measured on `repeat` over ResNet-18
+(`experiments/tier_choice.py`, docs/results.md), the nearest similarity alone answered a small fraction of what
+this rule answers at the same error rate; k = 8 answered the most at the strictest rates (k = 4 at looser ones),
+and the stem pooled 2x2 nearly as much as deeper cuts at a sliver of their cost.
 
 Memory is bounded: at most `capacity` vectors, in a preallocated slot matrix (capacity x dim float32). When it is
 full, a new vector replaces the slot used least recently, where a slot is used when it is inserted and whenever it
