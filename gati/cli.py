@@ -70,14 +70,35 @@ def _compact(a: argparse.Namespace) -> None:
 
 
 def _eval(a: argparse.Namespace) -> None:
+    from gati.measure.workloads import parse_workload, workload_help
+    if a.workload == "help":
+        print(workload_help())
+        return
     from gati.bundle import load_bundle
     from gati.data import load_split
     from gati.measure.environment import environment
     from gati.measure.evaluate import evaluate, format_table
+    workload = parse_workload(a.workload) if a.workload else None
+    online = _online_config(a)
     bundle = load_bundle(a.bundle, a.device)
     data = load_split(bundle.manifest.dataset, a.data_dir, a.split, limit=a.limit, seed=a.seed)
-    result = evaluate(bundle, data, seed=a.seed, mode=a.mode, progress=not a.json)
+    result = evaluate(bundle, data, seed=a.seed, mode=a.mode, progress=not a.json, workload=workload, online=online,
+                      state_dir=a.state_dir, records=a.records)
     print(json.dumps({**result.to_dict(), "environment": environment()}) if a.json else format_table(result))
+
+
+def _online_config(a: argparse.Namespace):
+    """The learner's settings from `gati eval`'s options, or None (frozen caches) without --online / --guard."""
+    if not (a.online or a.guard):
+        for given, name in ((a.state_dir, "--state-dir"), (a.sample_rate, "--sample-rate"),
+                            (a.refit_every, "--refit-every"), (a.certify_samples, "--certify-samples")):
+            if given is not None:
+                raise GatiError(f"{name} needs --online (or --guard)")
+        return None
+    from gati.learning.online import OnlineConfig
+    given = {"sample_rate": a.sample_rate, "refit_every": a.refit_every, "certify_samples": a.certify_samples}
+    return OnlineConfig(learn=not a.guard, background=not a.deterministic, coin_seed=a.seed if a.deterministic
+                        else None, **{k: v for k, v in given.items() if v is not None})
 
 
 def _bench(a: argparse.Namespace) -> None:
@@ -271,6 +292,21 @@ gati build --arch resnet18 --checkpoint ../shared/models/cifar10_resnet18.pt \\
     e.add_argument("--seed", type=int, default=0, help="seed of the subset and the replay order")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     e.add_argument("--mode", choices=MODES, help="override the plan's engine mode")
+    e.add_argument("--workload", help="the request stream, NAME or NAME:KEY=VALUE,... (iid, zipf, bursty, repeat, "
+                   "drift, trace; 'help' lists their parameters); default: the split shuffled, iid")
+    learning = e.add_mutually_exclusive_group()
+    learning.add_argument("--online", action="store_true", help="learn while serving: live bound and fallback, "
+                          "neighbour tier, caches refitted and re-certified on the traffic")
+    learning.add_argument("--guard", action="store_true", help="the live bound and fallback only (frozen caches)")
+    e.add_argument("--state-dir", help="online: keep versions, samples and the live bound here; resume from it")
+    e.add_argument("--sample-rate", type=fraction, help="online: share of requests the server's coin samples "
+                   "(default 0.1)")
+    e.add_argument("--refit-every", type=positive_int, help="online: samples between refits (default 1000)")
+    e.add_argument("--certify-samples", type=positive_int, help="online: fresh coin samples that certify a refit "
+                   "(default 1000; at a 0.99 target they admit 3 wrong answers)")
+    e.add_argument("--deterministic", action="store_true", help="online: learn between requests, not beside "
+                   "them, with the coin seeded by --seed (repeatable runs; timings then miss the learning's cost)")
+    e.add_argument("--records", help="write one JSON line per request to this file (fields: gati.measure.evaluate)")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
     t = command("train-base", "train a base model for users who bring none",

@@ -116,3 +116,16 @@ def test_on_cuda_the_graph_engine_matches_the_eager_one(tiny_bundle, inputs):
     bad[0, 0, 0, 0] = float("inf")
     with pytest.raises(InvalidInput):
         graphs.predict(bad)
+
+
+def test_a_level_judges_the_same_segments_at_its_own_thresholds(tiny_bundle, inputs):
+    bundle = _dense_bundle(tiny_bundle, inputs)
+    entries = [(e.cut, bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries]
+    graphed = GraphedCascade(list(bundle.staged.stages), entries, inputs[0], capture=Eager)
+    never = graphed.judged_at({e.cut: float("inf") for e in bundle.plan.entries})
+    steps = graphed.steps(bundle.staged.cuts)
+    with torch.inference_mode():
+        for x in inputs[:20]:
+            answer = run_cascade(x, steps, never, 0, never.head).answer
+            assert answer.exit_cut is None and answer.label == int(bundle.model(x).argmax())
+    assert any(run_cascade(x, steps, graphed, 0, graphed.head).answer.exit_cut is not None for x in inputs[:20])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -234,3 +235,26 @@ def test_served_counts_are_running_sums():
                     np.array([[False, True, True]]))
     seen_wrong, unsampled, wrong = served.counts()
     assert seen_wrong.tolist() == [[0, 0, 0]] and unsampled.tolist() == [[1, 1, 1]] and wrong.tolist() == [[1, 1, 1]]
+
+
+def test_the_live_counts_and_the_controller_survive_a_round_trip_through_plain_values():
+    rng = np.random.default_rng(11)
+    controller = FallbackController(LiveAgreement(0.2), 0.95, 4)
+    for t in range(3000):
+        if t == 1500:
+            controller.live.set_sampling_probability(0.5)  # two p's in the counts
+        hit = bool(rng.random() < 0.8)
+        sampled = hit and controller.live.draw_coin(rng)
+        wrong = bool(rng.random() < (0.01 if t < 2000 else 0.3)) if sampled else None
+        controller.observe(hit, sampled, wrong)
+    state = json.loads(json.dumps({"live": controller.live.to_state(), "controller": controller.to_state()}))
+    live = LiveAgreement.from_state(state["live"])
+    assert live.snapshot() == controller.live.snapshot() and live.wrong_bounds == controller.live.wrong_bounds
+    again = FallbackController(live, 0.95, 4)
+    again.restore(state["controller"])
+    assert again.index == controller.index and again.transitions == controller.transitions
+    assert again.armed == controller.armed
+    again.recertified(5, vectors=6)  # a new version with more levels
+    assert again.index == 5 and again.vectors == 6 and again.transitions[-1].kind == RECERTIFIED
+    with pytest.raises(GuaranteeError):
+        LiveAgreement.from_state({"p": 0.2})

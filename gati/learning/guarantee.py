@@ -311,6 +311,28 @@ class LiveAgreement:
         """Is the agreement so far below `target` with confidence 1 - alpha (the upper bound below it)?"""
         return self.upper_bound < _check_level("target", target)
 
+    def to_state(self) -> dict:
+        """The counts, as plain values (a state directory keeps them, so that the bound survives a restart)."""
+        return {"p": self._p, "alpha": self.alpha, "requests": self.requests, "hits": self.hits,
+                "sampled_hits": self.sampled_hits, "sampled_wrong": self.sampled_wrong,
+                "inverse_p_wrong": self._inverse_p_wrong,
+                "levels": [[p, lv.sampled_wrong, lv.unsampled_hits] for p, lv in self._levels.items()]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LiveAgreement":
+        """The tracker `to_state` described, counts and all."""
+        try:
+            live = cls(float(state["p"]), float(state["alpha"]))
+            for p, wrong, unsampled in state["levels"]:
+                live._levels[_check_probability(float(p))] = _Level(_tilts(float(p)), int(wrong), int(unsampled))
+            live.requests, live.hits = int(state["requests"]), int(state["hits"])
+            live.sampled_hits, live.sampled_wrong = int(state["sampled_hits"]), int(state["sampled_wrong"])
+            live._inverse_p_wrong = float(state["inverse_p_wrong"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise GuaranteeError(f"not a saved live-agreement state: {type(e).__name__}: {e}") from e
+        live._seen = _seen([(lv.sampled_wrong, lv.tilts) for lv in live._levels.values()])
+        return live
+
     def snapshot(self) -> AgreementSnapshot:
         return AgreementSnapshot(self.requests, self.hits, self.sampled_hits, self.sampled_wrong,
                                  self.point_estimate, self.lower_bound, self.upper_bound, self.alpha, self._p)
@@ -392,9 +414,31 @@ class FallbackController:
             self._move(RECOVERED, self._index)
         return self._index
 
-    def recertified(self, index: int) -> None:
-        """A new certificate exists for vector `index` (after retraining): serve with it from the next request."""
+    def recertified(self, index: int, vectors: int | None = None) -> None:
+        """A new certificate exists for vector `index` (after retraining): serve with it from the next request.
+        `vectors`: the new certificate's sequence has this many vectors (no early exits included)."""
+        if vectors is not None:
+            self.vectors = _check_int("vectors (certified vectors, no early exits included)", vectors, 1)
         self._move(RECERTIFIED, self._checked_index(index))
+
+    def to_state(self) -> dict:
+        """Where the controller stands, as plain values (the live counts are `LiveAgreement.to_state`'s)."""
+        return {"index": self._index, "vectors": self.vectors, "armed": self.armed,
+                "wrong_acted_on": self._wrong_acted_on, "awaiting_recovery": self._awaiting_recovery,
+                "transitions": [[t.request, t.kind, t.from_index, t.to_index, t.lower_bound]
+                                for t in self.transitions]}
+
+    def restore(self, state: dict) -> None:
+        """Stand where `to_state` said (over this controller's live tracker)."""
+        try:
+            self.vectors = _check_int("vectors", int(state["vectors"]), 1)
+            self._index = self._checked_index(int(state["index"]))
+            self.armed, self._awaiting_recovery = bool(state["armed"]), bool(state["awaiting_recovery"])
+            self._wrong_acted_on = int(state["wrong_acted_on"])
+            self.transitions = [Transition(int(r), str(k), int(a), int(b), float(lb))
+                                for r, k, a, b, lb in state["transitions"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise GuaranteeError(f"not a saved fallback state: {type(e).__name__}: {e}") from e
 
     def _move(self, kind: str, to_index: int) -> None:
         self.transitions.append(Transition(self.live.requests, kind, self._index, to_index, self.live.lower_bound))

@@ -1,17 +1,46 @@
-"""`gati eval`: replay a split one request at a time through the base model and the engine.
+"""`gati eval`: replay a request stream one request at a time through the base model and the engine.
 
-Side by side in one process: for every request (in a shuffled order fixed by the seed) the base
-model and the engine answer the same preprocessed tensor, alternating which goes first so that
-neither always runs on a warmer cache. Each request is timed from its input tensor to its label.
-Nothing is updated during the run. Agreement is the fraction of requests whose answer equals the
-base model's own answer; it is only meaningful on images that neither fitted nor calibrated the
-caches, so a split overlapping the bundle's calibration images is refused.
+Side by side in one process: for every request the base model and the engine answer the same preprocessed tensor,
+alternating which goes first so that neither always runs on a warmer cache. Each request is timed from its input
+tensor to its label. Agreement is the fraction of requests whose answer equals the base model's own answer on the
+same input; it is only meaningful on images that neither fitted nor calibrated the caches, so a split overlapping
+the bundle's calibration images is refused.
+
+The stream is a workload (`gati.measure.workloads`): by default `iid`, the split in the order
+`np.random.default_rng(seed).permutation(len(data))` (what `gati eval` always replayed). Other workloads have
+locality (`zipf`, `bursty`, `repeat`), drift (`drift`) or come from a file (`trace`, whose true labels are
+unknown: its accuracies are None). The result names the workload and its one-line locality summary.
+
+Frozen (the default): nothing is updated during the run. Online (`online=OnlineConfig(...)`): the engine is
+`gati.learning.online.OnlineEngine`, which samples requests with its own coin, keeps the live lower bound, falls
+back to more conservative levels, and (unless `learn=False`) learns from its traffic; with `background=False` its
+learning runs between requests, outside the timed part, and the run is deterministic.
+
+`records`: one JSON object per line and request, in stream order, with
+
+    i          the request's index in the stream
+    source     the source image's index in the split (a trace: in the file's list of images)
+    phase      the drift phase (0 for other workloads)
+    truth      the true label (-1: unknown, a trace)
+    base       the base model's answer
+    answer     the engine's answer
+    exit       the exit's name: a cut's, "tier:<cut>" (online: the neighbour tier), or "final"
+    stages     stages run before the answer was decided
+    ms_base    the base model's time, milliseconds
+    ms_gati    the engine's time, milliseconds
+    hit        answered early
+    sampled    the server's coin chose it (online; false when frozen)
+    lower      the live lower bound on agreement after it was counted (online; null when frozen)
+    level      the level it was served at (0: no early exits; frozen: the plan's own level)
+    version    the cache version that served it (0: the bundle's)
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,16 +49,20 @@ from tqdm import tqdm
 from gati.bundle import Bundle
 from gati.data import Dataset
 from gati.errors import GatiError
+from gati.learning.guarantee import FALLBACK, RECERTIFIED, RECOVERED, Transition
+from gati.learning.online import OnlineConfig, OnlineEngine
+from gati.measure.workloads import UNKNOWN_LABEL, Iid, Stream, Trace, Workload
 from gati.runtime.engine import Engine
 
 WARMUP = 20
+WINDOW = 1000  # requests in the sliding window whose worst agreement is reported
 
 
 @dataclass
 class EvalResult:
     requests: int
-    base_acc: float
-    gati_acc: float
+    base_acc: float | None  # None: true labels unknown (a trace)
+    gati_acc: float | None
     agreement: float
     hit_rate: float
     hits_per_layer: dict[str, int]
@@ -52,9 +85,40 @@ class EvalResult:
     split: str
     seed: int
     bundle: str
+    workload: str = "iid"          # the workload's canonical spec
+    locality: str = ""             # its one-line locality summary, from the base model's answers
+    online: bool = False
+    worst_window_agreement: float = 1.0  # the lowest agreement over WINDOW consecutive requests (the run if shorter)
+    sample_rate: float | None = None     # online: the coin's p
+    live_lower_bound: float | None = None    # online: the final anytime-valid lower bound on agreement
+    live_point_estimate: float | None = None
+    bound_above_realised: int | None = None  # online: requests after which the bound exceeded the realised agreement
+    fallbacks: int = 0
+    recoveries: list[int] = field(default_factory=list)  # requests from each fallback to its recovery
+    returns: list[int] = field(default_factory=list)  # requests from a fallback to the next faster level
+    detection: list[int | None] = field(default_factory=list)  # per phase: requests from its start to a fallback
+    transitions: list[dict] = field(default_factory=list)
+    versions_deployed: int = 0
+    reviews: int = 0
+    deployed_by: dict[str, int] = field(default_factory=dict)  # versions by what made them: retune, refit
+    final_level: int | None = None
+    final_version: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class _Served:
+    """One request's outcome on the engine under test."""
+
+    label: int
+    exit_name: str
+    stages: int
+    hit: bool
+    sampled: bool
+    level: int
+    version: int
 
 
 def check_disjoint(bundle: Bundle, data: Dataset) -> None:
@@ -66,55 +130,148 @@ def check_disjoint(bundle: Bundle, data: Dataset) -> None:
                         "evaluate on test:eval")
 
 
-def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = None,
-             progress: bool = True) -> EvalResult:
-    check_disjoint(bundle, data)
+def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = None, progress: bool = True,
+             workload: Workload | None = None, online: OnlineConfig | None = None,
+             state_dir: str | Path | None = None, records: str | Path | None = None) -> EvalResult:
+    """Replay `workload` (default: `iid` with `seed`) over `data`; `online`: through the learning engine."""
+    workload = workload or Iid(seed=seed)
+    if isinstance(workload, Trace):
+        stream = workload.generate(data, bundle.input_shape)
+    else:
+        check_disjoint(bundle, data)
+        stream = workload.generate(data)
     engine = Engine(bundle, mode)
-    order = np.random.default_rng(seed).permutation(len(data))
+    learner = OnlineEngine(bundle, online, state_dir) if online is not None else None
     device = str(next(bundle.model.parameters()).device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    inputs = [bundle.preprocess(data.images[i:i + 1]).to(device) for i in order]
+    inputs = [bundle.preprocess(stream.images[t:t + 1]).to(device) for t in range(len(stream))]
     for x in inputs[:WARMUP]:
         engine.predict_base(x), engine.predict(x)
-    base_ms, gati_ms, base_lbl, gati_lbl, exits, stages = [], [], [], [], [], []
-    for n, x in enumerate(tqdm(inputs, desc="eval", unit="req", disable=not progress)):
-        runs = [("base", engine.predict_base), ("gati", engine.predict)]
-        for name, fn in (runs if n % 2 == 0 else runs[::-1]):
-            sync()
-            start = time.perf_counter()
-            out = fn(x)
-            elapsed = (time.perf_counter() - start) * 1e3
-            if name == "base":
-                base_ms.append(elapsed)
-                base_lbl.append(out)
-            else:
-                gati_ms.append(elapsed)
-                gati_lbl.append(out.label)
-                exits.append(out.exit_name)
-                stages.append(out.stages_run)
-    engine.close()
-    return _summarise(bundle, data, order, seed, engine.mode, device, base_ms, gati_ms,
-                      np.array(base_lbl), np.array(gati_lbl), exits, stages)
+    serve = _online(learner) if learner is not None else _frozen(engine)
+    base_ms, gati_ms, base_lbl, served, lower = [], [], [], [], []
+    out = open(records, "w", encoding="utf-8") if records else None
+    try:
+        for n, x in enumerate(tqdm(inputs, desc="eval", unit="req", disable=not progress)):
+            runs = [("base", engine.predict_base), ("gati", serve)]
+            for name, fn in (runs if n % 2 == 0 else runs[::-1]):
+                sync()
+                start = time.perf_counter()
+                result = fn(x)
+                elapsed = (time.perf_counter() - start) * 1e3
+                if name == "base":
+                    base_ms.append(elapsed)
+                    base_lbl.append(result)
+                else:
+                    gati_ms.append(elapsed)
+                    served.append(result)
+            if learner is not None:
+                if not learner.config.background:
+                    learner.settle()  # learning between requests, never inside the timed part
+                lower.append(learner.lower_bound())
+            if out is not None:
+                out.write(json.dumps(_record(stream, n, base_lbl[-1], served[-1], base_ms[-1], gati_ms[-1],
+                                             lower[-1] if lower else None)) + "\n")
+    finally:
+        if out is not None:
+            out.close()
+        engine.close()
+        if learner is not None:
+            learner.close()
+    mode = "sync" if learner is not None else engine.mode  # the online engine looks up inline
+    return _summarise(bundle, data, stream, workload, seed, mode, device, base_ms, gati_ms, np.array(base_lbl),
+                      served, np.array(lower) if learner is not None else None, learner)
 
 
-def _summarise(bundle, data, order, seed, mode, device, base_ms, gati_ms, base_lbl, gati_lbl, exits,
-               stages) -> EvalResult:
-    truth = data.labels[order]
+def _frozen(engine: Engine):
+    def serve(x: torch.Tensor) -> _Served:
+        a = engine.predict(x)
+        return _Served(a.label, a.exit_name, a.stages_run, a.exit_cut is not None, False, engine.level, 0)
+    return serve
+
+
+def _online(learner: OnlineEngine):
+    def serve(x: torch.Tensor) -> _Served:
+        a = learner.predict(x)
+        return _Served(a.label, a.exit_name, a.answer.stages_run, a.hit, a.sampled, a.level, a.version)
+    return serve
+
+
+def _record(stream: Stream, i: int, base: int, s: _Served, ms_base: float, ms_gati: float,
+            lower: float | None) -> dict:
+    return {"i": i, "source": int(stream.sources[i]), "phase": int(stream.phases[i]), "truth": int(stream.labels[i]),
+            "base": int(base), "answer": int(s.label), "exit": s.exit_name, "stages": int(s.stages),
+            "ms_base": round(ms_base, 4), "ms_gati": round(ms_gati, 4), "hit": s.hit, "sampled": s.sampled,
+            "lower": lower, "level": s.level, "version": s.version}
+
+
+def _summarise(bundle: Bundle, data: Dataset, stream: Stream, workload: Workload, seed: int, mode: str, device: str,
+               base_ms: list[float], gati_ms: list[float], base_lbl: np.ndarray, served: list[_Served],
+               lower: np.ndarray | None, learner: OnlineEngine | None) -> EvalResult:
+    truth = stream.labels
+    gati_lbl = np.array([s.label for s in served])
+    agree = gati_lbl == base_lbl
     hits = {e.cut_name: 0 for e in bundle.plan.entries}
-    for name in exits:
-        if name != "final":
-            hits[name] += 1
+    for s in served:
+        if s.exit_name != "final":
+            hits[s.exit_name] = hits.get(s.exit_name, 0) + 1
+    known = bool((truth != UNKNOWN_LABEL).all())
     mb, mg = statistics.fmean(base_ms), statistics.fmean(gati_ms)
     pb, pg = _pct(base_ms, 50), _pct(gati_ms, 50)
-    return EvalResult(
-        requests=len(order), base_acc=float((base_lbl == truth).mean()), gati_acc=float((gati_lbl == truth).mean()),
-        agreement=float((gati_lbl == base_lbl).mean()), hit_rate=sum(hits.values()) / len(order),
+    result = EvalResult(
+        requests=len(stream), base_acc=float((base_lbl == truth).mean()) if known else None,
+        gati_acc=float((gati_lbl == truth).mean()) if known else None,
+        agreement=float(agree.mean()), hit_rate=sum(s.hit for s in served) / len(served),
         hits_per_layer=hits, mean_ms_base=mb, mean_ms_gati=mg, p50_ms_base=pb, p50_ms_gati=pg,
         p99_ms_base=_pct(base_ms, 99), p99_ms_gati=_pct(gati_ms, 99), speedup_mean=mb / mg,
-        speedup_p50=pb / pg, mean_stages_run=statistics.fmean(stages), target=float(bundle.manifest.target),
-        certified=bundle.manifest.certified.claim, confidence=bundle.manifest.certified.confidence,
+        speedup_p50=pb / pg, mean_stages_run=statistics.fmean(s.stages for s in served),
+        target=float(bundle.manifest.target), certified=bundle.manifest.certified.claim,
+        confidence=bundle.manifest.certified.confidence,
         nominal_lower_bound=bundle.manifest.certified.nominal_lower_bound, mode=mode, device=device,
-        threads=torch.get_num_threads(), split=data.split, seed=seed, bundle=str(bundle.path))
+        threads=torch.get_num_threads(), split=data.split, seed=seed, bundle=str(bundle.path),
+        workload=workload.spec(), locality=stream.locality(base_lbl.astype(np.int64)).describe(),
+        worst_window_agreement=worst_window(agree), final_level=served[-1].level, final_version=served[-1].version)
+    if learner is not None and lower is not None:
+        _add_online(result, learner, agree, lower, stream.phases)
+    return result
+
+
+def _add_online(result: EvalResult, learner: OnlineEngine, agree: np.ndarray, lower: np.ndarray,
+                phases: np.ndarray) -> None:
+    status = learner.status()
+    realised = np.cumsum(agree) / np.arange(1, len(agree) + 1)
+    result.online, result.target = True, learner.target
+    result.sample_rate = learner.config.sample_rate
+    result.live_lower_bound, result.live_point_estimate = status.live.lower_bound, status.live.point_estimate
+    result.bound_above_realised = int((lower > realised + 1e-12).sum())
+    result.versions_deployed, result.deployed_by, result.reviews = status.versions_deployed, status.deployed_by, \
+        status.reviews
+    result.transitions = [asdict(t) for t in status.transitions]
+    result.fallbacks = sum(t.kind == FALLBACK for t in status.transitions)
+    result.recoveries = _spans(status.transitions, RECOVERED)
+    result.returns = _spans(status.transitions, RECERTIFIED)
+    starts = [0, *np.flatnonzero(np.diff(phases) != 0) + 1]
+    ends = [*starts[1:], len(phases)]
+    falls = [t.request for t in status.transitions if t.kind == FALLBACK]
+    result.detection = [next((r - s for r in falls if s <= r < e), None) for s, e in zip(starts, ends)]
+
+
+def _spans(transitions: list[Transition], kind: str) -> list[int]:
+    """Requests from each fallback to the first later transition of `kind` (when one came)."""
+    spans = []
+    for i, t in enumerate(transitions):
+        if t.kind == FALLBACK:
+            later = next((u.request for u in transitions[i + 1:] if u.kind == kind), None)
+            if later is not None:
+                spans.append(later - t.request)
+    return spans
+
+
+def worst_window(agree: np.ndarray, window: int = WINDOW) -> float:
+    """The lowest agreement over `window` consecutive requests (the whole run when shorter)."""
+    if len(agree) <= window:
+        return float(agree.mean())
+    sums = np.convolve(agree.astype(np.float64), np.ones(window), mode="valid")
+    return float(sums.min() / window)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -122,15 +279,27 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def format_table(r: EvalResult) -> str:
+    accuracy = (f"{'accuracy':14}{r.base_acc:>10.4f}{r.gati_acc:>10.4f}" if r.base_acc is not None
+                else "accuracy      (true labels unknown: a trace)")
     lines = [
         f"{r.requests} requests from {r.split} (seed {r.seed}), device {r.device}, {r.threads} threads, mode {r.mode}",
+        f"workload {r.workload}; {r.locality}",
         f"{'':14}{'base':>10}{'gati':>10}{'speedup':>10}",
         f"{'mean ms':14}{r.mean_ms_base:>10.3f}{r.mean_ms_gati:>10.3f}{r.speedup_mean:>9.2f}x",
         f"{'p50 ms':14}{r.p50_ms_base:>10.3f}{r.p50_ms_gati:>10.3f}{r.speedup_p50:>9.2f}x",
         f"{'p99 ms':14}{r.p99_ms_base:>10.3f}{r.p99_ms_gati:>10.3f}",
-        f"{'accuracy':14}{r.base_acc:>10.4f}{r.gati_acc:>10.4f}",
+        accuracy,
         f"agreement with base {r.agreement:.4f} (target {r.target}; certified: {r.certified} at "
         f"{r.confidence:.2%}), hit rate {r.hit_rate:.1%}, mean stages run {r.mean_stages_run:.2f}",
+        f"worst {WINDOW}-request window: agreement {r.worst_window_agreement:.4f}",
         "hits per cut: " + ", ".join(f"{k}={v}" for k, v in r.hits_per_layer.items()),
     ]
+    if r.online:
+        lines += [
+            f"online: coin p={r.sample_rate}, live lower bound {r.live_lower_bound:.4f} (point estimate "
+            f"{r.live_point_estimate:.4f}; above the realised agreement after {r.bound_above_realised} requests)",
+            f"fallbacks {r.fallbacks}, recovered after {r.recoveries} requests, faster again after {r.returns}; "
+            f"reviews {r.reviews}, versions deployed {r.versions_deployed} {r.deployed_by}; "
+            f"final level {r.final_level}, version {r.final_version}",
+        ]
     return "\n".join(lines)

@@ -38,6 +38,7 @@ from gati.data import halves
 
 ALPHA = 0.05  # the error budget of one certify part, spent over every look at it (look_alpha)
 BUDGET_LEVELS = 16  # the greedy search's wrong-hit budget grows in this many steps (see greedy_path)
+MOVES = (1, 4, 16)  # band sizes the greedy search tries, in n / 400 images; larger made jumps certification failed
 
 
 @dataclass
@@ -73,6 +74,9 @@ class Certified:
     n: int               # size of the certify part
     wrong_hits: int
     tested: int          # how many vectors of the sequence were tested
+    # every vector that passed, in sequence order (the last is `thresholds`): fixed-sequence testing
+    # certifies all of them at once, at the same level
+    passed: list[np.ndarray] = field(default_factory=list)
 
 
 def look_alpha(look: int, alpha: float = ALPHA) -> float:
@@ -143,8 +147,8 @@ def search_thresholds(entries: list[Scores], exit_cost: np.ndarray, max_wrong: i
     return greedy_path(entries, exit_cost, max_wrong)[-1][1]
 
 
-def greedy_path(entries: list[Scores], exit_cost: np.ndarray, max_wrong: int,
-                levels: int = BUDGET_LEVELS) -> list[tuple[int, np.ndarray]]:
+def greedy_path(entries: list[Scores], exit_cost: np.ndarray, max_wrong: int, levels: int = BUDGET_LEVELS,
+                moves: tuple[int, ...] = MOVES, start: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
     """Every step of the greedy search, as (wrong hits so far, thresholds), from 'no hits' on.
 
     Each step lowers one threshold so that a band of the next most confident images becomes hits,
@@ -156,6 +160,8 @@ def greedy_path(entries: list[Scores], exit_cost: np.ndarray, max_wrong: int,
     so certification stopped there and never reached the free moves behind it; and once the budget
     was gone it could be stuck far from what a smaller budget reached (85% against 94% hits).
     The path is nested (thresholds only ever go down), which is what fixed-sequence testing wants.
+    `moves`: band sizes tried, in units of n / 400 images (at least one). `start`: a vector to go on from
+    instead of 'no hits' (the path's first element; later ones are never above it).
     """
     m = len(entries)
     if m == 0:
@@ -163,22 +169,28 @@ def greedy_path(entries: list[Scores], exit_cost: np.ndarray, max_wrong: int,
     n = len(entries[0].conf)
     order = [np.argsort(-e.conf, kind="stable") for e in entries]
     correct = np.stack([e.correct for e in entries] + [np.ones(n, dtype=bool)])  # row m: misses
-    taken = np.zeros(m, dtype=int)
-    exit_at = np.full(n, m)
-    wrong = 0
+    ceiling = np.full(m, np.inf) if start is None else np.asarray(start, dtype=np.float64)
+    taken = np.array([int((e.conf >= t).sum()) for e, t in zip(entries, ceiling)])
+    exit_at = exit_index(entries, ceiling)
+    wrong = int((~correct[exit_at, np.arange(n)]).sum())
     step = max(1, n // 400)
-    path = [(0, _thresholds(entries, order, taken))]
+
+    def thresholds() -> np.ndarray:
+        return np.minimum(ceiling, _thresholds(entries, order, taken))
+
+    path = [(wrong, thresholds())]
     budgets = np.linspace(0, max_wrong, levels) if levels > 1 else [max_wrong]  # levels=1: all at once
     for budget in np.unique(np.round(budgets).astype(int)):
         while True:
-            best = _best_move(order, taken, exit_at, correct, exit_cost, int(budget) - wrong, step)
+            best = _best_move(order, taken, exit_at, correct, exit_cost, int(budget) - wrong,
+                              [size * step for size in moves])
             if best is None:
                 break
             j, size, moved, added_wrong = best
             taken[j] += size
             exit_at[moved] = j
             wrong += added_wrong
-            path.append((wrong, _thresholds(entries, order, taken)))
+            path.append((wrong, thresholds()))
     return path
 
 
@@ -187,10 +199,10 @@ def _thresholds(entries: list[Scores], order: list[np.ndarray], taken: np.ndarra
                      for j in range(len(entries))])
 
 
-def _best_move(order, taken, exit_at, correct, exit_cost, wrong_left, step):
+def _best_move(order, taken, exit_at, correct, exit_cost, wrong_left, sizes):
     best, best_ratio = None, 0.0
     for j in range(len(order)):
-        for size in (step, 4 * step, 16 * step):  # larger moves made jumps certification could not pass
+        for size in sizes:
             band = order[j][taken[j]:taken[j] + size]
             if len(band) == 0:
                 break
@@ -240,7 +252,8 @@ def _binom_cdf(k: int, n: int, p: float) -> float:
     return math.exp(top) * sum(math.exp(v - top) for v in logs)
 
 
-def threshold_sequence(entries: list[Scores], exit_cost: np.ndarray, target: float) -> list[np.ndarray]:
+def threshold_sequence(entries: list[Scores], exit_cost: np.ndarray, target: float,
+                       moves: tuple[int, ...] = MOVES) -> list[np.ndarray]:
     """Every vector along one greedy path on the select part, from no hits to the target there.
 
     One nested path (rather than independent searches per margin) makes each vector more aggressive
@@ -249,7 +262,7 @@ def threshold_sequence(entries: list[Scores], exit_cost: np.ndarray, target: flo
     for a longer sequence, while skipping steps lets one test jump over the last vector that passes.
     """
     n = len(entries[0].conf) if entries else 0
-    path = greedy_path(entries, exit_cost, max_wrong_for(target, n))
+    path = greedy_path(entries, exit_cost, max_wrong_for(target, n), moves=moves)
     return [thresholds for _, thresholds in path[1:]]  # path[0] is 'no hits', certify's fallback
 
 
@@ -259,6 +272,7 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
     n = len(entries[0].conf) if entries else 0
     chosen = Certified(np.full(len(entries), np.inf), alpha, agreement_lower_bound(n, 0, alpha), 1.0, 0.0, 0.0,
                        n, 0, 0)
+    passed: list[np.ndarray] = []
     for tested, thresholds in enumerate(sequence, start=1):
         exit_at = exit_index(entries, thresholds)
         wrong = int(_wrong_at(entries, exit_at).sum())
@@ -267,8 +281,9 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
             chosen.tested = tested
             break
         hits = int((exit_at < len(entries)).sum())
+        passed.append(thresholds)
         chosen = Certified(thresholds, alpha, bound, 1.0 - wrong / n, hits / n,
-                           agreement_lower_bound(n, n - hits, alpha), n, wrong, tested)
+                           agreement_lower_bound(n, n - hits, alpha), n, wrong, tested, list(passed))
     return chosen
 
 

@@ -26,6 +26,8 @@ from gati.pipeline.optimizer import Problem, optimize
 from gati.pipeline.score import scores_from
 from gati.runtime.plan import MODES, Plan, PlanEntry
 
+LEVELS = 8  # certified vectors a plan keeps to fall back to (gati.runtime.plan), beside "no early exits"
+
 
 def certification_margin(target: float, n_certify: int, alpha: float) -> float:
     """How far above the target the select part must aim so that the certify part's lower bound
@@ -78,13 +80,23 @@ def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray,
     choice = optimize(problem, modes)
     entries = [scores[k] for k in choice.keys]
     thresholds, result = calibrate(entries, costs, choice.mode, target, select, cert, alpha)
-    plan = Plan([PlanEntry(k[0], cuts[k[0]], k[1], t) for k, t in zip(choice.keys, thresholds)
-                 if np.isfinite(t)], choice.mode)
+    kept = [j for j, t in enumerate(thresholds) if np.isfinite(t)]
+    plan = Plan([PlanEntry(choice.keys[j][0], cuts[choice.keys[j][0]], choice.keys[j][1], thresholds[j]) for j in kept],
+                choice.mode, [[float(v[j]) for j in kept] for v in spread_levels(result.passed)])
     certified = _certificate(result, plan, target, context, len(select), margin)
     expected = Expected(choice.latency_ms, profile.base_ms, choice.hit_rate, choice.agreement)
     look = Look(context.command, float(target), alpha, bool(plan.entries),
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return Planned(plan, certified, expected, look)
+
+
+def spread_levels(passed: list[np.ndarray], levels: int = LEVELS) -> list[np.ndarray]:
+    """Up to `levels` of the certified vectors, evenly along the sequence, the most conservative and the chosen
+    (last) one always among them. The path is nested, so a cut whose chosen threshold is infinite is infinite in
+    every earlier vector too: dropping it from the plan drops nothing a level would use."""
+    if len(passed) <= levels:
+        return list(passed)
+    return [passed[i] for i in np.unique(np.linspace(0, len(passed) - 1, levels).round().astype(int))]
 
 
 def _certificate(result: Certified, plan: Plan, target: float, context: CertifyContext, select_n: int,
@@ -100,13 +112,13 @@ def _certificate(result: Certified, plan: Plan, target: float, context: CertifyC
         claim=claim, target=float(target), confidence=1 - result.alpha, alpha=result.alpha, look=context.look,
         method="fixed-sequence test over a greedy threshold path (Learn-then-Test), one-sided Clopper-Pearson",
         population=population, scored_on=context.scored_on, caches_sha256="",
-        nominal_lower_bound=_floor(result.lower_bound), agreement=_floor(result.agreement),
-        hit_rate=_floor(result.hit_rate), hit_rate_lower_bound=_floor(result.hit_rate_lower_bound),
+        nominal_lower_bound=floored(result.lower_bound), agreement=floored(result.agreement),
+        hit_rate=floored(result.hit_rate), hit_rate_lower_bound=floored(result.hit_rate_lower_bound),
         n=result.n, wrong_hits=result.wrong_hits, vectors_tested=result.tested, select_n=select_n,
         select_margin=round(margin, 4))
 
 
-def _floor(x: float, digits: int = 4) -> float:
+def floored(x: float, digits: int = 4) -> float:
     """Rounded down, never up: a printed estimate must not claim more than was measured."""
     return math.floor(x * 10 ** digits) / 10 ** digits
 

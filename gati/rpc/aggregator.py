@@ -11,7 +11,8 @@ decoding: a refused request costs almost nothing), decodes and checks it once a 
   is degraded. A replica that dies with requests in flight is noticed at once
   (gati/rpc/replicas.py): they move to another replica, or fail with Unavailable, not at their
   deadline.
-- `EngineBackend` (`--role all`): the in-process engine behind the same Thrift front door.
+- `EngineBackend` (`--role all`): the in-process engine behind the same Thrift front door, with the live
+  guarantee of `gati.learning.online` when the aggregator has a sample rate.
 
 A sampled share of requests is finished by the full model in the background; comparing it with
 the answer given estimates live agreement (a metric), and the (features, base label) samples go
@@ -26,13 +27,13 @@ import random
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from gati.errors import InvalidInput
+from gati.learning.online import OnlineAnswer, OnlineEngine
 from gati.rpc.admission import Admission, deadline_s
 from gati.rpc.config import AggregatorConfig, Timeouts
 from gati.rpc.gen.gati_idl.ttypes import (
@@ -266,21 +267,23 @@ def _failure(refusals: list[Exception], deadline: float) -> Exception:
 # ---- the in-process backend (--role all) ----------------------------------------------------
 
 class EngineBackend:
-    def __init__(self, engine: Engine, metrics: AggregatorMetrics):
+    """The in-process engine behind the front door. An `OnlineEngine` (learning off) keeps the live guarantee: it
+    draws its own coin (the aggregator's `sampled` is not used), finishes sampled hits in the background, falls back
+    to certified levels, and its live bound, point estimate and level are read at each scrape. A plain `Engine`
+    (no sample rate) only answers."""
+
+    def __init__(self, engine: Engine | OnlineEngine, metrics: AggregatorMetrics):
         self.engine, self.metrics = engine, metrics
-        self._background = ThreadPoolExecutor(1, thread_name_prefix="gati-sample")
         self._ids = itertools.count(1)
+        if isinstance(engine, OnlineEngine):
+            metrics.watch_live(engine.status)
 
     def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
-        a = self.engine.predict(x)
+        served = self.engine.predict(x)
+        a = served.answer if isinstance(served, OnlineAnswer) else served
         exit_cut = -1 if a.exit_cut is None else a.exit_cut
-        if sampled:
-            self._background.submit(self._score, x, exit_cut >= 0, a.label)
         return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, next(self._ids),
                        compute_ms=a.compute_s * 1000, lookup_ms=a.wait_s * 1000)
-
-    def _score(self, x: torch.Tensor, hit: bool, label: int) -> None:
-        self.metrics.sample(hit, not hit or self.engine.predict_base(x) == label)
 
     def finished(self, result: ExecutionResult) -> None:
         pass  # in-process: no executor
@@ -289,7 +292,7 @@ class EngineBackend:
         pass
 
     def close(self) -> None:
-        self._background.shutdown(wait=True)
+        self.engine.close()
 
 
 # ---- the Thrift handler ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,6 +28,9 @@ from prometheus_client import (
 
 from gati import __version__
 from gati.runtime.plan import Plan
+
+if TYPE_CHECKING:
+    from gati.learning.online import LearnerStatus
 
 # Batch-1 CNN requests on a CPU take milliseconds; resolve the fast path finely.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -161,11 +165,23 @@ class AggregatorMetrics(ServiceMetrics):
                                      ["replica"])
         self.replica_in_flight = self.gauge("gati_executor_in_flight", "Requests sent to an executor replica "
                                             "and not yet answered (routing sends to the least)", ["replica"])
+        self.live_lower_bound = self.gauge("gati_live_agreement_lower_bound_ratio",
+                                           "Anytime-valid lower confidence bound on the agreement of every request "
+                                           "answered so far (in-process engine with a sample rate)")
+        self.fallback_level = self.gauge("gati_fallback_level", "The certified level served (0: no early exits; "
+                                         "the highest: the plan's own)")
         self._lock = threading.Lock()
         self._tally = [0, 0, 0]  # sampled, sampled hits, sampled wrong: the ratios' inputs
 
     def answered(self, seconds: float, exit_name: str) -> None:
         self.duration.labels(exit_name).observe(seconds)
+
+    def watch_live(self, status: Callable[[], LearnerStatus]) -> None:
+        """Read the live bound, its point estimate (for `gati_live_agreement_ratio`) and the level from an online
+        engine whenever the metrics are read."""
+        self.live_lower_bound.set_function(lambda: status().live.lower_bound)
+        self.live_agreement.set_function(lambda: status().live.point_estimate)
+        self.fallback_level.set_function(lambda: status().level)
 
     def failed(self, reason: str) -> None:
         self.failures.labels(reason).inc()

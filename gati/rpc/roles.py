@@ -25,6 +25,7 @@ import torch
 
 from gati.bundle import BundleInfo, load_bundle, read_bundle
 from gati.errors import AddressInUse
+from gati.learning.online import OnlineConfig, OnlineEngine
 from gati.rpc import surface
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
 from gati.rpc.auth import Secret
@@ -197,7 +198,10 @@ def _aggregator(cfg: ClusterConfig) -> Service:
 def _all(cfg: ClusterConfig) -> Service:
     bundle = load_bundle(cfg.bundle, cfg.device)
     metrics = AggregatorMetrics(build=build_info(bundle.info))
-    return _front_door(cfg, bundle.info, EngineBackend(Engine(bundle), metrics), metrics, None, callbacks=False)
+    rate = cfg.aggregator.sample_rate
+    engine = OnlineEngine(bundle, OnlineConfig(sample_rate=rate, learn=False), on_checked=metrics.sample) \
+        if rate > 0 else Engine(bundle)
+    return _front_door(cfg, bundle.info, EngineBackend(engine, metrics), metrics, None, callbacks=False)
 
 
 def _executor(cfg: ClusterConfig, name: str | None) -> Service:

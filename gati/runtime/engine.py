@@ -11,13 +11,21 @@ On CUDA, sync mode runs as CUDA graphs (`gati.runtime.graphs`): one graph per se
 planned cuts, and the baseline as one graph of the whole model, because at batch 1 a GPU is bound
 by kernel launches and eager stages would compare a slow GATI with a slow baseline.
 
+Levels: a plan keeps a few certified threshold vectors (`Plan.levels`: 0 is no early exits, the last the
+chosen vector). `use_level(i)` switches between them; each level's steps and verdict source are built
+once, and a request reads the level once when it starts, so it is served by one level from start to end
+(a switch takes effect between requests). The fallback rule of `gati.learning.guarantee` drives it.
+
 Cancellation is cooperative: `predict(..., cancel=event)` checks the event between stages and
 raises `Cancelled`, leaving no state behind (the engine holds none per request).
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
@@ -29,7 +37,16 @@ from gati.runtime.graphs import GraphedCascade, graphed_argmax, pin_float32_nume
 from gati.runtime.plan import LOOKAHEAD
 from gati.runtime.verdicts import InlineVerdicts, Lookup, ThreadVerdicts
 
-__all__ = ["Answer", "Cancelled", "Engine"]
+__all__ = ["Answer", "Cancelled", "Engine", "Level"]
+
+
+@dataclass(frozen=True)
+class Level:
+    """What a request is served with at one level: the steps and the verdict source, swapped whole."""
+    index: int
+    thresholds: tuple[float, ...]   # one per plan entry; inf: that cut never answers at this level
+    steps: list[Step]
+    source: VerdictSource
 
 
 class Engine:
@@ -44,38 +61,74 @@ class Engine:
         self.device = next(bundle.model.parameters()).device
         self._graphs: GraphedCascade | None = None
         self._base: Callable[[torch.Tensor], int] | None = None
+        self._pool: ThreadPoolExecutor | None = None
         if self.device.type == "cuda":
             pin_float32_numerics()  # the numerics the calibration scores were computed in
         if graphs is None:
             graphs = self.device.type == "cuda" and self.mode == "sync"
         if graphs and (self.device.type != "cuda" or self.mode != "sync"):
             raise GatiError("CUDA graphs need a CUDA device and a sync plan")
+        vectors = bundle.plan.levels
         if graphs:
-            self._graph(bundle)
+            self.levels = self._graph(bundle, vectors)
         else:
-            self._eager(bundle)
+            self.levels = self._eager(bundle, vectors)
+        self._level = self.levels[-1]
 
-    def _eager(self, bundle: Bundle) -> None:
-        """One step per stage; a planned cut's lookup follows its stage (never after the head)."""
-        planned = {e.cut: Lookup(bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries
-                   if e.cut < len(self.stages) - 1}
+    def _eager(self, bundle: Bundle, vectors: list[list[float]]) -> list[Level]:
+        """One step per stage; a planned cut's lookup follows its stage (never after the head). A cut whose
+        threshold is infinite at a level is not looked up there: level 0 runs the stages and nothing else."""
+        if self.mode == "async":
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="gati-lookup")
         cuts = bundle.staged.cuts
-        self.steps = [Step(stage, i + 1, i if i in planned else None, cuts[i] if i in planned else "")
-                      for i, stage in enumerate(self.stages)]
-        self.source: VerdictSource = ThreadVerdicts(planned) if self.mode == "async" else InlineVerdicts(planned)
+        levels = []
+        for index, vector in enumerate(vectors):
+            planned = {e.cut: Lookup(bundle.caches[e.cut], t) for e, t in zip(bundle.plan.entries, vector)
+                       if e.cut < len(self.stages) - 1 and math.isfinite(t)}
+            steps = [Step(stage, i + 1, i if i in planned else None, cuts[i] if i in planned else "")
+                     for i, stage in enumerate(self.stages)]
+            source = ThreadVerdicts(planned, self._pool) if self._pool is not None else InlineVerdicts(planned)
+            levels.append(Level(index, tuple(vector), steps, source))
         self.head = _logits_head
+        return levels
 
-    def _graph(self, bundle: Bundle) -> None:
+    def _graph(self, bundle: Bundle, vectors: list[list[float]]) -> list[Level]:
+        """The segments are captured once; a level only changes the thresholds the host judges the verdicts
+        it reads back with (level 0 still reads each segment's verdict: correct, not free)."""
         example = torch.zeros(1, *bundle.input_shape, device=self.device)
         entries = [(e.cut, bundle.caches[e.cut], e.threshold) for e in bundle.plan.entries]
         self._graphs = GraphedCascade(self.stages, entries, example)
         self._base = graphed_argmax(bundle.model, example)
-        self.steps = self._graphs.steps(bundle.staged.cuts)
-        self.source, self.head = self._graphs, self._graphs.head
+        steps = self._graphs.steps(bundle.staged.cuts)
+        self.head = self._graphs.head
+        levels = []
+        for index, vector in enumerate(vectors):
+            source = self._graphs.judged_at({e.cut: t for e, t in zip(bundle.plan.entries, vector)})
+            levels.append(Level(index, tuple(vector), steps, source))
+        return levels
 
     @property
     def graphed(self) -> bool:
         return self._graphs is not None
+
+    @property
+    def level(self) -> int:
+        """The level the next request is served with."""
+        return self._level.index
+
+    def use_level(self, index: int) -> None:
+        """Serve from the next request on with level `index` (0: no early exits; len(levels) - 1: the plan's)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.levels):
+            raise GatiError(f"level must be an integer in 0..{len(self.levels) - 1}, got {index!r}")
+        self._level = self.levels[index]  # one reference swap: a request in flight keeps the level it read
+
+    @property
+    def steps(self) -> list[Step]:
+        return self._level.steps
+
+    @property
+    def source(self) -> VerdictSource:
+        return self._level.source
 
     def validate(self, x: torch.Tensor) -> torch.Tensor:
         """A single preprocessed image as 1 x C x H x W float32 on the engine's device (on the CUDA
@@ -110,13 +163,14 @@ class Engine:
     def trace(self, x: torch.Tensor, cancel: threading.Event | None = None, shadow: bool = False) -> Trace:
         """One request through the cascade; `shadow` runs it to the end after a hit as well."""
         x = self.validate(x)
+        level = self._level  # read once: the whole request is served by one level
         with torch.inference_mode():
-            return run_cascade(x, self.steps, self.source, self.lookahead, self.head, shadow=shadow,
+            return run_cascade(x, level.steps, level.source, self.lookahead, self.head, shadow=shadow,
                                stop=cancel.is_set if cancel is not None else None)
 
     def close(self) -> None:
-        if isinstance(self.source, ThreadVerdicts):
-            self.source.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _logits_head(logits: torch.Tensor) -> tuple[int, float]:

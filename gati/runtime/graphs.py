@@ -7,6 +7,7 @@ segment, the only synchronisation a cascade needs to decide whether to go on.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -94,6 +95,12 @@ class GraphedCascade:
             g = capture(_segment(run, cache, check_input=(j == 0)), x, static_input=copy_in)
             self.segments.append(g)
             x, copy_in = g.output[0], False
+
+    def judged_at(self, thresholds: dict[int, float]) -> GraphedCascade:
+        """The same segments as a verdict source that judges their verdicts at other thresholds (a level)."""
+        view = copy.copy(self)
+        view.thresholds = dict(thresholds)
+        return view
 
     def steps(self, cut_names: Sequence[str]) -> list[Step]:
         """One step per segment; only the first copies the request in (the others read in place)."""

@@ -45,15 +45,20 @@ class _Pending:
 
 
 class ThreadVerdicts:
-    def __init__(self, lookups: dict[int, Lookup]):
+    """Lookups on a worker thread: its own, or `pool` when given (sources that share one worker; its owner
+    shuts it down)."""
+
+    def __init__(self, lookups: dict[int, Lookup], pool: ThreadPoolExecutor | None = None):
         self.lookups = lookups
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gati-lookup")
+        self._own = pool is None
+        self._pool = pool or ThreadPoolExecutor(1, thread_name_prefix="gati-lookup")
 
     def ask(self, cut: int, act: Tensor) -> _Pending:
         return _Pending(self._pool.submit(judge_on_worker, self.lookups[cut], cut, act))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._own:
+            self._pool.shutdown(wait=True)
 
 
 def judge_on_worker(lookup: Lookup, cut: int, act: Tensor) -> Verdict:
