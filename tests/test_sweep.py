@@ -1,7 +1,7 @@
 """experiments/latency_sweep.py on the tiny synthetic model: rows, JSON lines, resuming, skips, figures and docs.
 
-One sweep runs once per module (in process at two targets and two workloads, one cluster row, and rows that must be
-skipped: a GPU row on this CPU, online-learning rows); the tests read what it left behind. Figures are checked as
+One sweep runs once per module (in process at two targets and two workloads with learning off and on, one cluster
+row, and a row that must be skipped: a GPU row on this CPU); the tests read what it left behind. Figures are checked as
 matplotlib objects (titles, axis labels, series and their data), never as pixels.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import yaml
 from experiments import latency_sweep
 from experiments.sweep.bundles import Bundles, Ready, Unavailable
 from experiments.sweep.figures import draw_all
-from experiments.sweep.replay import live_lower_bound
+from experiments.sweep.replay import live_lower_bound, replay_in_process
 from experiments.sweep.report import marker, replace_block
-from experiments.sweep.results import DONE, FAILED, SKIPPED, Records, ResultsFile
+from experiments.sweep.results import DONE, FAILED, SKIPPED, UNKNOWN, Records, ResultsFile, Summary
 from experiments.sweep.spec import (
     CLUSTER,
     IN_PROCESS,
@@ -27,6 +27,11 @@ from experiments.sweep.spec import (
     load_models,
     load_preset,
 )
+from gati.bundle import load_bundle
+from gati.data import load_split
+from gati.learning.online import OnlineConfig
+from gati.measure.evaluate import evaluate
+from gati.measure.workloads import parse_workload
 from tests.tinynet import CUTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,15 +86,12 @@ def test_every_row_is_measured_or_skipped_with_its_reason_and_command(swept):
     assert set(rows) == {r.key for r in preset.rows} and len(preset.rows) == 8 + 1 + 1
     assert not [r for r in rows.values() if r.status == FAILED], [r.reason for r in rows.values()]
     skipped = {k: r for k, r in rows.items() if r.status == SKIPPED}
-    assert {r.row.device for r in skipped.values() if not r.row.online} == {"cuda"}
+    assert {r.row.device for r in skipped.values()} == {"cuda"} and len(skipped) == 1
     for r in skipped.values():
         assert r.reason and r.command, r.key
-        if r.row.online:
-            assert "learning" in r.command and "online" in r.reason
-        else:
-            assert "no CUDA device" in r.reason and "latency_sweep.py" in r.command and "GPU" in r.command
+        assert "no CUDA device" in r.reason and "latency_sweep.py" in r.command and "GPU" in r.command
     done = [r for r in rows.values() if r.status == DONE]
-    assert len(done) == 4 + 1
+    assert len(done) == 8 + 1 and sum(r.row.online for r in done) == 4
     for r in done:
         rec, s = r.records, r.summary
         assert len(rec) == s.requests == REQUESTS and list(rec.index) == list(range(REQUESTS))
@@ -103,8 +105,42 @@ def test_every_row_is_measured_or_skipped_with_its_reason_and_command(swept):
     cluster = [r for r in done if r.row.deployment == CLUSTER]
     assert len(cluster) == 1 and cluster[0].summary.mean_stages_run is not None
     local = next(r for r in done if r.row.deployment == IN_PROCESS and r.row.workload_name == "iid"
-                 and r.row.target == 0.9)
+                 and r.row.target == 0.9 and not r.row.online)
     assert (cluster[0].records.answer == local.records.answer).all()  # the cluster answers what the engine answers
+
+
+def test_online_rows_learn_while_serving_and_keep_the_learners_bound_level_and_version(swept):
+    done = [r for r in rows_of(swept).values() if r.status == DONE]
+    exits = {*CUTS, *(f"tier:{c}" for c in CUTS), "final"}
+    for r in done:
+        rec = r.records
+        assert set(rec.exit_name.tolist()) <= exits
+        assert r.summary.live_lower_bound == pytest.approx(rec.live_lower_bound[-1], abs=1e-6)  # kept to 6 places
+        if r.row.online:  # the OnlineEngine's own: the rung it served at, its cache version, its live bound
+            assert (rec.fallback_level >= 0).all() and (rec.version >= 0).all()
+            realised = np.cumsum(rec.answer == rec.base_label) / np.arange(1, len(rec) + 1)
+            assert (rec.live_lower_bound <= realised + 1e-9).all()
+        else:
+            assert (rec.fallback_level == UNKNOWN).all() and (rec.version == 0).all()
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_the_in_process_adapter_is_evaluate_on_the_same_stream(tiny_bundle, tiny_data, online):
+    """One replay: the sweep's in-process row is `gati eval`'s, so its agreement, hit rate and bound are evaluate's."""
+    bundle = load_bundle(tiny_bundle)
+    split = load_split("imagefolder", tiny_data[0], "test:eval")
+    stream = parse_workload("bursty:n=40,seed=2,mean_run=5").generate(split)
+    records = replay_in_process(bundle, split, stream, online, 0.3, seed=1, background=False)
+    config = OnlineConfig(sample_rate=0.3, coin_seed=1, background=False) if online else None
+    result = evaluate(bundle, split, progress=False, workload=parse_workload(stream.workload), online=config)
+    summary = Summary.of(records, 8)
+    assert summary.agreement == pytest.approx(result.agreement) and summary.hit_rate == pytest.approx(result.hit_rate)
+    assert records.answer.tolist() == [r.answer for r in result.records]
+    assert records.exit_name.tolist() == [r.exit for r in result.records]
+    if online:
+        assert records.live_lower_bound.tolist() == [r.lower for r in result.records]
+        assert summary.live_lower_bound == result.live_lower_bound
+        assert records.fallback_level.tolist() == [r.level for r in result.records]
 
 
 def test_other_targets_are_calibrated_from_the_built_bundle_with_the_gati_command(swept, tiny_bundle):
@@ -137,7 +173,7 @@ def test_the_docs_blocks_are_generated_from_the_json(swept):
     root = swept["root"]
     results_md = (root / "docs" / "results.md").read_text()
     block = results_md.split(marker("latency sweep: tiny"))[1].split(marker("latency sweep: tiny", end=True))[0]
-    assert "5 of 10 rows measured" in block and "no CUDA device on this machine" in block
+    assert "9 of 10 rows measured" in block and "no CUDA device on this machine" in block
     assert "![" in block and "figures/tiny/fig1-gain-vs-paper.png" in block and "**Machine**" in block
     assert "gati calibrate --bundle" in block and "python experiments/latency_sweep.py --preset" in block
     assert "## Core: learned caches in-process" in results_md  # the hand-written sections stay
@@ -195,7 +231,7 @@ def test_figure_1_sets_measured_gains_beside_the_paper(figures):
     ax = drawn["fig1-gain-vs-paper"].axes[0]
     s = series(ax)
     assert {"measured, CPU", "paper, CPU (Table 6)", "measured, GPU", "paper, GPU (Table 6)", "no gain"} <= set(s)
-    local = pick_row(rows, target=0.9, workload_name="iid", deployment=IN_PROCESS)
+    local = pick_row(rows, target=0.9, workload_name="iid", deployment=IN_PROCESS, online=False)
     assert s["measured, CPU"].patches[0].get_height() == pytest.approx(local.summary.speedup_mean)
     assert s["paper, CPU (Table 6)"].patches[0].get_height() == 1.5
     assert s["paper, GPU (Table 6)"].patches[0].get_height() == 1.25
@@ -207,8 +243,8 @@ def test_figure_2_is_the_trade_off_curve_with_the_certified_bound(figures):
     drawn, rows = figures
     s = series(drawn["fig2-tradeoff"].axes[0])
     measured = s["TinyNet / synthetic: measured"]
-    points = sorted((r for r in rows if r.row.workload_name == "iid" and r.row.deployment == IN_PROCESS),
-                    key=lambda r: r.row.target)
+    points = sorted((r for r in rows if r.row.workload_name == "iid" and r.row.deployment == IN_PROCESS
+                     and not r.row.online), key=lambda r: r.row.target)
     assert list(measured.get_ydata()) == pytest.approx([r.summary.agreement for r in points])
     assert list(measured.get_xdata()) == pytest.approx([r.summary.speedup_mean for r in points])
     assert list(s["TinyNet / synthetic: certified bound (>= target)"].get_ydata()) == [0.9, 0.95]
@@ -236,13 +272,14 @@ def test_figure_5_shows_rolling_speedup_agreement_and_the_live_bound_on_locality
     drawn, rows = figures
     speed, agree = drawn["fig5-over-time"].axes
     assert speed.get_title().startswith("bursty") and "live lower bound" in agree.get_title()
-    assert set(series(speed)) == {"TinyNet / synthetic, learning off", "no gain"}
+    assert set(series(speed)) == {"TinyNet / synthetic, learning off", "TinyNet / synthetic, learning on", "no gain"}
     s = series(agree)
-    assert {"TinyNet / synthetic, learning off: rolling agreement", "target 0.9",
-            "TinyNet / synthetic, learning off: live lower bound (all requests so far)"} == set(s)
-    bursty = pick_row(rows, target=0.9, workload_name="bursty")
-    bound = s["TinyNet / synthetic, learning off: live lower bound (all requests so far)"]
-    assert list(bound.get_ydata()) == pytest.approx(list(bursty.records.live_lower_bound))
+    assert {f"TinyNet / synthetic, learning {on}: {what}" for on in ("off", "on")
+            for what in ("rolling agreement", "live lower bound (all requests so far)")} | {"target 0.9"} == set(s)
+    for online, on in ((False, "off"), (True, "on")):
+        bursty = pick_row(rows, target=0.9, workload_name="bursty", online=online)
+        bound = s[f"TinyNet / synthetic, learning {on}: live lower bound (all requests so far)"]
+        assert list(bound.get_ydata()) == pytest.approx(list(bursty.records.live_lower_bound))
 
 
 def test_figure_6_shows_lookup_cost_and_memory_per_variant_with_the_plan_marked(figures):
@@ -273,10 +310,13 @@ def test_records_survive_the_json_line():
                       exit_name=np.array(["stem", "final", "block2", "stem", "final", "final", "block1"], dtype=object),
                       stages_run=rng.integers(1, 5, n), ms_base=rng.random(n), ms_gati=rng.random(n),
                       hit=rng.random(n) < 0.5, sampled=np.zeros(n, bool), live_lower_bound=rng.random(n),
-                      fallback_level=np.full(n, -1))
+                      fallback_level=np.full(n, -1), version=np.array([0, 0, 1, 1, 1, 2, 2]))
     back = Records.from_json(json.loads(json.dumps(records.to_json())))
     assert list(back.exit_name) == list(records.exit_name) and (back.answer == records.answer).all()
     assert back.ms_base == pytest.approx(records.ms_base, abs=1e-4) and back.hit.dtype.kind in "biu"
+    assert back.version.tolist() == records.version.tolist()
+    older = {k: v for k, v in records.to_json().items() if k != "version"}  # a line written before the column
+    assert Records.from_json(older).version.tolist() == [0] * n
 
 
 def test_the_live_lower_bound_rises_with_right_answers_and_stays_below_the_realised_agreement():
@@ -311,6 +351,7 @@ def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
     (lambda p: p["sweeps"][0].update(workloads=["bursty:mean_run=0"]), "mean_run"),
     (lambda p: p.update(colour="red"), "unknown keys colour"),
     (lambda p: p["sweeps"][0].update(targets=[1.2]), r"in \(0, 1\)"),
+    (lambda p: p["sweeps"][2].update(online=[False, True]), "online learning runs in process only"),
 ])
 def test_a_bad_preset_is_refused_with_what_is_wrong(sweep_file, tmp_path, edit, message):
     spec = yaml.safe_load(sweep_file.read_text())

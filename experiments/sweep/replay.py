@@ -1,17 +1,21 @@
 """One row's requests through the unsplit model and GATI, side by side, one record per request.
 
-In process (`replay_in_process`) the two alternate on every request as `gati eval` does: the same preprocessed
-tensor, the order swapped on every other request, each timed from its tensor to its label. Through a cluster
-(`replay_cluster`) every request is sent as uint8 pixels to the aggregator, as `gati bench` sends it, and the
-unsplit model answers the same pixels in this process, preprocessing included on both sides, alternating in
-the same way, so the ratio compares what a client waits for.
+In process (`replay_in_process`) the row is `gati eval`'s replay, `gati.measure.evaluate.evaluate`, on the row's
+stream: the same preprocessed tensor to both, the order swapped on every other request, each timed from its
+tensor to its label; frozen caches, or (an online row) `gati.learning.online.OnlineEngine` learning while it
+serves (`gati eval --online`) with the server's coin at the preset's sample rate, seeded by the preset's seed.
+The adapter only turns evaluate's own per-request records into the sweep's columns (`Records`); an online row's
+live lower bound, level and cache version are the ones the learner served with.
 
-`replay_in_process` is the adapter the sweep reads per-request data through until `gati.measure.evaluate`
-returns its own records for a workload (issue 10); switching is a change to that one function. Until then online
-learning is not available here (`OnlineUnavailable`), and the live lower bound is computed from the replay
-itself: the server's coin (a seeded Bernoulli draw per request, independent of content) samples hits, and
-`gati.learning.guarantee.wrong_bounds` turns the sampled wrong answers into the anytime-valid bound the live
-server would export.
+Through a cluster (`replay_cluster`) every request is sent as uint8 pixels to the aggregator, as `gati bench`
+sends it, and the unsplit model answers the same pixels in this process, preprocessing included on both sides,
+alternating in the same way, so the ratio compares what a client waits for. The cluster serves frozen caches
+(the sweep file refuses online cluster rows).
+
+Frozen rows (in process and cluster) have no coin of their own: nothing is sampled while frozen caches serve. Their
+live lower bound is the one a server watching them would export: the server's coin (a seeded Bernoulli draw
+per request, independent of content) samples hits, and `gati.learning.guarantee.wrong_bounds` turns the sampled
+wrong answers into the anytime-valid bound (`live_lower_bound`).
 """
 from __future__ import annotations
 
@@ -19,14 +23,14 @@ import time
 from typing import Callable
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from experiments.sweep.results import UNKNOWN, Records
-from experiments.sweep.spec import SweepError
 from gati.bundle import Bundle
+from gati.data import Dataset
 from gati.learning.guarantee import wrong_bounds
-from gati.measure.evaluate import WARMUP
+from gati.learning.online import OnlineConfig
+from gati.measure.evaluate import WARMUP, RequestRecord, evaluate
 from gati.measure.workloads import Stream
 from gati.rpc.client import GatiClient, parse_endpoint
 from gati.runtime.engine import Engine
@@ -34,35 +38,31 @@ from gati.runtime.engine import Engine
 ALPHA = 0.05
 
 
-class OnlineUnavailable(SweepError):
-    """Online learning needs evaluate()'s online mode, which this checkout lacks."""
+def replay_in_process(bundle: Bundle, data: Dataset, stream: Stream, online: bool, sample_rate: float, seed: int,
+                      progress: bool = False, background: bool = True) -> Records:
+    """`evaluate` on `stream` (generated over `data`), frozen or learning (`online`); its records as columns.
+    `background=False`: the learner learns between requests (repeatable; the timings then miss its cost)."""
+    config = OnlineConfig(sample_rate=sample_rate, coin_seed=seed, background=background) if online else None
+    result = evaluate(bundle, data, seed=seed, progress=progress, online=config, stream=stream)
+    return evaluated_records(result.records, online, sample_rate, seed)
 
 
-def replay_in_process(bundle: Bundle, stream: Stream, online: bool, sample_rate: float, seed: int,
-                      progress: bool = False) -> Records:
-    """Every request of the stream through base and GATI in this process, alternating which runs first."""
+def evaluated_records(records: list[RequestRecord], online: bool, sample_rate: float, seed: int) -> Records:
+    """evaluate's per-request records as the sweep's columns."""
+    def column(name: str, dtype: type | None = None) -> np.ndarray:
+        return np.array([getattr(r, name) for r in records], dtype=dtype)
+    hit, answer, base_label = column("hit", bool), column("answer", int), column("base", int)
     if online:
-        raise OnlineUnavailable("online learning while serving needs gati.measure.evaluate's online mode "
-                                "(issue 10, branch `learning`), not in this checkout")
-    engine = Engine(bundle)
-    device = str(next(bundle.model.parameters()).device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    inputs = [bundle.preprocess(stream.images[i:i + 1]).to(device) for i in range(len(stream))]
-    for x in inputs[:WARMUP]:
-        engine.predict_base(x), engine.predict(x)
-
-    def base(x: torch.Tensor) -> tuple[int, str, int]:
-        return engine.predict_base(x), "final", len(engine.stages)
-
-    def gati(x: torch.Tensor) -> tuple[int, str, int]:
-        a = engine.predict(x)
-        return a.label, a.exit_name, a.stages_run
-
-    try:
-        columns = _side_by_side(inputs, base, gati, sync, progress)
-    finally:
-        engine.close()
-    return _records(stream, columns, sample_rate, seed)
+        # the learner's coin falls on misses too; a sampled miss is the base model's answer, checked by nothing
+        sampled, lower, level = hit & column("sampled", bool), column("lower", float), column("level", int)
+    else:
+        sampled, lower = live_lower_bound(hit, answer != base_label, sample_rate, seed)
+        level = np.full(len(records), UNKNOWN)
+    return Records(index=column("i", int), source=column("source", int), phase=column("phase", int),
+                   label=column("truth", int), base_label=base_label, answer=answer,
+                   exit_name=column("exit", object), stages_run=column("stages", int),
+                   ms_base=column("ms_base", float), ms_gati=column("ms_gati", float), hit=hit, sampled=sampled,
+                   live_lower_bound=lower, fallback_level=level, version=column("version", int))
 
 
 def replay_cluster(bundle: Bundle, endpoint: str, stream: Stream, sample_rate: float, seed: int,
@@ -122,7 +122,7 @@ def _records(stream: Stream, c: dict[str, list], sample_rate: float, seed: int) 
     return Records(index=np.arange(n), source=stream.sources[:n], phase=stream.phases[:n], label=stream.labels[:n],
                    base_label=base_label, answer=answer, exit_name=exit_name, stages_run=np.asarray(c["stages_run"]),
                    ms_base=np.asarray(c["ms_base"]), ms_gati=np.asarray(c["ms_gati"]), hit=hit, sampled=sampled,
-                   live_lower_bound=lower, fallback_level=np.full(n, UNKNOWN))
+                   live_lower_bound=lower, fallback_level=np.full(n, UNKNOWN), version=np.zeros(n, dtype=int))
 
 
 def live_lower_bound(hit: np.ndarray, wrong: np.ndarray, p: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

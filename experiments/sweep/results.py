@@ -40,7 +40,8 @@ class Records:
     hit: np.ndarray                  # bool: a cache answered
     sampled: np.ndarray              # bool: the server's coin sent this hit to the full model too
     live_lower_bound: np.ndarray     # the anytime-valid lower bound on agreement of all requests so far
-    fallback_level: np.ndarray       # the certified vector served (UNKNOWN: no fallback controller)
+    fallback_level: np.ndarray       # online: the certified level served (0: no early exits); UNKNOWN: frozen
+    version: np.ndarray              # the cache version that served it (0: the bundle's; online rows deploy more)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -56,8 +57,14 @@ class Records:
     @classmethod
     def from_json(cls, d: dict) -> "Records":
         exits = np.array(d["exit_names"], dtype=object)
-        values = {f.name: np.asarray(d[f.name]) for f in fields(cls) if f.name != "exit_name"}
+        n = len(d["exit"])
+        values = {f.name: np.asarray(d[f.name]) if f.name in d else np.asarray(_ABSENT[f.name](n))
+                  for f in fields(cls) if f.name != "exit_name"}
         return cls(exit_name=exits[np.asarray(d["exit"], dtype=int)] if len(d["exit"]) else exits[:0], **values)
+
+
+# Columns added after results were first written, and what they held in the rows written before them.
+_ABSENT = {"version": lambda n: np.zeros(n, dtype=int)}  # only frozen rows were measured: the bundle's caches
 
 
 def _column(name: str, values: np.ndarray) -> list:

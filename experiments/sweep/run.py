@@ -1,10 +1,10 @@
 """The loop over a preset's rows: find or make each bundle, replay the row's stream, append its JSON line.
 
 Resumable: a row whose latest line says `done` is not measured again unless `force`. A row that cannot run
-(no GPU, no checkpoint, no data, online learning missing) gets a `skipped` line with the reason and the command
-that would make it possible; a row whose bundle or replay failed gets a `failed` line with the error, and the
-sweep goes on. Both are tried again on the next run. Rows sharing a bundle are measured one after another, so
-each bundle is loaded once and each cluster (bundle, device, hop delay) is started once.
+(no GPU, no checkpoint, no data) gets a `skipped` line with the reason and the command that would make it
+possible; a row whose bundle or replay failed gets a `failed` line with the error, and the sweep goes on. Both
+are tried again on the next run. Rows sharing a bundle are measured one after another, so each bundle is loaded
+once and each cluster (bundle, device, hop delay) is started once.
 """
 from __future__ import annotations
 
@@ -19,11 +19,7 @@ from tqdm import tqdm
 
 from experiments.sweep.bundles import Bundles, Ready
 from experiments.sweep.cluster import local_cluster
-from experiments.sweep.replay import (
-    OnlineUnavailable,
-    replay_cluster,
-    replay_in_process,
-)
+from experiments.sweep.replay import replay_cluster, replay_in_process
 from experiments.sweep.results import (
     DONE,
     FAILED,
@@ -39,8 +35,6 @@ from gati.data import Dataset, load_split
 from gati.errors import GatiError
 from gati.measure.environment import environment
 from gati.measure.workloads import Stream, parse_workload
-
-LEARNING_COMMAND = "merge branch `learning` (issue 10: evaluate(online=...)), then rerun"
 
 
 @dataclass
@@ -103,9 +97,6 @@ class _Measurer:
                 self._replay(row, got.path, result)
             else:
                 result.status, result.reason, result.command = SKIPPED, got.reason, got.command
-        except OnlineUnavailable as e:
-            result.status, result.reason = SKIPPED, str(e)
-            result.command = f"{LEARNING_COMMAND}: {self.cfg.command}"
         except (GatiError, OSError, ValueError) as e:
             result.status, result.reason = FAILED, f"{type(e).__name__}: {e}"
         result.environment, result.seconds = environment(), round(time.monotonic() - started, 1)
@@ -117,10 +108,9 @@ class _Measurer:
         stream = self.inputs.stream(row, bundle)
         if row.deployment == IN_PROCESS:
             self._stop_cluster()  # idle service processes must not share the cores with an in-process measurement
-            records = replay_in_process(bundle, stream, row.online, p.sample_rate, p.seed, self.cfg.progress)
-        elif row.online:
-            raise OnlineUnavailable("the cluster's continuous retraining (issue 10) is not in this checkout")
-        else:
+            records = replay_in_process(bundle, self.inputs.split(row), stream, row.online, p.sample_rate, p.seed,
+                                        self.cfg.progress)
+        else:  # frozen: the sweep file refuses online cluster rows
             endpoint = self._endpoint((path, row.device, row.hop_delay_ms))
             records = replay_cluster(bundle, endpoint, stream, p.sample_rate, p.seed, progress=self.cfg.progress)
         result.status, result.records, result.workload = DONE, records, stream.description
@@ -160,11 +150,15 @@ class _Inputs:
             self._bundle = ((path, device), load_bundle(path, device))
         return self._bundle[1]
 
-    def stream(self, row: Row, bundle: Bundle) -> Stream:
+    def split(self, row: Row) -> Dataset:
+        """The row's `test:eval` half: images that neither fitted nor calibrated the caches."""
         spec = self.preset.models[row.model]
         if spec.dataset not in self._splits:
             self._splits[spec.dataset] = load_split(spec.dataset, self.data_path(spec.data), "test:eval")
-        key = (spec.dataset, row.workload)
+        return self._splits[spec.dataset]
+
+    def stream(self, row: Row, bundle: Bundle) -> Stream:
+        key = (self.preset.models[row.model].dataset, row.workload)
         if key not in self._streams:
-            self._streams[key] = parse_workload(row.workload).generate(self._splits[spec.dataset], bundle.input_shape)
+            self._streams[key] = parse_workload(row.workload).generate(self.split(row), bundle.input_shape)
         return self._streams[key]

@@ -9,14 +9,16 @@ the bundle's calibration images is refused.
 The stream is a workload (`gati.measure.workloads`): by default `iid`, the split in the order
 `np.random.default_rng(seed).permutation(len(data))` (what `gati eval` always replayed). Other workloads have
 locality (`zipf`, `bursty`, `repeat`), drift (`drift`) or come from a file (`trace`, whose true labels are
-unknown: its accuracies are None). The result names the workload and its one-line locality summary.
+unknown: its accuracies are None). The result names the workload and its one-line locality summary. A caller that
+replays one stream several times (the latency sweep, at several targets) passes it as `stream`, generated once.
 
 Frozen (the default): nothing is updated during the run. Online (`online=OnlineConfig(...)`): the engine is
 `gati.learning.online.OnlineEngine`, which samples requests with its own coin, keeps the live lower bound, falls
 back to more conservative levels, and (unless `learn=False`) learns from its traffic; with `background=False` its
 learning runs between requests, outside the timed part, and the run is deterministic.
 
-`records`: one JSON object per line and request, in stream order, with
+Every request's record (`RequestRecord`) is in the result (`EvalResult.records`, left out of `to_dict`) and, with
+`records`, written to that file: one JSON object per line and request, in stream order, with
 
     i          the request's index in the stream
     source     the source image's index in the split (a trace: in the file's list of images)
@@ -39,7 +41,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +53,36 @@ from gati.data import Dataset
 from gati.errors import GatiError
 from gati.learning.guarantee import FALLBACK, RECERTIFIED, RECOVERED, Transition
 from gati.learning.online import OnlineConfig, OnlineEngine
-from gati.measure.workloads import UNKNOWN_LABEL, Iid, Stream, Trace, Workload
+from gati.measure.workloads import UNKNOWN_LABEL, Iid, Stream, Trace, Workload, parse_workload
 from gati.runtime.engine import Engine
 
 WARMUP = 20
 WINDOW = 1000  # requests in the sliding window whose worst agreement is reported
+MS_DECIMALS = 4  # milliseconds in the records file: to 0.1 microsecond
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request of the replay: the fields of a `records` line (see the module's docstring)."""
+
+    i: int
+    source: int
+    phase: int
+    truth: int
+    base: int
+    answer: int
+    exit: str
+    stages: int
+    ms_base: float
+    ms_gati: float
+    hit: bool
+    sampled: bool
+    lower: float | None
+    level: int
+    version: int
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "ms_base": round(self.ms_base, MS_DECIMALS), "ms_gati": round(self.ms_gati, MS_DECIMALS)}
 
 
 @dataclass
@@ -103,9 +130,13 @@ class EvalResult:
     deployed_by: dict[str, int] = field(default_factory=dict)  # versions by what made them: retune, refit
     final_level: int | None = None
     final_version: int = 0
+    records: list[RequestRecord] = field(default_factory=list, repr=False)  # every request, in stream order
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The summary (`gati eval --json`): the per-request records are left out (`--records` writes them)."""
+        summary = asdict(replace(self, records=[]))
+        del summary["records"]
+        return summary
 
 
 @dataclass
@@ -132,14 +163,11 @@ def check_disjoint(bundle: Bundle, data: Dataset) -> None:
 
 def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = None, progress: bool = True,
              workload: Workload | None = None, online: OnlineConfig | None = None,
-             state_dir: str | Path | None = None, records: str | Path | None = None) -> EvalResult:
-    """Replay `workload` (default: `iid` with `seed`) over `data`; `online`: through the learning engine."""
-    workload = workload or Iid(seed=seed)
-    if isinstance(workload, Trace):
-        stream = workload.generate(data, bundle.input_shape)
-    else:
-        check_disjoint(bundle, data)
-        stream = workload.generate(data)
+             state_dir: str | Path | None = None, records: str | Path | None = None,
+             stream: Stream | None = None) -> EvalResult:
+    """Replay `workload` (default: `iid` with `seed`) over `data`; `online`: through the learning engine.
+    `stream`: that workload's stream over `data`, already generated (its spec names the workload)."""
+    workload, stream = _workload_stream(bundle, data, seed, workload, stream)
     engine = Engine(bundle, mode)
     learner = OnlineEngine(bundle, online, state_dir) if online is not None else None
     device = str(next(bundle.model.parameters()).device)
@@ -148,7 +176,7 @@ def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = No
     for x in inputs[:WARMUP]:
         engine.predict_base(x), engine.predict(x)
     serve = _online(learner) if learner is not None else _frozen(engine)
-    base_ms, gati_ms, base_lbl, served, lower = [], [], [], [], []
+    base_ms, gati_ms, base_lbl, served, lower, kept = [], [], [], [], [], []
     out = open(records, "w", encoding="utf-8") if records else None
     try:
         for n, x in enumerate(tqdm(inputs, desc="eval", unit="req", disable=not progress)):
@@ -168,9 +196,10 @@ def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = No
                 if not learner.config.background:
                     learner.settle()  # learning between requests, never inside the timed part
                 lower.append(learner.lower_bound())
+            kept.append(_record(stream, n, base_lbl[-1], served[-1], base_ms[-1], gati_ms[-1],
+                                lower[-1] if lower else None))
             if out is not None:
-                out.write(json.dumps(_record(stream, n, base_lbl[-1], served[-1], base_ms[-1], gati_ms[-1],
-                                             lower[-1] if lower else None)) + "\n")
+                out.write(json.dumps(kept[-1].to_json()) + "\n")
     finally:
         if out is not None:
             out.close()
@@ -178,8 +207,25 @@ def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = No
         if learner is not None:
             learner.close()
     mode = "sync" if learner is not None else engine.mode  # the online engine looks up inline
-    return _summarise(bundle, data, stream, workload, seed, mode, device, base_ms, gati_ms, np.array(base_lbl),
-                      served, np.array(lower) if learner is not None else None, learner)
+    result = _summarise(bundle, data, stream, workload, seed, mode, device, base_ms, gati_ms, np.array(base_lbl),
+                        served, np.array(lower) if learner is not None else None, learner)
+    result.records = kept
+    return result
+
+
+def _workload_stream(bundle: Bundle, data: Dataset, seed: int, workload: Workload | None,
+                     stream: Stream | None) -> tuple[Workload, Stream]:
+    """The workload and its stream; a split workload's stream only over images the bundle never calibrated on."""
+    if stream is not None:
+        if workload is not None and workload.spec() != stream.workload:
+            raise GatiError(f"the stream was made by {stream.workload}, not by {workload.spec()}")
+        workload = parse_workload(stream.workload)
+    workload = workload or Iid(seed=seed)
+    if not isinstance(workload, Trace):
+        check_disjoint(bundle, data)
+    if stream is None:
+        stream = workload.generate(data, bundle.input_shape) if isinstance(workload, Trace) else workload.generate(data)
+    return workload, stream
 
 
 def _frozen(engine: Engine):
@@ -197,11 +243,10 @@ def _online(learner: OnlineEngine):
 
 
 def _record(stream: Stream, i: int, base: int, s: _Served, ms_base: float, ms_gati: float,
-            lower: float | None) -> dict:
-    return {"i": i, "source": int(stream.sources[i]), "phase": int(stream.phases[i]), "truth": int(stream.labels[i]),
-            "base": int(base), "answer": int(s.label), "exit": s.exit_name, "stages": int(s.stages),
-            "ms_base": round(ms_base, 4), "ms_gati": round(ms_gati, 4), "hit": s.hit, "sampled": s.sampled,
-            "lower": lower, "level": s.level, "version": s.version}
+            lower: float | None) -> RequestRecord:
+    return RequestRecord(i, int(stream.sources[i]), int(stream.phases[i]), int(stream.labels[i]), int(base),
+                         int(s.label), s.exit_name, int(s.stages), ms_base, ms_gati, bool(s.hit), bool(s.sampled),
+                         lower, int(s.level), int(s.version))
 
 
 def _summarise(bundle: Bundle, data: Dataset, stream: Stream, workload: Workload, seed: int, mode: str, device: str,
