@@ -19,9 +19,6 @@ wrong answers into the anytime-valid bound (`live_lower_bound`).
 """
 from __future__ import annotations
 
-import time
-from typing import Callable
-
 import numpy as np
 from tqdm import tqdm
 
@@ -30,7 +27,7 @@ from gati.bundle import Bundle
 from gati.data import Dataset
 from gati.learning.guarantee import wrong_bounds
 from gati.learning.online import OnlineConfig
-from gati.measure.evaluate import WARMUP, RequestRecord, evaluate
+from gati.measure.evaluate import WARMUP, Pair, RequestRecord, evaluate, side_by_side
 from gati.measure.workloads import Stream
 from gati.rpc.client import GatiClient, parse_endpoint
 from gati.runtime.engine import Engine
@@ -67,62 +64,38 @@ def evaluated_records(records: list[RequestRecord], online: bool, sample_rate: f
 
 def replay_cluster(bundle: Bundle, endpoint: str, stream: Stream, sample_rate: float, seed: int,
                    timeout_s: float = 30.0, progress: bool = False) -> Records:
-    """Every request of the stream as pixels to the cluster at `endpoint`, beside the unsplit model here."""
+    """Every request of the stream as pixels to the cluster at `endpoint`, beside the unsplit model here; timed
+    side by side as evaluate times the in-process engine (`gati.measure.evaluate.side_by_side`)."""
     engine = Engine(bundle)
     client = GatiClient(*parse_endpoint(endpoint), timeout_s=timeout_s)
 
-    def base(image: np.ndarray) -> tuple[int, str, int]:
-        return engine.predict_base(bundle.preprocess(image[None])), "final", len(engine.stages)
-
-    def gati(image: np.ndarray) -> tuple[int, str, int]:
-        p = client.predict_pixels(image)
-        return p.label, p.exit_name, p.stages_run
+    def base(image: np.ndarray) -> int:
+        return engine.predict_base(bundle.preprocess(image[None]))
 
     try:
         for image in stream.images[:WARMUP]:
-            base(image), gati(image)
-        columns = _side_by_side(list(stream.images), base, gati, lambda: None, progress)
+            base(image), client.predict_pixels(image)
+        requests = tqdm(stream.images, desc="requests", unit="req", leave=False, disable=not progress)
+        pairs = list(side_by_side(requests, base, client.predict_pixels))
     finally:
         client.close()
         engine.close()
-    return _records(stream, columns, sample_rate, seed)
+    return _cluster_records(stream, pairs, sample_rate, seed)
 
 
-Answerer = Callable[[object], tuple[int, str, int]]   # input -> (label, exit name, stages run)
-
-
-def _side_by_side(inputs: list, base: Answerer, gati: Answerer, sync: Callable[[], None],
-                  progress: bool) -> dict[str, list]:
-    """Time both on every input, base first on even requests and GATI first on odd ones (as `gati eval`)."""
-    out: dict[str, list] = {k: [] for k in ("ms_base", "ms_gati", "base_label", "answer", "exit_name", "stages_run")}
-    for n, x in enumerate(tqdm(inputs, desc="requests", unit="req", leave=False, disable=not progress)):
-        runs = [("base", base), ("gati", gati)]
-        for name, fn in (runs if n % 2 == 0 else runs[::-1]):
-            sync()
-            start = time.perf_counter()
-            label, exit_name, stages = fn(x)
-            elapsed = (time.perf_counter() - start) * 1e3
-            if name == "base":
-                out["ms_base"].append(elapsed)
-                out["base_label"].append(label)
-            else:
-                out["ms_gati"].append(elapsed)
-                out["answer"].append(label)
-                out["exit_name"].append(exit_name)
-                out["stages_run"].append(stages if stages is not None else UNKNOWN)
-    return out
-
-
-def _records(stream: Stream, c: dict[str, list], sample_rate: float, seed: int) -> Records:
-    answer, base_label = np.asarray(c["answer"]), np.asarray(c["base_label"])
-    exit_name = np.asarray(c["exit_name"], dtype=object)
+def _cluster_records(stream: Stream, pairs: list[Pair], sample_rate: float, seed: int) -> Records:
+    """The cluster's replies (`gati.rpc.client.Prediction`) and the unsplit model's labels as columns."""
+    n = len(pairs)
+    answer, base_label = np.array([p.gati.label for p in pairs]), np.array([p.base for p in pairs])
+    exit_name = np.array([p.gati.exit_name for p in pairs], dtype=object)
+    stages = np.array([UNKNOWN if p.gati.stages_run is None else p.gati.stages_run for p in pairs])
     hit = exit_name != "final"
     sampled, lower = live_lower_bound(hit, answer != base_label, sample_rate, seed)
-    n = len(answer)
     return Records(index=np.arange(n), source=stream.sources[:n], phase=stream.phases[:n], label=stream.labels[:n],
-                   base_label=base_label, answer=answer, exit_name=exit_name, stages_run=np.asarray(c["stages_run"]),
-                   ms_base=np.asarray(c["ms_base"]), ms_gati=np.asarray(c["ms_gati"]), hit=hit, sampled=sampled,
-                   live_lower_bound=lower, fallback_level=np.full(n, UNKNOWN), version=np.zeros(n, dtype=int))
+                   base_label=base_label, answer=answer, exit_name=exit_name, stages_run=stages,
+                   ms_base=np.array([p.ms_base for p in pairs]), ms_gati=np.array([p.ms_gati for p in pairs]),
+                   hit=hit, sampled=sampled, live_lower_bound=lower, fallback_level=np.full(n, UNKNOWN),
+                   version=np.zeros(n, dtype=int))
 
 
 def live_lower_bound(hit: np.ndarray, wrong: np.ndarray, p: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

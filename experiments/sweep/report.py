@@ -100,14 +100,14 @@ def _method(preset: Preset) -> list[str]:
         "the unsplit model and the GATI engine in one process, alternating which runs first on every request, each "
         "timed from the preprocessed tensor to its label; with learning on, the engine learns while it serves "
         "(`gati eval --online`: neighbour tier, refits re-certified on the traffic, fallback on the live bound), "
-        "learning in the background as a server does; cluster rows (learning off) send every request's pixels to a local cluster (deploy/local.yaml's "
-        "services as processes on free ports, `hop_delay_ms` injected per hop) and run the unsplit model on the "
-        "same pixels in the sweep's process, alternating likewise, preprocessing inside both. *speed-up*: ratio "
-        "of mean latencies, base over GATI. *agreement*: answers equal to the unsplit model's. *live lower "
-        f"bound*: the anytime-valid bound of `gati.learning.guarantee` after the last request, from hits sampled "
-        f"by a seeded coin at p = {preset.sample_rate:g} (learning on: the learner's own coin and bound, which "
-        "steer its fallback). *certified*: the bundle's claim (agreement >= target) and "
-        "the nominal Clopper-Pearson estimate at its chosen vector. Bundles: `gati build` defaults at "
+        "in the background as a server does. Cluster rows (learning off) send every request's pixels to a local "
+        "cluster (deploy/local.yaml's services as processes on free ports, `hop_delay_ms` injected per hop) and "
+        "run the unsplit model on the same pixels in the sweep's process, alternating likewise, preprocessing "
+        "inside both. *speed-up*: ratio of mean latencies, base over GATI. *agreement*: answers equal to the "
+        "unsplit model's. *live lower bound*: the anytime-valid bound of `gati.learning.guarantee` after the last "
+        f"request, from hits sampled by a seeded coin at p = {preset.sample_rate:g} (learning on: the learner's own "
+        "coin and bound, which steer its fallback). *certified*: the bundle's claim (agreement >= target) and the "
+        "nominal Clopper-Pearson estimate at its chosen vector. Bundles: `gati build` defaults at "
         f"{preset.build_target:g}, other targets by `gati calibrate` (commands below).",
     ]
 

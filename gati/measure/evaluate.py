@@ -2,9 +2,10 @@
 
 Side by side in one process: for every request the base model and the engine answer the same preprocessed tensor,
 alternating which goes first so that neither always runs on a warmer cache. Each request is timed from its input
-tensor to its label. Agreement is the fraction of requests whose answer equals the base model's own answer on the
-same input; it is only meaningful on images that neither fitted nor calibrated the caches, so a split overlapping
-the bundle's calibration images is refused.
+tensor to its label (`side_by_side`, the one timing rule; the latency sweep's cluster rows are timed with it too).
+Agreement is the fraction of requests whose answer equals the base model's own answer on the same input; it is
+only meaningful on images that neither fitted nor calibrated the caches, so a split overlapping the bundle's
+calibration images is refused.
 
 The stream is a workload (`gati.measure.workloads`): by default `iid`, the split in the order
 `np.random.default_rng(seed).permutation(len(data))` (what `gati eval` always replayed). Other workloads have
@@ -43,6 +44,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -82,7 +84,8 @@ class RequestRecord:
     version: int
 
     def to_json(self) -> dict:
-        return {**asdict(self), "ms_base": round(self.ms_base, MS_DECIMALS), "ms_gati": round(self.ms_gati, MS_DECIMALS)}
+        ms = {"ms_base": round(self.ms_base, MS_DECIMALS), "ms_gati": round(self.ms_gati, MS_DECIMALS)}
+        return {**asdict(self), **ms}
 
 
 @dataclass
@@ -178,20 +181,13 @@ def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = No
     serve = _online(learner) if learner is not None else _frozen(engine)
     base_ms, gati_ms, base_lbl, served, lower, kept = [], [], [], [], [], []
     out = open(records, "w", encoding="utf-8") if records else None
+    requests = tqdm(inputs, desc="eval", unit="req", disable=not progress)
     try:
-        for n, x in enumerate(tqdm(inputs, desc="eval", unit="req", disable=not progress)):
-            runs = [("base", engine.predict_base), ("gati", serve)]
-            for name, fn in (runs if n % 2 == 0 else runs[::-1]):
-                sync()
-                start = time.perf_counter()
-                result = fn(x)
-                elapsed = (time.perf_counter() - start) * 1e3
-                if name == "base":
-                    base_ms.append(elapsed)
-                    base_lbl.append(result)
-                else:
-                    gati_ms.append(elapsed)
-                    served.append(result)
+        for n, pair in enumerate(side_by_side(requests, engine.predict_base, serve, sync)):
+            base_ms.append(pair.ms_base)
+            base_lbl.append(pair.base)
+            gati_ms.append(pair.ms_gati)
+            served.append(pair.gati)
             if learner is not None:
                 if not learner.config.background:
                     learner.settle()  # learning between requests, never inside the timed part
@@ -211,6 +207,31 @@ def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = No
                         served, np.array(lower) if learner is not None else None, learner)
     result.records = kept
     return result
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One request answered by both, and how long each took (milliseconds)."""
+
+    base: Any
+    ms_base: float
+    gati: Any
+    ms_gati: float
+
+
+def side_by_side(inputs: Iterable[Any], base: Callable[[Any], Any], gati: Callable[[Any], Any],
+                 sync: Callable[[], None] = lambda: None) -> Iterator[Pair]:
+    """Both on every input, base first on even requests and GATI first on odd ones so that neither always runs on
+    a warmer cache; each timed from its input to its answer, after `sync`. A generator: whatever the caller does
+    between requests (learning, records) is outside the timed part."""
+    for n, x in enumerate(inputs):
+        answers, ms = {}, {}
+        for name, fn in (("base", base), ("gati", gati)) if n % 2 == 0 else (("gati", gati), ("base", base)):
+            sync()
+            start = time.perf_counter()
+            answers[name] = fn(x)
+            ms[name] = (time.perf_counter() - start) * 1e3
+        yield Pair(answers["base"], ms["base"], answers["gati"], ms["gati"])
 
 
 def _workload_stream(bundle: Bundle, data: Dataset, seed: int, workload: Workload | None,
