@@ -8,11 +8,12 @@
 Sweeps models x devices x targets x workloads x deployments (in process, and through a local Thrift cluster) x
 online learning, as the preset in experiments/presets/sweep.yaml lists them (`--preset FILE.yaml` for your own).
 Per row it builds or reuses the bundle (`gati build` defaults; other targets by `gati calibrate`; under
-`--work`), replays the workload through the unsplit model and GATI side by side, and appends one JSON line to
-docs/results/sweep/PRESET.jsonl: the row, its bundle's promise and profile, the environment, a summary and every
-request's record. Finished rows are not measured again unless `--force`; a row that cannot run is recorded as
-skipped with its reason and the command that would make it possible. Then it draws the figures
-(docs/figures/PRESET/*.png) and rewrites the generated blocks of docs/results.md, README.md and docs/aws.md.
+`--work`), replays the workload through the unsplit model and GATI side by side (in process: `gati eval`'s
+replay, frozen or learning online), and appends one JSON line to docs/results/sweep/PRESET.jsonl: the row, its
+bundle's promise and profile, the environment, a summary and every request's record. Finished rows are not
+measured again unless `--force`; a row that cannot run is recorded as skipped with its reason and the command
+that would make it possible. Then it draws the figures (docs/figures/PRESET/*.png) and rewrites the generated
+blocks of docs/results.md, README.md and docs/aws.md.
 
 Exit codes: 0 every row measured, 3 some rows skipped or failed (named on stderr and in docs/results.md),
 1 the sweep could not start (a bad preset, a missing folder), 2 a usage error.

@@ -3,8 +3,8 @@
     spec.py     the YAML presets as typed rows (model x device x target x workload x deployment x online)
     bundles.py  the bundle each row needs: reused, or made with the `gati` commands (build, calibrate, plan,
                 train-base), or a reason and the command that would make the row possible
-    replay.py   one row's requests through base and GATI side by side (in process or through a cluster),
-                one record per request
+    replay.py   one row's requests through base and GATI side by side, one record per request: in process,
+                `gati.measure.evaluate` (frozen or learning online); or through a cluster
     cluster.py  a local cluster of real processes on free ports, stopped afterwards
     results.py  the JSON lines (one per row, per-request records included) and the summary of a row
     run.py      the loop over rows: resumable, a progress bar, skips reported with their reasons
