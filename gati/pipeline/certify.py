@@ -27,6 +27,7 @@ certify part). The bundle keeps the ledger of looks.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -221,6 +222,7 @@ def max_wrong_for(target: float, n: int) -> int:
     return int(math.floor((1.0 - target) * n + 1e-9))
 
 
+@functools.lru_cache(maxsize=65536)  # pure, and asked for the same (n, wrong, alpha) over and over
 def agreement_lower_bound(n: int, wrong: int, alpha: float = ALPHA) -> float:
     """One-sided Clopper-Pearson lower bound on agreement after `wrong` errors in `n` requests.
 
@@ -270,21 +272,22 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
             alpha: float = ALPHA) -> Certified:
     """Fixed-sequence test on the certify part; falls back to no hits if the first vector fails."""
     n = len(entries[0].conf) if entries else 0
-    chosen = Certified(np.full(len(entries), np.inf), alpha, agreement_lower_bound(n, 0, alpha), 1.0, 0.0, 0.0,
-                       n, 0, 0)
     passed: list[np.ndarray] = []
+    last = (np.full(len(entries), np.inf), 0, 0, agreement_lower_bound(n, 0, alpha))  # thresholds, wrong, hits, bound
+    tested = 0
     for tested, thresholds in enumerate(sequence, start=1):
         exit_at = exit_index(entries, thresholds)
         wrong = int(_wrong_at(entries, exit_at).sum())
         bound = agreement_lower_bound(n, wrong, alpha)
         if bound < target:
-            chosen.tested = tested
             break
-        hits = int((exit_at < len(entries)).sum())
         passed.append(thresholds)
-        chosen = Certified(thresholds, alpha, bound, 1.0 - wrong / n, hits / n,
-                           agreement_lower_bound(n, n - hits, alpha), n, wrong, tested, list(passed))
-    return chosen
+        last = (thresholds, wrong, int((exit_at < len(entries)).sum()), bound)
+    thresholds, wrong, hits, bound = last
+    # the hit rate's bound only at the chosen vector: each one costs an exact binomial sum over the misses
+    hit_bound = agreement_lower_bound(n, n - hits, alpha) if hits else 0.0
+    return Certified(thresholds, alpha, bound, 1.0 - wrong / n if n else 1.0, hits / n if n else 0.0, hit_bound,
+                     n, wrong, tested, passed)
 
 
 # Chosen once, when the procedure (budget levels, move sizes, training-set size) was frozen: none of
