@@ -259,6 +259,8 @@ def test_the_open_inference_protocol_answers_what_gati_predict_answers(cluster, 
         assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [1, 3, 32, 32]}]
         assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
             ("label", "INT64"), ("class_name", "BYTES"), ("confidence", "FP32")]
+        config = client.get_model_config(model)  # Triton's configuration extension, which perf_analyzer reads
+        assert config["max_batch_size"] == 0 and config["input"][0]["dims"] == [1, 3, 32, 32]
         as_json = [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "class_name", "confidence")]
         for i, want in enumerate(predicted):
             chw = np.ascontiguousarray(eval_images[i].transpose(2, 0, 1)[None])
