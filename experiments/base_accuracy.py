@@ -4,7 +4,7 @@ preprocessing fit together (a plain accuracy check, not a latency measurement).
     python experiments/base_accuracy.py --arch vgg16 --checkpoint ../shared/models/speechcommands_vgg16.pt \
         --dataset speechcommands --data-dir ../shared/data --split test
 
-Prints one JSON object: images, correct, accuracy, and the model's input shape.
+Prints one JSON object: images, correct, accuracy, the model's input shape and the environment.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gati.data import SPLITS, load_split, preprocess_for
+from gati.measure.environment import environment
 from gati.models import ARCHS, build_model, load_checkpoint
 
 BATCH = 64
@@ -40,7 +41,7 @@ def main() -> None:
     correct = int((predicted == data.labels).sum())
     print(json.dumps({"arch": a.arch, "dataset": a.dataset, "split": a.split, "input_shape": list(pre.input_shape),
                       "images": len(data), "correct": correct, "accuracy": round(correct / len(data), 4),
-                      "seconds": round(time.time() - started, 1)}))
+                      "seconds": round(time.time() - started, 1), "environment": environment()}))
 
 
 if __name__ == "__main__":

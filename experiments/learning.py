@@ -62,7 +62,8 @@ def main() -> None:
     bundles = dict(item.split("=", 1) for item in a.bundle)
     if a.what == "overhead":
         for name, path in bundles.items():
-            print(json.dumps({"model": name, **overhead(path, a.data_dir, a.sample_rate)}))
+            result = overhead(path, a.data_dir, a.sample_rate)
+            print(json.dumps({"model": name, **result, "environment": environment()}))
         return
     grid(a, bundles)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import statistics
+
+from gati.measure.environment import read_records
 
 
 def main() -> None:
@@ -18,8 +19,7 @@ def main() -> None:
     p.add_argument("records")
     p.add_argument("--window", type=int, default=1000)
     a = p.parse_args()
-    with open(a.records, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
+    _, rows = read_records(a.records)
     for start in range(0, len(rows), a.window):
         part = rows[start:start + a.window]
         agree = statistics.fmean(r["answer"] == r["base"] for r in part)

@@ -8,6 +8,7 @@ import pytest
 
 from gati.errors import InvalidInput
 from gati.measure.bench import BenchConfig, format_table, poisson_arrivals, run_bench
+from gati.measure.environment import read_records
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def test_a_concurrency_sweep_measures_each_level_and_keeps_every_request(config,
         assert m.requests == m.completed == 30 and m.errors == 0 and m.agreement == 1.0 and m.rate is None
         assert 0 < m.p50_ms <= m.p90_ms <= m.p95_ms <= m.p99_ms and m.throughput_rps > 0 and 0 < m.hit_rate <= 1
         assert m.server_ms == {}  # in process there is no server to report its timing
-    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    env, rows = read_records(records)  # the first line is the environment, then one line per request
+    assert env["gati"] and env["torch_threads"] >= 1
     assert len(rows) == 60 and {r["measurement"] for r in rows} == {0, 1}
     assert {"sent", "latency_ms", "label", "exit", "error", "agree", "image", "concurrency"} <= set(rows[0])
     assert all(r["latency_ms"] > 0 and r["error"] is None and r["agree"] for r in rows)

@@ -162,3 +162,19 @@ def test_extract_fills_every_row_whatever_the_batch(tiny_bundle, tiny_data):
     train_feats, _ = extract(bundle.staged, data, bundle.preprocess, wanted, "cpu", 5, "train")
     assert train_feats[(0, "gap")].dtype == torch.float16  # training features are stored at half size
     assert extraction_batch("cpu") < extraction_batch("cuda:0")
+
+
+def test_cache_quality_per_cut_reads_every_stored_cache(tiny_bundle):
+    """experiments/cache_quality.py: agreement with the base model per cut and variant, from calibration.npz."""
+    from experiments.cache_quality import cache_quality
+    from gati.bundle import read_bundle
+    info = read_bundle(tiny_bundle)
+    arrays, ids = info.calibration()
+    q = cache_quality(str(tiny_bundle))
+    assert q["images"] == len(ids) == len(arrays["base"])
+    per_cut = q["agreement_per_cut"]
+    assert per_cut and all(0.0 <= a <= 1.0 for variants in per_cut.values() for a in variants.values())
+    for name, best in q["best_per_cut"].items():
+        assert best["agreement"] == max(per_cut[name].values()) and per_cut[name][best["variant"]] == best["agreement"]
+    assert {(c.cut_name, c.variant) for c in info.manifest.caches} == {
+        (name, v) for name, variants in per_cut.items() for v in variants}

@@ -11,6 +11,7 @@ from gati.bundle import load_bundle
 from gati.cli import EXIT_FAILURE, main
 from gati.data import load_split
 from gati.learning.online import OnlineConfig
+from gati.measure.environment import read_records
 from gati.measure.evaluate import evaluate, worst_window
 from gati.measure.workloads import Iid, Repeat, Trace
 
@@ -31,7 +32,8 @@ def split(tiny_data):
 def test_the_default_replays_the_split_in_the_order_eval_always_used(bundle, split, tmp_path):
     assert np.array_equal(Iid(seed=3).generate(split).sources, np.random.default_rng(3).permutation(len(split)))
     result = evaluate(bundle, split, seed=3, progress=False, records=tmp_path / "r.jsonl")
-    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    env, rows = read_records(tmp_path / "r.jsonl")  # the environment first, then one line per request
+    assert env["gati"] and env["argv"] is not None
     assert result.workload == "iid:n=0,seed=3" and result.locality.startswith("locality: ")
     assert [r["source"] for r in rows] == np.random.default_rng(3).permutation(len(split)).tolist()
     assert all(set(r) == RECORD_FIELDS for r in rows) and len(rows) == result.requests == len(split)
@@ -47,7 +49,7 @@ def test_an_online_run_is_repeatable_and_reports_its_bound_and_learner(bundle, s
     for k in range(2):
         result = evaluate(bundle, split, progress=False, workload=Repeat(n=400, working_set=8, seed=1),
                           online=config, records=tmp_path / f"{k}.jsonl")
-        rows = [json.loads(line) for line in (tmp_path / f"{k}.jsonl").read_text().splitlines()]
+        _, rows = read_records(tmp_path / f"{k}.jsonl")
         runs.append((result, [{k: v for k, v in r.items() if not k.startswith("ms_")} for r in rows]))
     (result, rows), (_, again) = runs
     assert rows == again  # the coin, the learning and so every answer are the same

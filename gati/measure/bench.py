@@ -43,7 +43,7 @@ from hdrh.histogram import HdrHistogram
 from gati.bundle import Bundle, load_bundle
 from gati.data import load_split
 from gati.errors import InvalidInput
-from gati.measure.environment import environment
+from gati.measure.environment import environment, records_header
 from gati.rpc.timing import TIMING_FIELDS
 from gati.runtime.engine import Engine
 
@@ -315,6 +315,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[Measurement], None] = lambda
             except Exception:  # an unreachable endpoint fails every measured request too: counted there
                 break
         with open(cfg.records, "w") if cfg.records else nullcontext() as out:
+            if out is not None:
+                out.write(records_header())
             for level in _levels(cfg):
                 run = Run(data.images, refs, senders, cfg.requests, cfg.duration_s)
                 if level.rate is not None:

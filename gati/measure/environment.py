@@ -1,7 +1,9 @@
 """The environment a measurement ran in, recorded in every results JSON (`gati eval --json`,
-`gati bench --json`): numbers mean little without the machine, the versions and the threads."""
+`gati bench --json`, and the first line of their `--records` files): numbers mean little without the
+machine, the versions and the threads."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -34,6 +36,20 @@ def environment() -> dict:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "argv": sys.argv[1:],
     }
+
+
+def records_header() -> str:
+    """The first line of a per-request records file: `{"environment": ...}`; every later line is one request."""
+    return json.dumps({"environment": environment()}) + "\n"
+
+
+def read_records(path: str | Path) -> tuple[dict | None, list[dict]]:
+    """A records file's environment (None for a file written before the header existed) and its requests."""
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if rows and set(rows[0]) == {"environment"}:
+        return rows[0]["environment"], rows[1:]
+    return None, rows
 
 
 def _git_commit() -> str | None:

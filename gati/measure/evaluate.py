@@ -55,6 +55,7 @@ from gati.data import Dataset
 from gati.errors import GatiError
 from gati.learning.guarantee import FALLBACK, RECERTIFIED, RECOVERED, Transition
 from gati.learning.online import OnlineConfig, OnlineEngine
+from gati.measure.environment import records_header
 from gati.measure.workloads import UNKNOWN_LABEL, Iid, Stream, Trace, Workload, parse_workload
 from gati.runtime.engine import Engine
 
@@ -181,6 +182,8 @@ def evaluate(bundle: Bundle, data: Dataset, seed: int = 0, mode: str | None = No
     serve = _online(learner) if learner is not None else _frozen(engine)
     base_ms, gati_ms, base_lbl, served, lower, kept = [], [], [], [], [], []
     out = open(records, "w", encoding="utf-8") if records else None
+    if out is not None:
+        out.write(records_header())
     requests = tqdm(inputs, desc="eval", unit="req", disable=not progress)
     try:
         for n, pair in enumerate(side_by_side(requests, engine.predict_base, serve, sync)):

@@ -24,9 +24,8 @@ MAX_FEATURE_FLOATS = 16384  # larger reduced activations are not worth storing f
 def extraction_batch(device: str) -> int:
     """Images per forward pass while extracting activations.
 
-    On a CPU small batches are fastest (measured; most likely because a small batch's activations stay
-    in the processor's caches): the shared ResNet-50 on this 2-core machine runs 10.0 ms/image at batch
-    8, 10.7 at 16, 18.5 at 64 and 26.0 at 256, and 18 at batch 1. A GPU wants big batches.
+    On a CPU small batches were fastest (most likely because a small batch's activations stay in the
+    processor's caches; the measurement is in README.md, "Where the design changed"). A GPU wants big batches.
     """
     return 256 if str(device).startswith("cuda") else 16
 

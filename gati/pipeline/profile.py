@@ -68,9 +68,10 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
     variant per cut and times it together with the stage after it; then come the same lookup passes
     with the lookup beside that stage on a worker thread (async). A lookup's cost is what it adds to
     the clean stage: its own time plus the weights it evicts from the CPU caches. Timed in a tight
-    loop, ResNet-50's fc lookups took 0.05-0.18 ms, after a stage 0.2-0.5 ms; costs measured minutes
-    apart (stages, then lookups, then the model) disagreed by 15% on this VM. On 2 cores a lookup
-    beside a stage competes with it for the cores and costs more than run before it.
+    loop, ResNet-50's fc lookups looked several times cheaper than after a stage, and costs measured
+    minutes apart (stages, then lookups, then the model) disagreed (README.md, "Where the design
+    changed"). On 2 cores a lookup beside a stage competes with it for the cores and costs more than
+    run before it.
     """
     stages = list(staged.stages)
     by_cut, rounds = _rotation(caches)

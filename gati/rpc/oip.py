@@ -4,6 +4,7 @@
     GET  /v2/health/live, /v2/health/ready          as /health/live and /health/ready
     GET  /v2/models/<name>[/versions/<v>]           model metadata
     GET  /v2/models/<name>[/versions/<v>]/ready     200 when ready, 503 when not
+    GET  /v2/models/<name>[/versions/<v>]/config    Triton's model configuration (what perf_analyzer reads)
     POST /v2/models/<name>[/versions/<v>]/infer     one image in, its answer out
 
 An infer request carries one input, `image`, batch size 1:
@@ -68,6 +69,16 @@ class OipModel:
                 "inputs": [{"name": INPUT, "datatype": "UINT8", "shape": [1, *self.input_shape]}],
                 "outputs": [{"name": name, "datatype": datatype, "shape": [1]} for name, datatype in OUTPUTS.items()]}
 
+    def config(self) -> dict:
+        """Triton's model configuration extension, in its JSON form: `max_batch_size` 0 says the shapes are
+        sent whole (batch size 1 is part of them), the tensors as the metadata gives them."""
+        def tensor(name: str, datatype: str, shape: list[int]) -> dict:
+            return {"name": name, "data_type": f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}",
+                    "dims": shape}
+        return {"name": self.name, "platform": "gati", "backend": "gati", "max_batch_size": 0,
+                "input": [tensor(INPUT, "UINT8", [1, *self.input_shape])],
+                "output": [tensor(name, datatype, [1]) for name, datatype in OUTPUTS.items()]}
+
 
 def oip_routes(model: OipModel, predict: Callable[[Request], Prediction],
                readiness: Callable[[], Readiness]) -> list[Route]:
@@ -95,6 +106,7 @@ def oip_routes(model: OipModel, predict: Callable[[Request], Prediction],
         Route("GET", "/v2/health/ready", lambda r, m: HttpResponse(ready_status())),
         Route("GET", base, with_model(lambda r: HttpResponse.json(200, model.metadata()))),
         Route("GET", base + "/ready", with_model(lambda r: HttpResponse(ready_status()))),
+        Route("GET", base + "/config", with_model(lambda r: HttpResponse.json(200, model.config()))),
         Route("POST", base + "/infer", with_model(lambda r: infer(model, predict, r))),
     ]
 

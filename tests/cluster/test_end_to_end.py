@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gati.measure.environment import read_records
 from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, Request, Tensor
 from gati.rpc.tensors import to_tensor
 from gati.rpc.transport import PeerUnavailable
@@ -230,8 +231,8 @@ def test_gati_predict_and_bench_against_the_cluster(cluster, eval_images, refere
     # the replies' server-side breakdown (what the aggregator measures), averaged and kept per request
     s = m["server_ms"]
     assert s["server_ms"] >= s["queue_ms"] >= 0 and s["server_ms"] >= s["decode_ms"] > 0
-    rows = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
-    assert len(rows) == 60 and all(r["server_ms"] < r["latency_ms"] for r in rows)
+    env, rows = read_records(tmp_path / "records.jsonl")
+    assert env["gati"] and len(rows) == 60 and all(r["server_ms"] < r["latency_ms"] for r in rows)
 
 
 def test_the_open_inference_protocol_answers_what_gati_predict_answers(cluster, eval_images, cluster_bundle, tmp_path):
@@ -259,6 +260,8 @@ def test_the_open_inference_protocol_answers_what_gati_predict_answers(cluster, 
         assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [1, 3, 32, 32]}]
         assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
             ("label", "INT64"), ("class_name", "BYTES"), ("confidence", "FP32")]
+        config = client.get_model_config(model)  # Triton's configuration extension, which perf_analyzer reads
+        assert config["max_batch_size"] == 0 and config["input"][0]["dims"] == [1, 3, 32, 32]
         as_json = [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "class_name", "confidence")]
         for i, want in enumerate(predicted):
             chw = np.ascontiguousarray(eval_images[i].transpose(2, 0, 1)[None])

@@ -73,3 +73,21 @@ def test_a_port_in_use_is_a_typed_error():
         busy.listen()
         with pytest.raises(AddressInUse, match="already in use"):
             HttpServer("127.0.0.1", busy.getsockname()[1], "test")
+
+
+def test_the_model_configuration_matches_the_metadata_as_perf_analyzer_reads_it(server):
+    """perf_analyzer reads Triton's /config before it sends anything: batch size is part of the shapes."""
+    from gati.rpc.oip import OipModel, oip_routes
+    model = OipModel("m", "abc123", (3, 32, 32))
+    server.mount(oip_routes(model, predict=lambda request: None, readiness=lambda: Readiness(True, "ready")))
+    for path in ("/v2/models/m/config", "/v2/models/m/versions/abc123/config"):
+        status, body = get(server, path)
+        config = json.loads(body)
+        assert status == 200 and config["name"] == "m" and config["max_batch_size"] == 0
+        assert config["input"] == [{"name": "image", "data_type": "TYPE_UINT8", "dims": [1, 3, 32, 32]}]
+        assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
+            ("label", "TYPE_INT64", [1]), ("class_name", "TYPE_STRING", [1]), ("confidence", "TYPE_FP32", [1])]
+        metadata = json.loads(get(server, path.removesuffix("/config"))[1])
+        assert metadata["inputs"][0]["shape"] == config["input"][0]["dims"]
+    assert get(server, "/v2/models/other/config")[0] == 404
+    assert get(server, "/v2/models/m/versions/nope/config")[0] == 404
