@@ -63,10 +63,7 @@ class PredictorHandler(ServiceBase):
         self._deploy_lock = threading.Lock()
         self._failures_logged = Throttle()
         self._replaced: dict[int, int] = {}  # cut -> the version its last deploy replaced
-        self.slots: dict[int, Slot] = {}
-        for cut, slot in slots.items():
-            slots[cut] = self._resume(slot)
-        self.slots = dict(slots)
+        self.slots: dict[int, Slot] = {cut: self._resume(slot) for cut, slot in slots.items()}
         for slot in self.slots.values():
             self.metrics.version.labels(slot.cut_name).set(slot.version)
 

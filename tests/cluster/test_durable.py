@@ -5,7 +5,8 @@ tests run in order and each starts from the versions the one before left:
 
 - a killed retrainer restarts with its samples (at most one snapshot period's lost) and its versions, and its
   next deploy is numbered above them and accepted;
-- a killed predictor restarts serving the version deployed to it (its lookups are the new cache's);
+- a killed predictor restarts serving the version deployed to it (its lookups are the new cache's), a kNN
+  version loaded into the neighbour index again;
 - a retrainer whose state is wiped adopts the predictor's newer version, so its next deploy is above it;
 - a predictor whose state is wiped gets the retrainer's versions pushed again.
 """
@@ -35,7 +36,7 @@ SNAPSHOT_S = RESYNC_S = 1.0
 
 @pytest.fixture(scope="module")
 def cluster(request, tmp_path_factory, cluster_bundle) -> Cluster:
-    return start_cluster(request, tmp_path_factory, cluster_bundle, index=False, state=True,
+    return start_cluster(request, tmp_path_factory, cluster_bundle, state=True,
                          retrainer_options={"snapshot_s": SNAPSHOT_S, "resync_s": RESYNC_S})
 
 
@@ -104,6 +105,19 @@ def test_a_killed_predictor_restarts_serving_the_deployed_version(cluster, clust
     assert np.allclose([r.confidence for r in replies], conf.numpy(), atol=1e-5)
     _, bundle_conf = cache_from_bytes((cluster_bundle / cache_file(2, "mlp")).read_bytes()).predict(feats)
     assert not np.allclose(conf.numpy(), bundle_conf.numpy(), atol=1e-3)  # not the bundle's version 0
+
+
+def test_a_killed_knn_predictor_loads_its_version_into_the_index_again(cluster, cluster_bundle, eval_images):
+    blob = (cluster_bundle / cache_file(0, "knn")).read_bytes()
+    predictor(cluster, "predictor-0").call("deploy", CacheUpdate(0, 1, blob))
+    cluster.kill("predictor-0")
+    cluster.restart("predictor-0")
+    assert cluster.status("index").gauges["index_vectors.stem@v1"] > 0
+    feats = torch.from_numpy(cut_features(cluster_bundle, eval_images[:10], 0))
+    replies = [predictor(cluster, "predictor-0").call("lookup", Features(i, 0, to_tensor(feats[i:i + 1].numpy())))
+               for i in range(len(feats))]
+    labels, _ = cache_from_bytes(blob).predict(feats)
+    assert [(r.error, r.cache_version, r.label) for r in replies] == [("", 1, int(label)) for label in labels]
 
 
 def test_a_retrainer_that_lost_its_state_adopts_the_predictors_versions(cluster, cluster_bundle, samples):
