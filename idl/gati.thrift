@@ -206,6 +206,8 @@ service Predictor extends Service {
   list<CacheInfo> caches(),
   // Swap in a new version of a cut's cache atomically; requests in flight finish on the old one.
   void deploy(1: CacheUpdate update) throws (1: InvalidRequest invalid),
+  // The cache file of the version serving a cut (a retrainer that lost its state adopts it).
+  binary cache(1: i32 cut) throws (1: InvalidRequest invalid),
 }
 
 service NeighborIndex extends Service {

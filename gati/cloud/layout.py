@@ -17,6 +17,7 @@ REMOTE_BUNDLE = f"{REMOTE_ROOT}/bundle"
 REMOTE_CONFIG = f"{REMOTE_ROOT}/config.yaml"
 REMOTE_SECRET = f"{REMOTE_ROOT}/secret"   # the deployment secret, fetched at boot with the instance role
 REMOTE_LOGS = "/var/log/gati"
+REMOTE_STATE = "/var/lib/gati/state"   # what survives a service's restart (gati/rpc/durable.py)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
         "bundle": REMOTE_BUNDLE,
         "device": node.device,
         "log_dir": REMOTE_LOGS,
+        "state_dir": REMOTE_STATE,
         "secret_file": REMOTE_SECRET,
         "timeouts_ms": dict(c.timeouts_ms),
         "hop_delay_ms": 0.0,        # real network hops: nothing to inject

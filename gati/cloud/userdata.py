@@ -20,6 +20,7 @@ from gati.cloud.layout import (
     REMOTE_LOGS,
     REMOTE_ROOT,
     REMOTE_SECRET,
+    REMOTE_STATE,
     Node,
 )
 from gati.cloud.spec import DeployError
@@ -47,7 +48,7 @@ def user_data(deployment: str, node: Node, config: Mapping[str, Any], artifacts:
         _install(artifacts, torch_index),
         _fetch(artifacts),
         _write_config(config),
-        f"chown -R gati: {REMOTE_ROOT} {REMOTE_LOGS}",
+        f"chown -R gati: {REMOTE_ROOT} {REMOTE_LOGS} {REMOTE_STATE}",
         *(_unit(role, node) for role in node.roles),
     ]
     script = "\n".join(p for p in parts if p)
@@ -64,7 +65,7 @@ set -euo pipefail
 exec >>/var/log/gati-init.log 2>&1
 echo "gati-init: start $(date -u +%FT%TZ)"
 id gati >/dev/null 2>&1 || useradd --system --home-dir {REMOTE_ROOT} --shell /usr/sbin/nologin gati
-mkdir -p {REMOTE_ROOT} {REMOTE_BUNDLE} {REMOTE_LOGS}"""
+mkdir -p {REMOTE_ROOT} {REMOTE_BUNDLE} {REMOTE_LOGS} {REMOTE_STATE}"""
 
 
 def _install(artifacts: Artifacts, torch_index: str | None) -> str:

@@ -90,13 +90,12 @@ class StateDir:
             (self.path / VERSIONS).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise GatiError(f"cannot use {self.path} as a state directory: {e}") from e
-        for leftover in [*self.path.glob(TEMP_PREFIX + "*"), *(self.path / VERSIONS).glob(TEMP_PREFIX + "*")]:
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        remove_leftovers(self.path, self.path / VERSIONS)
 
     # ---- the learner's progress ----------------------------------------------------------------------------
 
     def save_progress(self, progress: dict[str, Any]) -> None:
-        _atomic_write(self.path / LEARNER, json.dumps(_plain(progress), indent=1).encode())
+        atomic_write(self.path / LEARNER, json.dumps(_plain(progress), indent=1).encode())
 
     def load_progress(self) -> dict[str, Any] | None:
         file = self.path / LEARNER
@@ -110,17 +109,17 @@ class StateDir:
     # ---- samples and the tier ------------------------------------------------------------------------------
 
     def save_samples(self, samples: SampleSet) -> None:
-        _atomic_npz(self.path / SAMPLES, samples.to_arrays())
+        atomic_npz(self.path / SAMPLES, samples.to_arrays())
 
     def load_samples(self) -> SampleSet | None:
-        arrays = _load_npz(self.path / SAMPLES)
+        arrays = load_npz(self.path / SAMPLES)
         return None if arrays is None else SampleSet.from_arrays(arrays)
 
     def save_tier(self, arrays: dict[str, np.ndarray]) -> None:
-        _atomic_npz(self.path / TIER, arrays)
+        atomic_npz(self.path / TIER, arrays)
 
     def load_tier(self) -> dict[str, np.ndarray] | None:
-        return _load_npz(self.path / TIER)
+        return load_npz(self.path / TIER)
 
     # ---- versions and reviews ------------------------------------------------------------------------------
 
@@ -181,13 +180,20 @@ class StateDir:
         return out
 
 
-# ---- atomic files -----------------------------------------------------------------------------------------------
+# ---- atomic files (also the cluster services' state directories: gati/rpc/durable.py) ---------------------------
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def remove_leftovers(*folders: Path) -> None:
+    """Delete the temporary files and folders a crash mid-write left in `folders` (never read as content)."""
+    for folder in folders:
+        for leftover in folder.glob(TEMP_PREFIX + "*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data))
 
 
-def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     _atomic(path, lambda f: np.savez(f, **arrays))
 
 
@@ -225,7 +231,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+def load_npz(path: Path) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     try:

@@ -20,3 +20,10 @@ def cache_from_bytes(blob: bytes) -> Cache:
         path = Path(tmp) / "cache.pt"
         path.write_bytes(blob)
         return load_cache(path)
+
+
+def mismatch(cache: Cache, served: Cache) -> str | None:
+    """Why `cache` cannot replace `served` at its cut (another variant, input shape or class count); None if it can."""
+    if cache.variant != served.variant or cache.in_shape != served.in_shape or cache.num_classes != served.num_classes:
+        return f"it is a {cache!r}, the cut serves a {served!r}"
+    return None

@@ -3,6 +3,7 @@
     bundle: ../bundles/r18     # relative paths are relative to the config file's folder
     device: cpu
     log_dir: ../runs/local
+    state_dir: ../runs/local/state      # optional: what survives a restart, one folder per service
     secret_file: ../runs/local/secret   # signs every call between services (gati/rpc/auth.py)
     timeouts_ms: {connect: 1000, call: 2000, request: 5000, max_request: 30000, lookup: 200}
     max_message_mb: 64
@@ -19,7 +20,7 @@
         - {name: predictor-0, host: 127.0.0.1, port: 9092, cuts: [layer2.1, layer3.0]}
         - {name: predictor-1, host: 127.0.0.1, port: 9093, cuts: auto}
       index:      {host: 127.0.0.1, port: 9094, max_keys: 16, max_vectors: 200000, max_dim: 4096}
-      retrainer:  {host: 127.0.0.1, port: 9095}
+      retrainer:  {host: 127.0.0.1, port: 9095, snapshot_s: 10, resync_s: 30}
 
 `port` is the service's Thrift port; the optional `http_port` serves /health/live, /health/ready
 and /metrics (and on the aggregator the Open Inference Protocol, /v2/...). The aggregator's `port`
@@ -35,6 +36,13 @@ spinning threads on every core, lets one busy neighbour multiply tail latency. A
 Placement (which cuts a predictor serves) is configuration: `placement(plan_cuts)` resolves `auto`
 and checks that every cut of the plan is served by exactly one predictor. Unknown keys are errors,
 so a typo never silently falls back to a default.
+
+`state_dir` (optional) keeps each service's state across restarts in `<state_dir>/<process name>`
+(gati/rpc/durable.py): the cache versions a predictor serves and the retrainer deployed, and the
+retrainer's samples (snapshotted every `snapshot_s` seconds). Without it every service keeps its
+state in memory only: a restarted predictor serves the bundle's caches again (version 0), and a
+restarted retrainer starts with no samples (it still learns the predictors' versions when it resyncs,
+every `resync_s` seconds and before each deploy).
 """
 from __future__ import annotations
 
@@ -148,6 +156,8 @@ class RetrainerConfig(Endpoint):
     holdout: float = 0.25             # share of samples held back to validate a candidate
     max_samples: int = 20000          # per cut; the oldest are dropped first
     min_samples: int = 40             # refuse to retrain a cut with fewer
+    snapshot_s: float = 10.0          # samples reach the state directory at most this long after arriving
+    resync_s: float = 30.0            # how often the predictors' versions are compared with the retrainer's
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,7 @@ class ClusterConfig:
     retrainer: RetrainerConfig | None = None
     device: str = "cpu"
     log_dir: Path = Path("runs/local")
+    state_dir: Path | None = None     # <state_dir>/<process name> survives restarts; None: state in memory only
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_message_mb: float = 64.0
     hop_delay_ms: float = 0.0
@@ -171,6 +182,10 @@ class ClusterConfig:
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * 1024 * 1024)
+
+    def state_folder(self, name: str) -> Path | None:
+        """Where the service `name` (its process name) keeps what survives a restart; None: nowhere."""
+        return None if self.state_dir is None else self.state_dir / name
 
     def predictor(self, name: str) -> PredictorConfig:
         return self._named(self.predictors, "predictor", name)
@@ -260,8 +275,8 @@ def load_config(path: str | Path) -> ClusterConfig:
 def parse_config(raw: Any, path: Path) -> ClusterConfig:
     where = str(path)
     raw = _mapping(raw, where)
-    _known(raw, {"bundle", "device", "log_dir", "secret_file", "timeouts_ms", "max_message_mb", "hop_delay_ms",
-                 "omp_wait_policy", "connections", "services"}, where)
+    _known(raw, {"bundle", "device", "log_dir", "state_dir", "secret_file", "timeouts_ms", "max_message_mb",
+                 "hop_delay_ms", "omp_wait_policy", "connections", "services"}, where)
     if "bundle" not in raw:
         raise ConfigError(f"{where}: `bundle` (the bundle folder to serve) is required")
     if "secret_file" not in raw:
@@ -279,6 +294,7 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
         secret_file=_resolve(base, raw["secret_file"], "secret_file", where),
         device=_typed(raw.get("device", "cpu"), str, "device", where),
         log_dir=_resolve(base, raw.get("log_dir", "runs/local"), "log_dir", where),
+        state_dir=_resolve(base, raw["state_dir"], "state_dir", where) if raw.get("state_dir") is not None else None,
         timeouts=_timeouts(raw.get("timeouts_ms", {}), where),
         max_message_mb=_positive(raw.get("max_message_mb", 64), "max_message_mb", where),
         hop_delay_ms=_non_negative(raw.get("hop_delay_ms", 0.0), "hop_delay_ms", where),
@@ -319,6 +335,9 @@ def _check(cfg: ClusterConfig) -> None:
                           f"workers ({a.workers}): it counts running requests too")
     if cfg.retrainer is not None and not 0.0 < cfg.retrainer.holdout < 1.0:
         raise ConfigError(f"{cfg.path}: services.retrainer.holdout must be in (0, 1)")
+    for key in ("snapshot_s", "resync_s"):  # periods of the retrainer's background thread: never a busy loop
+        if cfg.retrainer is not None and getattr(cfg.retrainer, key) <= 0:
+            raise ConfigError(f"{cfg.path}: services.retrainer.{key} must be positive")
     t = cfg.timeouts
     if t.request_ms > t.max_request_ms:
         raise ConfigError(f"{cfg.path}: timeouts_ms.request ({t.request_ms:g}) is the default deadline and may not "

@@ -251,3 +251,8 @@ class RetrainerMetrics(ServiceMetrics):
         self.retrains = self.counter("gati_retrains", "Candidate caches by result (deployed, rejected, "
                                      "deploy_failed)", ["result"])
         self.version = self.gauge("gati_cache_version", "The cache version each cut serves", ["cut"])
+        self.held = self.gauge("gati_retrainer_samples_held", "Samples held for the next refit, by cut "
+                               "(resumed from the state directory after a restart)", ["cut"])
+        self.resyncs = self.counter("gati_retrainer_resyncs", "Versions made consistent with a predictor: "
+                                    "pushed again (it served an older one) or adopted (it served a newer one)",
+                                    ["cut", "action"])

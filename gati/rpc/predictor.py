@@ -4,7 +4,10 @@
 verdict to the executor, whose cascade loop stops at the first hit (see gati/runtime/cascade.py).
 
 `deploy` swaps in a new version of a cut's cache atomically: the served caches are one immutable
-mapping replaced as a whole, so a lookup in flight finishes on the version it started with.
+mapping replaced as a whole, so a lookup in flight finishes on the version it started with. With a
+state directory (gati/rpc/durable.py) each accepted version is written to disk before `deploy`
+answers, and a restarted predictor serves the highest one written (its kNN vectors loaded into the
+index again); `cache(cut)` hands the serving version's file to a retrainer that lost its own.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import torch
 from gati.cache import Cache
 from gati.cache.knn import KnnCache
 from gati.errors import GatiError
-from gati.rpc.cachefile import cache_from_bytes
+from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
+from gati.rpc.durable import VersionStore
 from gati.rpc.gen.gati_idl import NeighborIndex
 from gati.rpc.gen.gati_idl.ttypes import (
     CacheInfo,
@@ -51,17 +55,15 @@ class Slot:
 class PredictorHandler(ServiceBase):
     role = "predictor"
 
-    def __init__(self, slots: dict[int, Slot], index: Pool | None = None, metrics: PredictorMetrics | None = None):
+    def __init__(self, slots: dict[int, Slot], index: Pool | None = None, metrics: PredictorMetrics | None = None,
+                 store: VersionStore | None = None):
         self.metrics: PredictorMetrics = metrics or PredictorMetrics()
         super().__init__(self.metrics)
-        self.index = index
+        self.index, self.store = index, store
         self._deploy_lock = threading.Lock()
         self._failures_logged = Throttle()
         self._replaced: dict[int, int] = {}  # cut -> the version its last deploy replaced
-        self.slots: dict[int, Slot] = {}
-        for slot in slots.values():
-            self._attach_index(slot, populate=False)  # the index service loads version 0 itself
-        self.slots = dict(slots)
+        self.slots: dict[int, Slot] = {cut: self._resume(slot) for cut, slot in slots.items()}
         for slot in self.slots.values():
             self.metrics.version.labels(slot.cut_name).set(slot.version)
 
@@ -90,6 +92,28 @@ class PredictorHandler(ServiceBase):
 
     # ---- management -----------------------------------------------------------------------
 
+    def _resume(self, slot: Slot) -> Slot:
+        """The highest version in the state directory, else the bundle's (which the index service loads itself)."""
+        found = self.store.latest(slot.cut_name, slot.cache) if self.store else None
+        if found is not None:
+            resumed = dataclasses.replace(slot, cache=found.cache, version=found.version)
+            try:
+                self._attach_index(resumed, populate=True)
+                log.info("cut %s resumes version %d from %s", slot.cut_name, found.version, self.store.folder)
+                return resumed
+            except PeerUnavailable as e:  # the retrainer pushes its version again once both answer
+                log.error("cut %s: cannot load version %d into the neighbour index (%s); serving the bundle's "
+                          "version 0", slot.cut_name, found.version, e)
+        self._attach_index(slot, populate=False)
+        return slot
+
+    def cache(self, cut: int) -> bytes:
+        """The cache file of the version serving `cut`."""
+        slot = self.slots.get(cut)
+        if slot is None:
+            raise InvalidRequest(f"cut {cut} is not served by {self.name}")
+        return cache_to_bytes(slot.cache)
+
     def caches(self) -> list[CacheInfo]:
         return [CacheInfo(s.cut, s.cut_name, s.variant, s.version, s.threshold) for s in self.slots.values()]
 
@@ -105,15 +129,20 @@ class PredictorHandler(ServiceBase):
                 cache = cache_from_bytes(update.blob)
             except GatiError as e:
                 raise InvalidRequest(f"version {update.version} of cut {slot.cut_name} is not a cache: {e}") from e
-            if cache.variant != slot.variant or cache.in_shape != slot.cache.in_shape \
-                    or cache.num_classes != slot.cache.num_classes:
-                raise InvalidRequest(f"version {update.version} is a {cache!r}, cut {slot.cut_name} serves "
-                                     f"a {slot.cache!r}")
+            wrong = mismatch(cache, slot.cache)
+            if wrong:
+                raise InvalidRequest(f"version {update.version} cannot serve cut {slot.cut_name}: {wrong}")
             new = dataclasses.replace(slot, cache=cache, version=update.version)
             try:
                 self._attach_index(new, populate=True)
             except PeerUnavailable as e:
                 raise InvalidRequest(f"cannot load version {update.version} into the neighbour index: {e}") from e
+            if self.store is not None:  # on disk before it serves: a restart resumes what was acknowledged
+                try:
+                    self.store.save(new.cut, new.cut_name, new.version, new.variant, update.blob)
+                except (OSError, GatiError) as e:
+                    raise InvalidRequest(f"cannot write version {update.version} to the state directory: "
+                                         f"{e}") from e
             self.slots = {**self.slots, new.cut: new}  # one reference swap: atomic for readers
             self._forget_index(slot)
         self.metrics.deploys.labels(slot.cut_name).inc()

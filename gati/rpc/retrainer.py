@@ -11,6 +11,17 @@ cache on the held-back share at the plan's threshold:
 A candidate is deployed (pushed as version N+1 to the predictor serving the cut, which swaps it in
 atomically) only if its agreement is at least the deployed cache's. `propose(cut, blob)` runs a
 cache built elsewhere through the same gate. A candidate that fails is never pushed.
+
+With a state directory (gati/rpc/durable.py) each deployed version (its cache file and the gate's
+scores) is written once the predictor accepted it, and the samples are snapshotted every
+`snapshot_s` seconds when they changed and when the retrainer drains; a restarted retrainer resumes
+both (a SIGKILL loses at most the samples of the last `snapshot_s` seconds and of a snapshot being
+written). Versions only grow, on both sides: at start, every `resync_s` seconds and before each
+deploy the retrainer reads each predictor's versions (`caches`). A predictor serving an older
+version than the retrainer deployed (it lost its state) gets the retrainer's again; one serving a
+newer version (the retrainer lost its state, or was killed between the predictor's answer and its
+own write) hands over that version's cache (`cache`), which the retrainer adopts as the deployed
+one, so that the next deploy is numbered above it and is gated against what is served.
 """
 from __future__ import annotations
 
@@ -18,14 +29,16 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
-from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes
+from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
+from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
 from gati.rpc.gen.gati_idl.ttypes import (
     CacheUpdate,
     InvalidRequest,
@@ -64,20 +77,47 @@ class CutState:
     predictor: Pool                   # where the cut is served
     samples: deque = field(default_factory=deque)  # (features, label, logits or None)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    blob: bytes | None = None         # the deployed version's cache file (None: the bundle's version 0)
+    received: int = 0                 # samples appended since start (the snapshots compare it)
+    snapshotted: int = 0              # `received` when the last snapshot was taken
 
 
 class RetrainerHandler(ServiceBase):
     role = "retrainer"
 
     def __init__(self, cuts: dict[int, CutState], cfg: RetrainerConfig, num_classes: int,
-                 metrics: RetrainerMetrics | None = None):
+                 metrics: RetrainerMetrics | None = None, store: VersionStore | None = None,
+                 samples_dir: Path | None = None):
         self.metrics: RetrainerMetrics = metrics or RetrainerMetrics()
         super().__init__(self.metrics)
         self.cuts, self.cfg, self.num_classes = cuts, cfg, num_classes
+        self.store, self.samples_dir = store, samples_dir
         self._refusals_logged = Throttle()
+        self._resync_logged = Throttle()
+        self._periodic: list[Every] = []
         for st in cuts.values():
-            st.samples = deque(maxlen=cfg.max_samples)
+            st.samples = deque(self._resume_samples(st), maxlen=cfg.max_samples)
+            found = store.latest(st.cut_name, st.cache) if store else None
+            if found is not None:
+                st.cache, st.version, st.blob = found.cache, found.version, found.blob
+                log.info("cut %s resumes version %d and %d samples", st.cut_name, st.version, len(st.samples))
             self.metrics.version.labels(st.cut_name).set(st.version)
+            self.metrics.held.labels(st.cut_name).set(len(st.samples))
+
+    def start(self) -> RetrainerHandler:
+        """The background thread(s): resync with the predictors, and snapshot samples with a state directory."""
+        self._periodic = [Every("retrainer-resync", self.cfg.resync_s, self.resync)]
+        if self.samples_dir is not None:
+            self._periodic.append(Every("retrainer-snapshot", self.cfg.snapshot_s, self.snapshot))
+        for p in self._periodic:
+            p.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the background threads; a last snapshot keeps every sample received (a polite stop loses none)."""
+        for p in self._periodic:
+            p.stop()
+        self.snapshot()
 
     def add_samples(self, samples: list[Sample]) -> None:
         for s in samples:
@@ -93,7 +133,9 @@ class RetrainerHandler(ServiceBase):
                 self.metrics.dropped.labels(e.reason).inc()
                 continue
             st.samples.append((ok.features, ok.label, ok.logits))
+            st.received += 1
             self.metrics.samples.labels(st.cut_name).inc()
+            self.metrics.held.labels(st.cut_name).set(len(st.samples))
 
     def retrain(self, cut: int) -> RetrainResult:
         with self.gate.enter(lambda: InvalidRequest("the retrainer is shutting down")):
@@ -122,6 +164,73 @@ class RetrainerHandler(ServiceBase):
                 feats, labels, _ = self._arrays(st)  # none of them fitted the candidate: all are held back
                 return self._gate_and_deploy(st, candidate, feats, labels, 0)
 
+    # ---- state that survives restarts ---------------------------------------------------------
+
+    def _samples_file(self, st: CutState) -> Path | None:
+        return None if self.samples_dir is None else self.samples_dir / f"{st.cut_name}.npz"
+
+    def _resume_samples(self, st: CutState) -> list:
+        path = self._samples_file(st)
+        return [] if path is None else load_samples(path, st.cache.feat_shape, self.num_classes)
+
+    def snapshot(self) -> None:
+        """Write the samples of every cut that received some since its last snapshot."""
+        for st in self.cuts.values():
+            path = self._samples_file(st)
+            received = st.received
+            if path is None or received == st.snapshotted:
+                continue
+            samples = list(st.samples)  # a copy: add_samples goes on while it is written
+            save_samples(path, samples, st.cache.feat_shape, self.num_classes)
+            st.snapshotted = received
+
+    def resync(self) -> None:
+        for st in self.cuts.values():
+            with st.lock:
+                self._resync(st)
+
+    def _resync(self, st: CutState) -> None:
+        """Make the retrainer's and the cut's predictor's versions agree, the higher one winning (st.lock held)."""
+        try:
+            served = {c.cut: c.version for c in st.predictor.call("caches")}.get(st.cut)
+            if served is None or served == st.version:
+                return
+            if served < st.version:
+                st.predictor.call("deploy", CacheUpdate(st.cut, st.version, st.blob))
+                action = "pushed"
+                log.warning("cut %s: %s served version %d, below the %d deployed; deployed version %d again",
+                            st.cut_name, st.predictor.name, served, st.version, st.version)
+            else:
+                self._adopt(st, served, st.predictor.call("cache", st.cut))
+                action = "adopted"
+        except (PeerUnavailable, InvalidRequest, GatiError) as e:  # retried at the next resync or deploy
+            if self._resync_logged.allow():
+                log.warning("cut %s: cannot compare versions with %s: %s", st.cut_name, st.predictor.name,
+                            getattr(e, "message", None) or e)
+            return
+        self.metrics.resyncs.labels(st.cut_name, action).inc()
+        self.metrics.version.labels(st.cut_name).set(st.version)
+
+    def _adopt(self, st: CutState, served: int, blob: bytes) -> None:
+        cache = cache_from_bytes(blob)
+        wrong = mismatch(cache, st.cache)
+        if wrong:
+            raise GatiError(f"version {served} cannot be adopted: {wrong}")
+        log.warning("cut %s: %s serves version %d, above the %d this retrainer knew (its state was lost or "
+                    "behind); adopted it, the next deploy is version %d", st.cut_name, st.predictor.name, served,
+                    st.version, served + 1)
+        st.cache, st.version, st.blob = cache, served, blob
+        self._persist(st, {})
+
+    def _persist(self, st: CutState, certificate: dict[str, float]) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save(st.cut, st.cut_name, st.version, st.cache.variant, st.blob, certificate)
+        except (OSError, GatiError) as e:  # the predictor has it: the next resync after a restart adopts it
+            log.error("cut %s: version %d is deployed but was not written to %s: %s", st.cut_name, st.version,
+                      self.store.folder, e)
+
     # ---- internals ------------------------------------------------------------------------
 
     def _state(self, cut: int) -> CutState:
@@ -144,6 +253,7 @@ class RetrainerHandler(ServiceBase):
 
     def _gate_and_deploy(self, st: CutState, candidate: Cache, feats: torch.Tensor, labels: torch.Tensor,
                          n_train: int) -> RetrainResult:
+        self._resync(st)  # gate against, and number above, what the predictor serves
         new, old = (score(c, feats, labels, st.threshold) for c in (candidate, st.cache))
         result = RetrainResult(cut=st.cut, deployed=False, version=st.version, candidate_agreement=new.agreement,
                                deployed_agreement=old.agreement, train_samples=n_train,
@@ -155,14 +265,17 @@ class RetrainerHandler(ServiceBase):
                               f"below the deployed version's {old.agreement:.4f}")
             log.info("cut %s: %s", st.cut_name, result.message)
             return result
-        version = st.version + 1
+        version, blob = st.version + 1, cache_to_bytes(candidate)
         try:
-            st.predictor.call("deploy", CacheUpdate(st.cut, version, cache_to_bytes(candidate)))
+            st.predictor.call("deploy", CacheUpdate(st.cut, version, blob))
         except (PeerUnavailable, InvalidRequest) as e:
             self.metrics.retrains.labels("deploy_failed").inc()
             result.message = f"validated but not deployed: {getattr(e, 'message', None) or e}"
             return result
-        st.cache, st.version = candidate, version
+        st.cache, st.version, st.blob = candidate, version, blob
+        self._persist(st, {"candidate_agreement": new.agreement, "deployed_agreement": old.agreement,
+                           "candidate_hit_rate": new.hit_rate, "deployed_hit_rate": old.hit_rate,
+                           "holdout_samples": float(len(labels)), "train_samples": float(n_train)})
         self.metrics.retrains.labels("deployed").inc()
         self.metrics.version.labels(st.cut_name).set(version)
         result.deployed, result.version = True, version

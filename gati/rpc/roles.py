@@ -31,6 +31,7 @@ from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
 from gati.rpc.auth import Secret
 from gati.rpc.client import ping
 from gati.rpc.config import ClusterConfig, ConfigError, Endpoint, ExecutorConfig
+from gati.rpc.durable import VersionStore
 from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
 from gati.rpc.gen.gati_idl import (
     Aggregator,
@@ -247,7 +248,7 @@ def _predictor(cfg: ClusterConfig, name: str) -> Service:
              for e in info.plan.entries if e.cut in caches}
     limits = Limits.from_config(cfg)
     index = index_pool(cfg.index.host, cfg.index.port, limits) if cfg.index else None
-    handler = PredictorHandler(slots, index, PredictorMetrics(name, build_info(info)))
+    handler = PredictorHandler(slots, index, PredictorMetrics(name, build_info(info)), version_store(cfg, name, info))
     return Service(name, handler, _server(Predictor.Processor(handler), handler, pc, cfg, "predictor", name))
 
 
@@ -273,6 +274,15 @@ def _retrainer(cfg: ClusterConfig) -> Service:
     owner = {cut: pname for pname, cuts in placement.items() for cut in cuts}
     states = {e.cut: CutState(e.cut, e.cut_name, e.threshold, caches[e.cut], 0, pools[owner[e.cut_name]])
               for e in info.plan.entries}
-    handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes, RetrainerMetrics(build=build_info(info)))
-    return Service("retrainer", handler, _server(Retrainer.Processor(handler), handler, cfg.retrainer, cfg,
-                                                 "retrainer", "retrainer"))
+    folder = cfg.state_folder("retrainer")
+    handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes,
+                               RetrainerMetrics(build=build_info(info)), version_store(cfg, "retrainer", info),
+                               folder / "samples" if folder else None)
+    server = _server(Retrainer.Processor(handler), handler, cfg.retrainer, cfg, "retrainer", "retrainer")
+    return Service("retrainer", handler.start(), server, closers=[handler.close])
+
+
+def version_store(cfg: ClusterConfig, name: str, info: BundleInfo) -> VersionStore | None:
+    """The service's deployed versions under the config's state_dir; None: kept in memory only."""
+    folder = cfg.state_folder(name)
+    return None if folder is None else VersionStore(folder / "versions", info.sha256)

@@ -23,7 +23,7 @@ ENVELOPE_BYTES = 1024         # a request's message header and field headers aro
 INTERNAL_METHODS: dict[str, dict[str, str]] = {
     "aggregator": {"finished": "control", "shadowed": "data"},
     "executor": {"run": "data", "cancel": "control"},
-    "predictor": {"lookup": "data", "caches": "control", "deploy": "data"},
+    "predictor": {"lookup": "data", "caches": "control", "cache": "control", "deploy": "data"},
     "index": {"add": "data", "search": "data", "size": "control", "reset": "control", "export": "control"},
     "retrainer": {"add_samples": "data", "retrain": "control", "propose": "data"},
 }

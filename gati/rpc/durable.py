@@ -1,0 +1,197 @@
+"""A cluster service's state directory: deployed cache versions and the retrainer's samples survive restarts.
+
+The cluster config's `state_dir` holds one folder per service (its process name); without it every service
+keeps its state in memory only, as before.
+
+    <state_dir>/<service>/versions/<cut name>/v0003.pt     a deployed version's cache file (Cache.save's bytes)
+    <state_dir>/<service>/versions/<cut name>/v0003.json   its record: number, variant, the file's sha256, the
+                                                           bundle it belongs to, the retrainer gate's scores
+    <state_dir>/retrainer/samples/<cut name>.npz           the retrainer's samples at its last snapshot
+
+Every file is written by gati/learning/state.py's atomic writes (a temporary sibling, flushed to disk, renamed
+over the old file), so a crash, SIGKILL included, leaves the old or the new file, never a mix; temporary
+leftovers, and cache files whose record a crash never wrote, are deleted when the folder is opened. A version counts once its record is written (after its cache
+file) and the file's sha256 matches the record: a version whose record a crash never wrote is ignored. The last
+`KEEP` versions of each cut are kept, older ones deleted.
+
+A predictor writes each version it accepts before it answers `deploy`; the retrainer writes a version after the
+predictor accepted it, and snapshots its samples every `snapshot_s` seconds when they changed (and when it
+drains): a SIGKILL loses at most the samples accepted during the last `snapshot_s` seconds and the one snapshot
+being written. On start each resumes, per cut, the highest recorded version that fits the bundle's cut (same
+bundle, variant, input shape and class count; otherwise it says why in the log and serves the bundle's).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gati.cache import Cache
+from gati.errors import GatiError
+from gati.learning.state import atomic_npz, atomic_write, load_npz, remove_leftovers
+from gati.rpc.cachefile import cache_from_bytes, mismatch
+
+log = logging.getLogger("gati.rpc.durable")
+KEEP = 2  # versions kept per cut: the one serving and the one before it
+
+
+@dataclass
+class VersionRecord:
+    """What a version's .json holds."""
+    cut: int
+    cut_name: str
+    version: int
+    variant: str
+    sha256: str           # of the cache file beside it
+    bundle_sha256: str    # the bundle whose cut it was deployed to
+    saved_unix: float
+    certificate: dict[str, float] = field(default_factory=dict)  # the retrainer gate's scores ({}: not known here)
+
+
+@dataclass
+class Resumed:
+    version: int
+    cache: Cache
+    blob: bytes
+    record: VersionRecord
+
+
+class VersionStore:
+    """A service's deployed versions, by cut name, under `folder` (created when missing)."""
+
+    def __init__(self, folder: Path, bundle_sha256: str, keep: int = KEEP):
+        self.folder, self.bundle_sha256, self.keep = Path(folder), bundle_sha256, keep
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GatiError(f"cannot use {self.folder} as a state directory: {e}") from e
+        for folder in self.folder.iterdir():  # what a crash left: temporary files, cache files without a record
+            if folder.is_dir():
+                remove_leftovers(folder)
+                for orphan in folder.glob("v[0-9]*.pt"):
+                    if not orphan.with_suffix(".json").exists():
+                        orphan.unlink(missing_ok=True)
+
+    def _cut(self, cut_name: str) -> Path:
+        folder = self.folder / cut_name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def save(self, cut: int, cut_name: str, version: int, variant: str, blob: bytes,
+             certificate: dict[str, float] | None = None) -> None:
+        """The cache file, then its record (which makes the version count), then older versions pruned."""
+        folder = self._cut(cut_name)
+        record = VersionRecord(cut, cut_name, version, variant, hashlib.sha256(blob).hexdigest(),
+                               self.bundle_sha256, time.time(), dict(certificate or {}))
+        atomic_write(folder / f"v{version:04d}.pt", blob)
+        atomic_write(folder / f"v{version:04d}.json", json.dumps(asdict(record), indent=1).encode())
+        for old in self.versions(cut_name)[:-self.keep]:
+            for suffix in (".json", ".pt"):  # the record first: a crash in between leaves no half version
+                (folder / f"v{old:04d}{suffix}").unlink(missing_ok=True)
+
+    def versions(self, cut_name: str) -> list[int]:
+        """Numbers that have a record, ascending."""
+        folder = self.folder / cut_name
+        return sorted(int(p.stem[1:]) for p in folder.glob("v[0-9]*.json") if p.stem[1:].isdigit())
+
+    def latest(self, cut_name: str, served: Cache) -> Resumed | None:
+        """The highest recorded version that may replace `served` (the bundle's cache of the cut); None when
+        there is none, or when the highest readable one belongs to another bundle or another kind of cache."""
+        folder = self._cut(cut_name)
+        for version in reversed(self.versions(cut_name)):
+            try:
+                record = VersionRecord(**json.loads((folder / f"v{version:04d}.json").read_text()))
+                blob = (folder / f"v{version:04d}.pt").read_bytes()
+                if hashlib.sha256(blob).hexdigest() != record.sha256:
+                    raise GatiError("the cache file does not match its record's sha256")
+                cache = cache_from_bytes(blob)
+            except (OSError, ValueError, TypeError, GatiError) as e:
+                log.warning("%s: version %d of cut %s is unreadable (%s); trying the one before", folder, version,
+                            cut_name, e)
+                continue
+            wrong = mismatch(cache, served) or (
+                None if record.bundle_sha256 == self.bundle_sha256 else
+                f"it was deployed for bundle {record.bundle_sha256[:12]}, this is {self.bundle_sha256[:12]}")
+            if wrong:
+                log.error("%s: not resuming version %d of cut %s: %s; serving the bundle's version 0", folder,
+                          version, cut_name, wrong)
+                return None
+            return Resumed(version, cache, blob, record)
+        return None
+
+
+# ---- the retrainer's samples ------------------------------------------------------------------------------------
+
+Sample = tuple[np.ndarray, int, "np.ndarray | None"]  # features, the full model's label, its logits or None
+
+
+def save_samples(path: Path, samples: list[Sample], feat_shape: tuple[int, ...], num_classes: int) -> None:
+    n = len(samples)
+    feats = np.stack([s[0] for s in samples]) if n else np.zeros((0, *feat_shape), np.float32)
+    logits = np.zeros((n, num_classes), np.float32)
+    has_logits = np.zeros(n, bool)
+    for i, s in enumerate(samples):
+        if s[2] is not None:
+            logits[i], has_logits[i] = s[2], True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_npz(path, {"features": feats.astype(np.float32, copy=False),
+                      "labels": np.array([s[1] for s in samples], np.int64), "logits": logits,
+                      "has_logits": has_logits})
+
+
+def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> list[Sample]:
+    """The snapshot's samples; [] (and a log line) when there is none or it does not fit the cut."""
+    if path.parent.is_dir():
+        remove_leftovers(path.parent)
+    try:
+        arrays = load_npz(path)
+    except GatiError as e:
+        log.error("%s; starting without samples", e)
+        return []
+    if arrays is None:
+        return []
+    feats, labels, logits, has = (arrays.get(k) for k in ("features", "labels", "logits", "has_logits"))
+    if feats is None or labels is None or logits is None or has is None or feats.shape[1:] != tuple(feat_shape) \
+            or logits.shape[1:] != (num_classes,) or not len(feats) == len(labels) == len(logits) == len(has) \
+            or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes) \
+            or not np.isfinite(feats).all():
+        log.error("%s does not hold samples of features %s and %d classes; starting without samples", path,
+                  tuple(feat_shape), num_classes)
+        return []
+    return [(feats[i], int(labels[i]), logits[i] if has[i] else None) for i in range(len(labels))]
+
+
+# ---- a periodic task --------------------------------------------------------------------------------------------
+
+class Every:
+    """Runs `task` in a daemon thread every `interval_s` seconds (first at once) until `stop()`; the thread
+    sleeps on an event between runs, and a failed run is logged and retried at the next one."""
+
+    def __init__(self, name: str, interval_s: float, task: Callable[[], None]):
+        self.name, self.interval_s, self.task = name, interval_s, task
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Every:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.task()
+            except Exception:  # keep running: the next period may succeed (a peer back, a disk with room)
+                log.exception("%s failed; retrying in %.1f s", self.name, self.interval_s)
+            self._stop.wait(self.interval_s)
