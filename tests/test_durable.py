@@ -119,3 +119,13 @@ def test_state_dir_is_optional_and_resolved_beside_the_config(tmp_path):
     raw["services"]["retrainer"]["resync_s"] = 0
     with pytest.raises(ConfigError, match="resync_s must be positive"):
         parse_config(raw, tmp_path / "c.yaml")
+
+
+def test_the_samples_held_are_bounded_by_memory_as_well_as_count():
+    from gati.rpc.config import RetrainerConfig
+    from gati.rpc.retrainer import sample_capacity
+    cfg = RetrainerConfig("127.0.0.1", 0, max_samples=20000, max_sample_mb=256.0)
+    assert sample_capacity(cfg, (16,), 3) == 20000                      # small features: the count binds
+    held = sample_capacity(cfg, (64, 8, 8), 3)                           # 16 KB each: memory binds
+    assert held < 20000 and 3 * held * 64 * 8 * 8 * 4 <= 256 * 2**20
+    assert sample_capacity(RetrainerConfig("127.0.0.1", 0, max_sample_mb=1e-9), (64, 8, 8), 1) == 1

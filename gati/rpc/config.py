@@ -155,6 +155,7 @@ class PredictorConfig(Endpoint):
 class RetrainerConfig(Endpoint):
     holdout: float = 0.25             # share of samples held back to validate a candidate
     max_samples: int = 20000          # per cut; the oldest are dropped first
+    max_sample_mb: float = 256.0      # features held, all cuts together (a cut's share caps max_samples)
     min_samples: int = 40             # refuse to retrain a cut with fewer
     snapshot_s: float = 10.0          # samples reach the state directory at most this long after arriving
     resync_s: float = 30.0            # how often the predictors' versions are compared with the retrainer's
@@ -335,7 +336,7 @@ def _check(cfg: ClusterConfig) -> None:
                           f"workers ({a.workers}): it counts running requests too")
     if cfg.retrainer is not None and not 0.0 < cfg.retrainer.holdout < 1.0:
         raise ConfigError(f"{cfg.path}: services.retrainer.holdout must be in (0, 1)")
-    for key in ("snapshot_s", "resync_s"):  # periods of the retrainer's background thread: never a busy loop
+    for key in ("snapshot_s", "resync_s", "max_sample_mb"):  # periods are never a busy loop; a budget holds something
         if cfg.retrainer is not None and getattr(cfg.retrainer, key) <= 0:
             raise ConfigError(f"{cfg.path}: services.retrainer.{key} must be positive")
     t = cfg.timeouts

@@ -82,6 +82,16 @@ class CutState:
     snapshotted: int = 0              # `received` when the last snapshot was taken
 
 
+def sample_capacity(cfg: RetrainerConfig, feat_shape: tuple[int, ...], n_cuts: int) -> int:
+    """Samples one cut may hold: `max_samples`, or fewer when its features would exceed the cut's
+    equal share of `max_sample_mb` (a 64x8x8 convfc input is 16 KB, so a count alone would let
+    20,000 samples of three such cuts take gigabytes: the 30-minute soak saw the retrainer grow
+    ~15 MB a minute)."""
+    feature_bytes = 4 * int(np.prod(feat_shape))
+    by_memory = int(cfg.max_sample_mb * 2**20 / max(n_cuts, 1) / max(feature_bytes, 1))
+    return max(1, min(cfg.max_samples, by_memory))
+
+
 class RetrainerHandler(ServiceBase):
     role = "retrainer"
 
@@ -96,7 +106,7 @@ class RetrainerHandler(ServiceBase):
         self._resync_logged = Throttle()
         self._periodic: list[Every] = []
         for st in cuts.values():
-            st.samples = deque(self._resume_samples(st), maxlen=cfg.max_samples)
+            st.samples = deque(self._resume_samples(st), maxlen=sample_capacity(cfg, st.cache.feat_shape, len(cuts)))
             found = store.latest(st.cut_name, st.cache) if store else None
             if found is not None:
                 st.cache, st.version, st.blob = found.cache, found.version, found.blob
