@@ -342,6 +342,9 @@ def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
     assert {r.device for r in paper.rows} == {"cpu", "cuda"} and min(r.target for r in paper.rows) == 0.9
     assert max(r.target for r in paper.rows) == 0.999 and {r.online for r in paper.rows} == {False, True}
     assert "tinyimagenet100" not in {m.dataset for m in load_models().values()}
+    # the paper's online CIFAR rows (5,000 requests each) see at least one review of the learner
+    review = paper.learning.refit_every + paper.learning.select_samples + paper.learning.certify_samples
+    assert review / paper.learning.sample_rate <= 5000
     assert load_models()["resnet152-cifar100"].note and "re-made split" in load_models()["resnet152-cifar100"].note
 
 
@@ -352,6 +355,8 @@ def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
     (lambda p: p.update(colour="red"), "unknown keys colour"),
     (lambda p: p["sweeps"][0].update(targets=[1.2]), r"in \(0, 1\)"),
     (lambda p: p["sweeps"][2].update(online=[False, True]), "online learning runs in process only"),
+    (lambda p: p.update(learning={"refit_every": 0}), "refit_every must be an integer >= 1"),
+    (lambda p: p.update(learning={"rate": 0.3}), "unknown keys rate"),
 ])
 def test_a_bad_preset_is_refused_with_what_is_wrong(sweep_file, tmp_path, edit, message):
     spec = yaml.safe_load(sweep_file.read_text())

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments.sweep.results import UNKNOWN, Records
+from experiments.sweep.spec import Learning
 from gati.bundle import Bundle
 from gati.data import Dataset
 from gati.learning.guarantee import wrong_bounds
@@ -36,10 +37,14 @@ ALPHA = 0.05
 
 
 def replay_in_process(bundle: Bundle, data: Dataset, stream: Stream, online: bool, sample_rate: float, seed: int,
-                      progress: bool = False, background: bool = True) -> Records:
-    """`evaluate` on `stream` (generated over `data`), frozen or learning (`online`); its records as columns.
+                      progress: bool = False, background: bool = True, learning: Learning = Learning()) -> Records:
+    """`evaluate` on `stream` (generated over `data`), frozen or learning (`online`, as `learning` says; its coin
+    `learning.sample_rate`, else `sample_rate`); its records as columns.
     `background=False`: the learner learns between requests (repeatable; the timings then miss its cost)."""
-    config = OnlineConfig(sample_rate=sample_rate, coin_seed=seed, background=background) if online else None
+    sample_rate = (learning.sample_rate or sample_rate) if online else sample_rate
+    config = OnlineConfig(sample_rate=sample_rate, coin_seed=seed, background=background,
+                          refit_every=learning.refit_every, select_samples=learning.select_samples,
+                          certify_samples=learning.certify_samples) if online else None
     result = evaluate(bundle, data, seed=seed, progress=progress, online=config, stream=stream)
     return evaluated_records(result.records, online, sample_rate, seed)
 

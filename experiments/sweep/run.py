@@ -109,7 +109,7 @@ class _Measurer:
         if row.deployment == IN_PROCESS:
             self._stop_cluster()  # idle service processes must not share the cores with an in-process measurement
             records = replay_in_process(bundle, self.inputs.split(row), stream, row.online, p.sample_rate, p.seed,
-                                        self.cfg.progress)
+                                        self.cfg.progress, learning=p.learning)
         else:  # frozen: the sweep file refuses online cluster rows
             endpoint = self._endpoint((path, row.device, row.hop_delay_ms))
             records = replay_cluster(bundle, endpoint, stream, p.sample_rate, p.seed, progress=self.cfg.progress)

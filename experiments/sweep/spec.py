@@ -90,6 +90,18 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Learning:
+    """How online rows learn: the knobs of `gati.learning.online.OnlineConfig` a preset may set. The learner's
+    coin is the preset's `sample_rate` unless set here; a review needs `refit_every` + `select_samples` +
+    `certify_samples` coin samples, so at p = 0.05 the defaults need ~46,000 requests: a preset whose online
+    rows are shorter must sample more or refit sooner, or its rows never learn."""
+    sample_rate: float | None = None
+    refit_every: int = 1000
+    select_samples: int = 300
+    certify_samples: int = 1000
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -101,6 +113,7 @@ class Preset:
     window: int = 200                  # requests per rolling window in the time series
     build_target: float = 0.97         # the target bundles are built at; other targets are re-calibrated
     headline_target: float = 0.97      # the paper's Table 6 target: the headline table and figures 1, 4, 5
+    learning: Learning = Learning()    # online rows' learner
 
 
 def load_models(path: Path = DEFAULT_FILE) -> dict[str, ModelSpec]:
@@ -158,7 +171,7 @@ def _model(name: str, raw: Any) -> ModelSpec:
 
 def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
     _known(raw, {"description", "requests", "seed", "sample_rate", "window", "build_target", "headline_target",
-                 "sweeps"}, f"presets.{name}")
+                 "learning", "sweeps"}, f"presets.{name}")
     requests, seed = _int(raw.get("requests", 0), "requests", 0), _int(raw.get("seed", 0), "seed", 0)
     sweeps = raw.get("sweeps")
     if not isinstance(sweeps, list) or not sweeps:
@@ -174,7 +187,17 @@ def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
                   sample_rate=_fraction(raw.get("sample_rate", 0.05), "sample_rate"),
                   window=_int(raw.get("window", 200), "window", 1),
                   build_target=_fraction(raw.get("build_target", 0.97), "build_target"),
-                  headline_target=_fraction(raw.get("headline_target", 0.97), "headline_target"))
+                  headline_target=_fraction(raw.get("headline_target", 0.97), "headline_target"),
+                  learning=_learning(raw.get("learning") or {}, f"presets.{name}.learning"))
+
+
+def _learning(raw: Any, where: str) -> Learning:
+    raw = _mapping(raw, where)
+    _known(raw, {"sample_rate", "refit_every", "select_samples", "certify_samples"}, where)
+    rate = raw.get("sample_rate")
+    return Learning(sample_rate=None if rate is None else _fraction(rate, f"{where}.sample_rate"),
+                    **{key: _int(raw[key], f"{where}.{key}", 1)
+                       for key in ("refit_every", "select_samples", "certify_samples") if key in raw})
 
 
 def _rows(raw: dict, models: dict[str, ModelSpec], requests: int, seed: int, where: str) -> list[Row]:
