@@ -15,6 +15,7 @@ The file (experiments/presets/sweep.yaml) names the models once and the presets 
       quick:
         description: ...
         requests: 1000                          # per row; 0 = the whole test:eval half
+        learning: {sample_rate: 0.4, refit_every: 300}   # online rows' learner (optional; see Learning)
         sweeps:                                 # each a product; rows are the union, duplicates once
           - models: [resnet18-cifar10]
             devices: [cpu]
