@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from gati.errors import GatiError, WorkloadError
+from gati.learning.online import OnlineConfig
 from gati.measure.workloads import parse_workload
 
 DEVICES = ("cpu", "cuda")
@@ -97,9 +98,9 @@ class Learning:
     `certify_samples` coin samples, so at p = 0.05 the defaults need ~46,000 requests: a preset whose online
     rows are shorter must sample more or refit sooner, or its rows never learn."""
     sample_rate: float | None = None
-    refit_every: int = 1000
-    select_samples: int = 300
-    certify_samples: int = 1000
+    refit_every: int = OnlineConfig.refit_every          # unset: the learner's own defaults
+    select_samples: int = OnlineConfig.select_samples
+    certify_samples: int = OnlineConfig.certify_samples
 
 
 @dataclass(frozen=True)

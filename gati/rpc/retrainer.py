@@ -130,6 +130,7 @@ class RetrainerHandler(ServiceBase):
         self.snapshot()
 
     def add_samples(self, samples: list[Sample]) -> None:
+        touched: dict[int, CutState] = {}
         for s in samples:
             st = self.cuts.get(s.cut)
             try:
@@ -145,6 +146,8 @@ class RetrainerHandler(ServiceBase):
             st.samples.append((ok.features, ok.label, ok.logits))
             st.received += 1
             self.metrics.samples.labels(st.cut_name).inc()
+            touched[st.cut] = st
+        for st in touched.values():  # once per cut and batch, not per sample
             self.metrics.held.labels(st.cut_name).set(len(st.samples))
 
     def retrain(self, cut: int) -> RetrainResult:
