@@ -14,6 +14,7 @@ from gati.cache import make_cache
 from gati.rpc.cachefile import cache_to_bytes
 from gati.rpc.config import ConfigError, parse_config
 from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
+from gati.rpc.samples import CheckedSample, SampleRing
 
 SHAPE, CLASSES = (8, 4, 4), 4
 
@@ -77,22 +78,47 @@ def test_a_version_for_another_cache_or_bundle_is_refused(tmp_path, caplog, othe
     assert "not resuming version 4 of cut block1" in caplog.text and "serving the bundle's version 0" in caplog.text
 
 
+def _checked(rng, i: int) -> CheckedSample:
+    return CheckedSample(rng.standard_normal(SHAPE).astype(np.float32), i % CLASSES,
+                         rng.standard_normal(CLASSES).astype(np.float32) if i % 2 else None)
+
+
 def test_samples_round_trip_and_a_snapshot_of_another_shape_is_refused(tmp_path, caplog):
     rng = np.random.default_rng(0)
-    samples = [(rng.standard_normal(SHAPE).astype(np.float32), i % CLASSES,
-                rng.standard_normal(CLASSES).astype(np.float32) if i % 2 else None) for i in range(7)]
+    samples = [_checked(rng, i) for i in range(7)]
+    ring = SampleRing(10, SHAPE, CLASSES)
+    for s in samples:
+        ring.append(s)
     path = tmp_path / "samples" / "block1.npz"
-    save_samples(path, samples, SHAPE, CLASSES)
+    save_samples(path, ring.arrays())
     (path.parent / ".tmp-dead").write_bytes(b"torn")
     back = load_samples(path, SHAPE, CLASSES)
     assert len(back) == 7 and not (path.parent / ".tmp-dead").exists()
-    for (f, label, logits), (f2, label2, logits2) in zip(samples, back):
-        assert np.array_equal(f, f2) and label == label2
-        assert (logits is None and logits2 is None) or np.array_equal(logits, logits2)
+    for i, s in enumerate(samples):
+        assert np.array_equal(s.features, back.features[i]) and s.label == back.labels[i]
+        assert bool(back.has_logits[i]) == (s.logits is not None)
+        assert s.logits is None or np.array_equal(s.logits, back.logits[i])
     with caplog.at_level(logging.ERROR, "gati.rpc.durable"):
-        assert load_samples(path, (8, 2, 2), CLASSES) == []
+        assert len(load_samples(path, (8, 2, 2), CLASSES)) == 0
     assert "starting without samples" in caplog.text
-    assert load_samples(tmp_path / "none.npz", SHAPE, CLASSES) == []
+    assert len(load_samples(tmp_path / "none.npz", SHAPE, CLASSES)) == 0
+
+
+def test_the_sample_ring_keeps_the_latest_in_order_without_growing():
+    rng = np.random.default_rng(1)
+    samples = [_checked(rng, i) for i in range(23)]
+    ring = SampleRing(5, SHAPE, CLASSES)
+    buffers = (ring._features.ctypes.data, ring._logits.ctypes.data)
+    for s in samples:
+        ring.append(s)
+    held = ring.arrays()
+    assert len(ring) == len(held) == 5
+    assert [int(x) for x in held.labels] == [s.label for s in samples[-5:]]
+    assert np.array_equal(held.features, np.stack([s.features for s in samples[-5:]]))
+    assert (ring._features.ctypes.data, ring._logits.ctypes.data) == buffers  # written in place, never regrown
+    again = SampleRing(3, SHAPE, CLASSES)
+    again.extend(held)  # a resume into a smaller ring keeps the newest
+    assert [int(x) for x in again.arrays().labels] == [s.label for s in samples[-3:]]
 
 
 def test_every_runs_at_once_then_each_period_and_stops_promptly():

@@ -37,6 +37,7 @@ from gati.cache import Cache
 from gati.errors import GatiError
 from gati.learning.state import atomic_npz, atomic_write, load_npz, remove_leftovers
 from gati.rpc.cachefile import cache_from_bytes, mismatch
+from gati.rpc.samples import SampleArrays
 
 log = logging.getLogger("gati.rpc.durable")
 KEEP = 2  # versions kept per cut: the one serving and the one before it
@@ -129,34 +130,24 @@ class VersionStore:
 
 # ---- the retrainer's samples ------------------------------------------------------------------------------------
 
-Sample = tuple[np.ndarray, int, "np.ndarray | None"]  # features, the full model's label, its logits or None
-
-
-def save_samples(path: Path, samples: list[Sample], feat_shape: tuple[int, ...], num_classes: int) -> None:
-    n = len(samples)
-    feats = np.stack([s[0] for s in samples]) if n else np.zeros((0, *feat_shape), np.float32)
-    logits = np.zeros((n, num_classes), np.float32)
-    has_logits = np.zeros(n, bool)
-    for i, s in enumerate(samples):
-        if s[2] is not None:
-            logits[i], has_logits[i] = s[2], True
+def save_samples(path: Path, samples: SampleArrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_npz(path, {"features": feats.astype(np.float32, copy=False),
-                      "labels": np.array([s[1] for s in samples], np.int64), "logits": logits,
-                      "has_logits": has_logits})
+    atomic_npz(path, {"features": samples.features, "labels": samples.labels, "logits": samples.logits,
+                      "has_logits": samples.has_logits})
 
 
-def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> list[Sample]:
-    """The snapshot's samples; [] (and a log line) when there is none or it does not fit the cut."""
+def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> SampleArrays:
+    """The snapshot's samples; none (and a log line) when there is none or it does not fit the cut."""
+    none = SampleArrays.empty(feat_shape, num_classes)
     if path.parent.is_dir():
         remove_leftovers(path.parent)
     try:
         arrays = load_npz(path)
     except GatiError as e:
         log.error("%s; starting without samples", e)
-        return []
+        return none
     if arrays is None:
-        return []
+        return none
     feats, labels, logits, has = (arrays.get(k) for k in ("features", "labels", "logits", "has_logits"))
     if feats is None or labels is None or logits is None or has is None or feats.shape[1:] != tuple(feat_shape) \
             or logits.shape[1:] != (num_classes,) or not len(feats) == len(labels) == len(logits) == len(has) \
@@ -164,8 +155,9 @@ def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> l
             or not np.isfinite(feats).all():
         log.error("%s does not hold samples of features %s and %d classes; starting without samples", path,
                   tuple(feat_shape), num_classes)
-        return []
-    return [(feats[i], int(labels[i]), logits[i] if has[i] else None) for i in range(len(labels))]
+        return none
+    return SampleArrays(feats.astype(np.float32), labels.astype(np.int64), logits.astype(np.float32),
+                        has.astype(bool))
 
 
 # ---- a periodic task --------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Sample,
 )
 from gati.rpc.metrics import RetrainerMetrics
-from gati.rpc.samples import BadSample, check_sample
+from gati.rpc.samples import BadSample, SampleArrays, SampleRing, check_sample
 from gati.rpc.service import ServiceBase
 from gati.rpc.transport import WARN_EVERY_S, PeerUnavailable, Pool, Throttle
 
@@ -75,7 +74,7 @@ class CutState:
     cache: Cache                      # the version deployed
     version: int
     predictor: Pool                   # where the cut is served
-    samples: deque = field(default_factory=deque)  # (features, label, logits or None)
+    samples: SampleRing | None = None  # made by the handler, sized by `sample_capacity`
     lock: threading.Lock = field(default_factory=threading.Lock)
     blob: bytes | None = None         # the deployed version's cache file (None: the bundle's version 0)
     received: int = 0                 # samples appended since start (the snapshots compare it)
@@ -106,7 +105,9 @@ class RetrainerHandler(ServiceBase):
         self._resync_logged = Throttle()
         self._periodic: list[Every] = []
         for st in cuts.values():
-            st.samples = deque(self._resume_samples(st), maxlen=sample_capacity(cfg, st.cache.feat_shape, len(cuts)))
+            st.samples = SampleRing(sample_capacity(cfg, st.cache.feat_shape, len(cuts)), st.cache.feat_shape,
+                                    num_classes)
+            st.samples.extend(self._resume_samples(st))
             found = store.latest(st.cut_name, st.cache) if store else None
             if found is not None:
                 st.cache, st.version, st.blob = found.cache, found.version, found.blob
@@ -143,7 +144,7 @@ class RetrainerHandler(ServiceBase):
                                 WARN_EVERY_S)
                 self.metrics.dropped.labels(e.reason).inc()
                 continue
-            st.samples.append((ok.features, ok.label, ok.logits))
+            st.samples.append(ok)
             st.received += 1
             self.metrics.samples.labels(st.cut_name).inc()
             touched[st.cut] = st
@@ -182,9 +183,11 @@ class RetrainerHandler(ServiceBase):
     def _samples_file(self, st: CutState) -> Path | None:
         return None if self.samples_dir is None else self.samples_dir / f"{st.cut_name}.npz"
 
-    def _resume_samples(self, st: CutState) -> list:
+    def _resume_samples(self, st: CutState) -> SampleArrays:
         path = self._samples_file(st)
-        return [] if path is None else load_samples(path, st.cache.feat_shape, self.num_classes)
+        if path is None:
+            return SampleArrays.empty(st.cache.feat_shape, self.num_classes)
+        return load_samples(path, st.cache.feat_shape, self.num_classes)
 
     def snapshot(self) -> None:
         """Write the samples of every cut that received some since its last snapshot."""
@@ -193,8 +196,7 @@ class RetrainerHandler(ServiceBase):
             received = st.received
             if path is None or received == st.snapshotted:
                 continue
-            samples = list(st.samples)  # a copy: add_samples goes on while it is written
-            save_samples(path, samples, st.cache.feat_shape, self.num_classes)
+            save_samples(path, st.samples.arrays())  # a copy: add_samples goes on while it is written
             st.snapshotted = received
 
     def resync(self) -> None:
@@ -253,15 +255,13 @@ class RetrainerHandler(ServiceBase):
         return st
 
     def _arrays(self, st: CutState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        samples = list(st.samples)
-        if len(samples) < self.cfg.min_samples:
-            raise InvalidRequest(f"cut {st.cut_name} has {len(samples)} samples; retraining needs "
+        held = st.samples.arrays()
+        if len(held) < self.cfg.min_samples:
+            raise InvalidRequest(f"cut {st.cut_name} has {len(held)} samples; retraining needs "
                                  f"{self.cfg.min_samples}")
-        feats = torch.from_numpy(np.stack([s[0] for s in samples]))
-        labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        feats, labels = torch.from_numpy(held.features), torch.from_numpy(held.labels)
         one_hot = torch.nn.functional.one_hot(labels, self.num_classes).float() * ONE_HOT_LOGIT
-        teacher = torch.stack([torch.from_numpy(s[2]) if s[2] is not None else one_hot[i]
-                               for i, s in enumerate(samples)])
+        teacher = torch.where(torch.from_numpy(held.has_logits)[:, None], torch.from_numpy(held.logits), one_hot)
         return feats, labels, teacher
 
     def _gate_and_deploy(self, st: CutState, candidate: Cache, feats: torch.Tensor, labels: torch.Tensor,

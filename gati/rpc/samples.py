@@ -7,9 +7,14 @@ here against the cut's cache and the model: the features' dtype, shape and value
 range, the logits' dtype, length and values. `add_samples` is a oneway message, so a refused sample
 cannot be answered; `BadSample` names what was wrong, and the retrainer counts it by `reason`
 (`gati_retrainer_samples_dropped_total{reason}`) and logs it.
+
+`SampleRing` holds a cut's most recent samples in arrays allocated once: a deque of per-sample arrays
+let the retrainer's memory creep on after it was full (the allocator kept the freed pieces; the
+memory soak in docs/results.md measured it).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,3 +69,63 @@ def _array(t, what: str) -> np.ndarray:
         return from_tensor(t, what)
     except InvalidInput as e:
         raise BadSample("malformed", str(e)) from e
+
+
+@dataclass
+class SampleArrays:
+    """Samples column by column, oldest first (row i of every array is one sample)."""
+    features: np.ndarray          # float32 [n, *feat_shape]
+    labels: np.ndarray            # int64 [n]
+    logits: np.ndarray            # float32 [n, num_classes]; rows without logits are zeros
+    has_logits: np.ndarray        # bool [n]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def empty(cls, feat_shape: tuple[int, ...], num_classes: int) -> SampleArrays:
+        return cls(np.zeros((0, *feat_shape), np.float32), np.zeros(0, np.int64),
+                   np.zeros((0, num_classes), np.float32), np.zeros(0, bool))
+
+
+class SampleRing:
+    """The most recent `capacity` samples of one cut, in arrays allocated once (the oldest is overwritten);
+    thread-safe. Pages are committed as rows are first written, so an idle ring costs little."""
+
+    def __init__(self, capacity: int, feat_shape: tuple[int, ...], num_classes: int):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity, self.feat_shape, self.num_classes = capacity, tuple(feat_shape), num_classes
+        self._features = np.zeros((capacity, *self.feat_shape), np.float32)
+        self._labels = np.zeros(capacity, np.int64)
+        self._logits = np.zeros((capacity, num_classes), np.float32)
+        self._has_logits = np.zeros(capacity, bool)
+        self._next = 0   # the row the next sample is written to
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, s: CheckedSample) -> None:
+        with self._lock:
+            i = self._next
+            self._features[i] = s.features
+            self._labels[i] = s.label
+            self._has_logits[i] = s.logits is not None
+            self._logits[i] = 0.0 if s.logits is None else s.logits
+            self._next = (i + 1) % self.capacity
+            self._size = min(self._size + 1, self.capacity)
+
+    def extend(self, saved: SampleArrays) -> None:
+        """Append saved samples in order (a resumed snapshot); only the last `capacity` stay."""
+        for i in range(max(0, len(saved) - self.capacity), len(saved)):
+            logits = saved.logits[i] if saved.has_logits[i] else None
+            self.append(CheckedSample(saved.features[i], int(saved.labels[i]), logits))
+
+    def arrays(self) -> SampleArrays:
+        """A copy of the samples held, oldest first."""
+        with self._lock:
+            order = (np.arange(self._size) + self._next - self._size) % self.capacity
+            return SampleArrays(self._features[order], self._labels[order], self._logits[order],
+                                self._has_logits[order])
