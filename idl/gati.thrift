@@ -142,6 +142,7 @@ struct CacheUpdate {
   1: i32 cut,
   2: i32 version,
   3: binary blob,           // a tar of Cache.save's output
+  4: optional double threshold,  // the confidence it answers at (absent: the threshold serving now)
 }
 
 struct CacheInfo {

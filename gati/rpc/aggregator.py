@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
 import secrets
 import threading
@@ -307,7 +306,7 @@ class AggregatorHandler(ServiceBase):
         self.metrics, self.timeouts = metrics, timeouts
         self.admission = Admission(cfg.queue_size, cfg.workers, metrics.queue_depth.set)
         metrics.in_flight.set_function(lambda: self.admission.running)  # read at scrape time
-        self._rng = random.Random(os.getpid())
+        self._rng = random.SystemRandom()  # the server's coin: secret, and independent of every request
 
     def predict(self, request: Request) -> Prediction:
         clock = Stopwatch()

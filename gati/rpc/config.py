@@ -20,7 +20,7 @@
         - {name: predictor-0, host: 127.0.0.1, port: 9092, cuts: [layer2.1, layer3.0]}
         - {name: predictor-1, host: 127.0.0.1, port: 9093, cuts: auto}
       index:      {host: 127.0.0.1, port: 9094, max_keys: 16, max_vectors: 200000, max_dim: 4096}
-      retrainer:  {host: 127.0.0.1, port: 9095, snapshot_s: 10, resync_s: 30}
+      retrainer:  {host: 127.0.0.1, port: 9095, snapshot_s: 10, resync_s: 30, refit_every: 1000}
 
 `port` is the service's Thrift port; the optional `http_port` serves /health/live, /health/ready
 and /metrics (and on the aggregator the Open Inference Protocol, /v2/...). The aggregator's `port`
@@ -159,6 +159,14 @@ class RetrainerConfig(Endpoint):
     min_samples: int = 40             # refuse to retrain a cut with fewer
     snapshot_s: float = 10.0          # samples reach the state directory at most this long after arriving
     resync_s: float = 30.0            # how often the predictors' versions are compared with the retrainer's
+    # Automatic refits (gati/rpc/autorefit.py), counted in joint samples: sampled requests whose features at every
+    # planned cut came in one message. Off when both refit_every and refit_seconds are 0.
+    refit_every: int = 1000           # joint samples since the last refit began that start the next; 0: by time only
+    refit_seconds: float = 0.0        # or seconds since then, whichever comes first; 0: by count only
+    select_samples: int = 300         # the latest joint samples before a fit: build the candidate's thresholds
+    certify_samples: int = 1000       # joint samples after the fit that re-certify the whole cascade
+    alpha: float = 0.05               # each review's error budget (split between its two tests)
+    target: float = 0.0               # the agreement certified; 0: the bundle's target
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class VersionRecord:
     bundle_sha256: str    # the bundle whose cut it was deployed to
     saved_unix: float
     certificate: dict[str, float] = field(default_factory=dict)  # the retrainer gate's scores ({}: not known here)
+    threshold: float | None = None  # the confidence it answers at (None: the plan's)
 
 
 @dataclass
@@ -86,11 +87,11 @@ class VersionStore:
         return folder
 
     def save(self, cut: int, cut_name: str, version: int, variant: str, blob: bytes,
-             certificate: dict[str, float] | None = None) -> None:
+             certificate: dict[str, float] | None = None, threshold: float | None = None) -> None:
         """The cache file, then its record (which makes the version count), then older versions pruned."""
         folder = self._cut(cut_name)
         record = VersionRecord(cut, cut_name, version, variant, hashlib.sha256(blob).hexdigest(),
-                               self.bundle_sha256, time.time(), dict(certificate or {}))
+                               self.bundle_sha256, time.time(), dict(certificate or {}), threshold)
         atomic_write(folder / f"v{version:04d}.pt", blob)
         atomic_write(folder / f"v{version:04d}.json", json.dumps(asdict(record), indent=1).encode())
         for old in self.versions(cut_name)[:-self.keep]:
@@ -133,7 +134,7 @@ class VersionStore:
 def save_samples(path: Path, samples: SampleArrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_npz(path, {"features": samples.features, "labels": samples.labels, "logits": samples.logits,
-                      "has_logits": samples.has_logits})
+                      "has_logits": samples.has_logits, "requests": samples.requests})
 
 
 def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> SampleArrays:
@@ -156,8 +157,11 @@ def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> S
         log.error("%s does not hold samples of features %s and %d classes; starting without samples", path,
                   tuple(feat_shape), num_classes)
         return none
+    requests = arrays.get("requests")  # absent in snapshots from before joint samples: none is joint
+    if requests is None or len(requests) != len(labels):
+        requests = np.full(len(labels), -1, np.int64)
     return SampleArrays(feats.astype(np.float32), labels.astype(np.int64), logits.astype(np.float32),
-                        has.astype(bool))
+                        has.astype(bool), requests.astype(np.int64))
 
 
 # ---- a periodic task --------------------------------------------------------------------------------------------

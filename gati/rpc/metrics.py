@@ -256,3 +256,9 @@ class RetrainerMetrics(ServiceMetrics):
         self.resyncs = self.counter("gati_retrainer_resyncs", "Versions made consistent with a predictor: "
                                     "pushed again (it served an older one) or adopted (it served a newer one)",
                                     ["cut", "action"])
+        self.joint = self.counter("gati_retrainer_joint_samples", "Sampled requests whose features at every planned "
+                                  "cut arrived together: what automatic refits fit on and re-certify with")
+        self.reviews = self.counter("gati_retrainer_reviews", "Automatic re-certifications of the whole cascade by "
+                                    "outcome (deployed, kept: nothing certified faster, deploy_failed)", ["outcome"])
+        self.review_bound = self.gauge("gati_retrainer_review_lower_bound", "The last review's certified lower "
+                                       "bound on end-to-end agreement, at the vector deployed or re-tested")

@@ -3,7 +3,7 @@
 `lookup` (a cut's reduced features from the executor) runs the cut's cache and returns the
 verdict to the executor, whose cascade loop stops at the first hit (see gati/runtime/cascade.py).
 
-`deploy` swaps in a new version of a cut's cache atomically: the served caches are one immutable
+`deploy` swaps in a new version of a cut's cache (and the threshold it answers at) atomically: the served caches are one immutable
 mapping replaced as a whole, so a lookup in flight finishes on the version it started with. With a
 state directory (gati/rpc/durable.py) each accepted version is written to disk before `deploy`
 answers, and a restarted predictor serves the highest one written (its kNN vectors loaded into the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
@@ -96,7 +97,8 @@ class PredictorHandler(ServiceBase):
         """The highest version in the state directory, else the bundle's (which the index service loads itself)."""
         found = self.store.latest(slot.cut_name, slot.cache) if self.store else None
         if found is not None:
-            resumed = dataclasses.replace(slot, cache=found.cache, version=found.version)
+            threshold = slot.threshold if found.record.threshold is None else found.record.threshold
+            resumed = dataclasses.replace(slot, cache=found.cache, version=found.version, threshold=threshold)
             try:
                 self._attach_index(resumed, populate=True)
                 log.info("cut %s resumes version %d from %s", slot.cut_name, found.version, self.store.folder)
@@ -132,14 +134,19 @@ class PredictorHandler(ServiceBase):
             wrong = mismatch(cache, slot.cache)
             if wrong:
                 raise InvalidRequest(f"version {update.version} cannot serve cut {slot.cut_name}: {wrong}")
-            new = dataclasses.replace(slot, cache=cache, version=update.version)
+            threshold = slot.threshold if update.threshold is None else update.threshold
+            if math.isnan(threshold) or threshold < 0:
+                raise InvalidRequest(f"version {update.version} of cut {slot.cut_name}: threshold {threshold} is "
+                                     "not a confidence (a number >= 0; infinity: never answers)")
+            new = dataclasses.replace(slot, cache=cache, version=update.version, threshold=threshold)
             try:
                 self._attach_index(new, populate=True)
             except PeerUnavailable as e:
                 raise InvalidRequest(f"cannot load version {update.version} into the neighbour index: {e}") from e
             if self.store is not None:  # on disk before it serves: a restart resumes what was acknowledged
                 try:
-                    self.store.save(new.cut, new.cut_name, new.version, new.variant, update.blob)
+                    self.store.save(new.cut, new.cut_name, new.version, new.variant, update.blob,
+                                    threshold=new.threshold)
                 except (OSError, GatiError) as e:
                     raise InvalidRequest(f"cannot write version {update.version} to the state directory: "
                                          f"{e}") from e
@@ -147,7 +154,7 @@ class PredictorHandler(ServiceBase):
             self._forget_index(slot)
         self.metrics.deploys.labels(slot.cut_name).inc()
         self.metrics.version.labels(slot.cut_name).set(update.version)
-        log.info("cut %s now serves version %d", slot.cut_name, update.version)
+        log.info("cut %s now serves version %d at threshold %.4f", slot.cut_name, update.version, new.threshold)
 
     def _forget_index(self, replaced: Slot) -> None:
         """Reset the index of the version `replaced` had replaced: lookups in flight may still search

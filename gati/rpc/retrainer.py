@@ -1,5 +1,9 @@
 """The retrainer: refits caches on live samples and deploys a new version only if it is no worse.
 
+Two ways a version is made. Automatically (gati/rpc/autorefit.py, on by default): every `refit_every` sampled
+requests, all the plan's caches are refitted and go live together only after the whole cascade is re-certified
+on later samples. By hand, one cut at a time, with the gate described below (`retrain`, `propose`).
+
 Samples (a cut's reduced features, the full model's label and logits) arrive from the aggregator
 for the requests it sampled. `retrain(cut)` fits a fresh copy of the deployed cache (same variant
 and hyper-parameters) on the training share of the samples, then compares candidate and deployed
@@ -33,8 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gati.bundle import BundleInfo
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
+from gati.learning.refit import Review
+from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Serving, plan_layout
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
 from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
@@ -45,11 +52,12 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Sample,
 )
 from gati.rpc.metrics import RetrainerMetrics
-from gati.rpc.samples import BadSample, SampleArrays, SampleRing, check_sample
+from gati.rpc.samples import BadSample, CheckedSample, SampleArrays, SampleRing, check_sample
 from gati.rpc.service import ServiceBase
 from gati.rpc.transport import WARN_EVERY_S, PeerUnavailable, Pool, Throttle
 
 log = logging.getLogger("gati.rpc.retrainer")
+REFIT_POLL_S = 1.0  # how often the automatic refits look whether one is due
 ONE_HOT_LOGIT = 4.0  # teacher logit margin when a sample carries only the label
 
 
@@ -96,7 +104,7 @@ class RetrainerHandler(ServiceBase):
 
     def __init__(self, cuts: dict[int, CutState], cfg: RetrainerConfig, num_classes: int,
                  metrics: RetrainerMetrics | None = None, store: VersionStore | None = None,
-                 samples_dir: Path | None = None):
+                 samples_dir: Path | None = None, info: BundleInfo | None = None):
         self.metrics: RetrainerMetrics = metrics or RetrainerMetrics()
         super().__init__(self.metrics)
         self.cuts, self.cfg, self.num_classes = cuts, cfg, num_classes
@@ -111,13 +119,23 @@ class RetrainerHandler(ServiceBase):
             found = store.latest(st.cut_name, st.cache) if store else None
             if found is not None:
                 st.cache, st.version, st.blob = found.cache, found.version, found.blob
+                st.threshold = st.threshold if found.record.threshold is None else found.record.threshold
                 log.info("cut %s resumes version %d and %d samples", st.cut_name, st.version, len(st.samples))
             self.metrics.version.labels(st.cut_name).set(st.version)
             self.metrics.held.labels(st.cut_name).set(len(st.samples))
+        auto = None if info is None else AutoRefitConfig.of(cfg, info.manifest.target)
+        self.auto = None
+        if auto is not None:
+            slots, costs = plan_layout(info, set(cuts))
+            self.auto = AutoRefit(auto, slots, costs, {c: st.samples for c, st in cuts.items()}, self._serving,
+                                  self._deploy_cascade)
 
     def start(self) -> RetrainerHandler:
-        """The background thread(s): resync with the predictors, and snapshot samples with a state directory."""
+        """The background threads: resync with the predictors, automatic refits, and snapshots of the samples with
+        a state directory."""
         self._periodic = [Every("retrainer-resync", self.cfg.resync_s, self.resync)]
+        if self.auto is not None:
+            self._periodic.append(Every("retrainer-refit", REFIT_POLL_S, self._auto_step))
         if self.samples_dir is not None:
             self._periodic.append(Every("retrainer-snapshot", self.cfg.snapshot_s, self.snapshot))
         for p in self._periodic:
@@ -131,7 +149,7 @@ class RetrainerHandler(ServiceBase):
         self.snapshot()
 
     def add_samples(self, samples: list[Sample]) -> None:
-        touched: dict[int, CutState] = {}
+        checked: list[tuple[CutState, CheckedSample]] = []
         for s in samples:
             st = self.cuts.get(s.cut)
             try:
@@ -144,12 +162,25 @@ class RetrainerHandler(ServiceBase):
                                 WARN_EVERY_S)
                 self.metrics.dropped.labels(e.reason).inc()
                 continue
-            st.samples.append(ok)
+            checked.append((st, ok))
+        number = self._joint_number(checked)
+        touched: dict[int, CutState] = {}
+        for st, ok in checked:
+            st.samples.append(ok, number)
             st.received += 1
             self.metrics.samples.labels(st.cut_name).inc()
             touched[st.cut] = st
         for st in touched.values():  # once per cut and batch, not per sample
             self.metrics.held.labels(st.cut_name).set(len(st.samples))
+
+    def _joint_number(self, checked: list[tuple[CutState, CheckedSample]]) -> int:
+        """A message that holds every planned cut once, with the base logits, is one sampled request run to the end:
+        a joint sample, numbered for the automatic refits (-1: it is not one)."""
+        if self.auto is None or sorted(st.cut for st, _ in checked) != sorted(self.cuts) \
+                or any(ok.logits is None for _, ok in checked) or len({ok.label for _, ok in checked}) != 1:
+            return -1
+        self.metrics.joint.inc()
+        return self.auto.number()
 
     def retrain(self, cut: int) -> RetrainResult:
         with self.gate.enter(lambda: InvalidRequest("the retrainer is shutting down")):
@@ -207,16 +238,17 @@ class RetrainerHandler(ServiceBase):
     def _resync(self, st: CutState) -> None:
         """Make the retrainer's and the cut's predictor's versions agree, the higher one winning (st.lock held)."""
         try:
-            served = {c.cut: c.version for c in st.predictor.call("caches")}.get(st.cut)
+            info = {c.cut: c for c in st.predictor.call("caches")}.get(st.cut)
+            served = None if info is None else info.version
             if served is None or served == st.version:
                 return
             if served < st.version:
-                st.predictor.call("deploy", CacheUpdate(st.cut, st.version, st.blob))
+                st.predictor.call("deploy", CacheUpdate(st.cut, st.version, st.blob, st.threshold))
                 action = "pushed"
                 log.warning("cut %s: %s served version %d, below the %d deployed; deployed version %d again",
                             st.cut_name, st.predictor.name, served, st.version, st.version)
             else:
-                self._adopt(st, served, st.predictor.call("cache", st.cut))
+                self._adopt(st, served, st.predictor.call("cache", st.cut), info.threshold)
                 action = "adopted"
         except (PeerUnavailable, InvalidRequest, GatiError) as e:  # retried at the next resync or deploy
             if self._resync_logged.allow():
@@ -226,7 +258,7 @@ class RetrainerHandler(ServiceBase):
         self.metrics.resyncs.labels(st.cut_name, action).inc()
         self.metrics.version.labels(st.cut_name).set(st.version)
 
-    def _adopt(self, st: CutState, served: int, blob: bytes) -> None:
+    def _adopt(self, st: CutState, served: int, blob: bytes, threshold: float) -> None:
         cache = cache_from_bytes(blob)
         wrong = mismatch(cache, st.cache)
         if wrong:
@@ -234,17 +266,59 @@ class RetrainerHandler(ServiceBase):
         log.warning("cut %s: %s serves version %d, above the %d this retrainer knew (its state was lost or "
                     "behind); adopted it, the next deploy is version %d", st.cut_name, st.predictor.name, served,
                     st.version, served + 1)
-        st.cache, st.version, st.blob = cache, served, blob
+        st.cache, st.version, st.blob, st.threshold = cache, served, blob, threshold
         self._persist(st, {})
 
     def _persist(self, st: CutState, certificate: dict[str, float]) -> None:
         if self.store is None:
             return
         try:
-            self.store.save(st.cut, st.cut_name, st.version, st.cache.variant, st.blob, certificate)
+            self.store.save(st.cut, st.cut_name, st.version, st.cache.variant, st.blob, certificate, st.threshold)
         except (OSError, GatiError) as e:  # the predictor has it: the next resync after a restart adopts it
             log.error("cut %s: version %d is deployed but was not written to %s: %s", st.cut_name, st.version,
                       self.store.folder, e)
+
+    # ---- automatic refits (gati/rpc/autorefit.py) ---------------------------------------------
+
+    def _auto_step(self) -> None:
+        found = self.auto.step()
+        if found is not None and found.deployed is None:
+            self.metrics.reviews.labels("kept").inc()
+            passed = found.trials[0].result  # the serving caches re-tested
+            self.metrics.review_bound.set(passed.lower_bound if passed.passed else 0.0)
+
+    def _serving(self) -> Serving:
+        return Serving({c: st.cache for c, st in self.cuts.items()}, {c: st.threshold for c, st in self.cuts.items()})
+
+    def _deploy_cascade(self, caches: dict[int, Cache], thresholds: dict[int, float], found: Review) -> bool:
+        """Push a re-certified cascade, one cut after another in cut order; True when every cut took it."""
+        trial = found.deployed
+        assert trial is not None
+        r = trial.result
+        certificate = {"target": self.auto.cfg.target, "alpha": found.alpha, "lower_bound": r.lower_bound,
+                       "agreement": r.agreement, "hit_rate": r.hit_rate, "n": float(r.n),
+                       "wrong_hits": float(r.wrong_hits), "expected_ms": trial.expected_ms,
+                       "serving_ms": found.incumbent_ms}
+        for cut in sorted(caches):
+            st = self.cuts[cut]
+            with st.lock:
+                self._resync(st)  # numbered above what the predictor serves
+                version, blob = st.version + 1, cache_to_bytes(caches[cut])
+                try:
+                    st.predictor.call("deploy", CacheUpdate(st.cut, version, blob, thresholds[cut]))
+                except (PeerUnavailable, InvalidRequest) as e:
+                    log.error("cut %s: the re-certified version %d was not deployed (%s); the cascade now mixes "
+                              "versions until the next review", st.cut_name, version, getattr(e, "message", None) or e)
+                    self.metrics.reviews.labels("deploy_failed").inc()
+                    return False
+                st.cache, st.version, st.blob, st.threshold = caches[cut], version, blob, thresholds[cut]
+                self._persist(st, {**certificate, "made_by_" + trial.name: 1.0})
+                self.metrics.version.labels(st.cut_name).set(version)
+        self.metrics.reviews.labels("deployed").inc()
+        self.metrics.review_bound.set(r.lower_bound)
+        log.info("deployed a re-certified cascade (%s): agreement >= %.4f (lower bound %.4f on %d fresh samples), "
+                 "hit rate %.3f", trial.name, self.auto.cfg.target, r.lower_bound, r.n, r.hit_rate)
+        return True
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -280,7 +354,7 @@ class RetrainerHandler(ServiceBase):
             return result
         version, blob = st.version + 1, cache_to_bytes(candidate)
         try:
-            st.predictor.call("deploy", CacheUpdate(st.cut, version, blob))
+            st.predictor.call("deploy", CacheUpdate(st.cut, version, blob, st.threshold))
         except (PeerUnavailable, InvalidRequest) as e:
             self.metrics.retrains.labels("deploy_failed").inc()
             result.message = f"validated but not deployed: {getattr(e, 'message', None) or e}"

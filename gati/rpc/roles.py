@@ -277,7 +277,7 @@ def _retrainer(cfg: ClusterConfig) -> Service:
     folder = cfg.state_folder("retrainer")
     handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes,
                                RetrainerMetrics(build=build_info(info)), version_store(cfg, "retrainer", info),
-                               folder / "samples" if folder else None)
+                               folder / "samples" if folder else None, info)
     server = _server(Retrainer.Processor(handler), handler, cfg.retrainer, cfg, "retrainer", "retrainer")
     return Service("retrainer", handler.start(), server, closers=[handler.close])
 

@@ -78,6 +78,7 @@ class SampleArrays:
     labels: np.ndarray            # int64 [n]
     logits: np.ndarray            # float32 [n, num_classes]; rows without logits are zeros
     has_logits: np.ndarray        # bool [n]
+    requests: np.ndarray          # int64 [n]: the joint sample (sampled request) it belongs to; -1: none
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,7 +86,7 @@ class SampleArrays:
     @classmethod
     def empty(cls, feat_shape: tuple[int, ...], num_classes: int) -> SampleArrays:
         return cls(np.zeros((0, *feat_shape), np.float32), np.zeros(0, np.int64),
-                   np.zeros((0, num_classes), np.float32), np.zeros(0, bool))
+                   np.zeros((0, num_classes), np.float32), np.zeros(0, bool), np.zeros(0, np.int64))
 
 
 class SampleRing:
@@ -100,6 +101,7 @@ class SampleRing:
         self._labels = np.zeros(capacity, np.int64)
         self._logits = np.zeros((capacity, num_classes), np.float32)
         self._has_logits = np.zeros(capacity, bool)
+        self._requests = np.full(capacity, -1, np.int64)
         self._next = 0   # the row the next sample is written to
         self._size = 0
         self._lock = threading.Lock()
@@ -107,13 +109,14 @@ class SampleRing:
     def __len__(self) -> int:
         return self._size
 
-    def append(self, s: CheckedSample) -> None:
+    def append(self, s: CheckedSample, request: int = -1) -> None:
         with self._lock:
             i = self._next
             self._features[i] = s.features
             self._labels[i] = s.label
             self._has_logits[i] = s.logits is not None
             self._logits[i] = 0.0 if s.logits is None else s.logits
+            self._requests[i] = request
             self._next = (i + 1) % self.capacity
             self._size = min(self._size + 1, self.capacity)
 
@@ -121,11 +124,25 @@ class SampleRing:
         """Append saved samples in order (a resumed snapshot); only the last `capacity` stay."""
         for i in range(max(0, len(saved) - self.capacity), len(saved)):
             logits = saved.logits[i] if saved.has_logits[i] else None
-            self.append(CheckedSample(saved.features[i], int(saved.labels[i]), logits))
+            self.append(CheckedSample(saved.features[i], int(saved.labels[i]), logits), int(saved.requests[i]))
 
     def arrays(self) -> SampleArrays:
         """A copy of the samples held, oldest first."""
         with self._lock:
-            order = (np.arange(self._size) + self._next - self._size) % self.capacity
-            return SampleArrays(self._features[order], self._labels[order], self._logits[order],
-                                self._has_logits[order])
+            return self._rows((np.arange(self._size) + self._next - self._size) % self.capacity)
+
+    def joint(self, after: int, upto: int | None = None) -> SampleArrays:
+        """A copy of the rows of joint samples numbered in (after, upto] (`upto` None: open), in number order."""
+        with self._lock:
+            numbers = self._requests[:self._size]
+            rows = np.flatnonzero((numbers > after) & (numbers <= (np.iinfo(np.int64).max if upto is None else upto)))
+            return self._rows(rows[np.argsort(numbers[rows], kind="stable")])
+
+    def last_request(self) -> int:
+        """The highest joint sample number held; -1: none."""
+        with self._lock:
+            return int(self._requests[:self._size].max(initial=-1))
+
+    def _rows(self, rows: np.ndarray) -> SampleArrays:
+        return SampleArrays(self._features[rows], self._labels[rows], self._logits[rows], self._has_logits[rows],
+                            self._requests[rows])

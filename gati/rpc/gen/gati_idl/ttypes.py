@@ -1470,14 +1470,16 @@ class CacheUpdate(object):
      - cut
      - version
      - blob
+     - threshold
 
     """
 
 
-    def __init__(self, cut=None, version=None, blob=None,):
+    def __init__(self, cut=None, version=None, blob=None, threshold=None,):
         self.cut = cut
         self.version = version
         self.blob = blob
+        self.threshold = threshold
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1503,6 +1505,11 @@ class CacheUpdate(object):
                     self.blob = iprot.readBinary()
                 else:
                     iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.DOUBLE:
+                    self.threshold = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1524,6 +1531,10 @@ class CacheUpdate(object):
         if self.blob is not None:
             oprot.writeFieldBegin('blob', TType.STRING, 3)
             oprot.writeBinary(self.blob)
+            oprot.writeFieldEnd()
+        if self.threshold is not None:
+            oprot.writeFieldBegin('threshold', TType.DOUBLE, 4)
+            oprot.writeDouble(self.threshold)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2068,6 +2079,7 @@ CacheUpdate.thrift_spec = (
     (1, TType.I32, 'cut', None, None, ),  # 1
     (2, TType.I32, 'version', None, None, ),  # 2
     (3, TType.STRING, 'blob', 'BINARY', None, ),  # 3
+    (4, TType.DOUBLE, 'threshold', None, None, ),  # 4
 )
 all_structs.append(CacheInfo)
 CacheInfo.thrift_spec = (

@@ -1,0 +1,193 @@
+"""The retrainer's automatic refits: the cluster's caches refitted on live traffic, deployed only after the whole
+cascade is re-certified on samples they were not fitted on.
+
+Every request the aggregator's coin sampled (secret, independent of its content) ran to the end on an executor,
+and arrives as one `add_samples` message: its reduced features at every planned cut with the base model's logits.
+The retrainer numbers each such message (a *joint sample*, 0, 1, ...) and stores its rows in the cuts' sample rings
+(gati/rpc/samples.py); `joint_samples` reads them back as one `SampleSet`. Messages that lack a cut (a client's own
+samples, say) still teach their cut through the `retrain` RPC, but never grade a cascade.
+
+The rule is the in-process learner's (gati/learning/online.py), through the same pure functions
+(gati/learning/refit.py):
+
+1. Every `refit_every` joint samples (or `refit_seconds`), fresh copies of the plan's caches are fitted by
+   distillation on the joint samples so far, minus the latest `select_samples`, which build the candidate's
+   threshold path.
+2. Once `certify_samples` joint samples numbered after the fit's last have come in, `review` tests, on them, the
+   whole cascade with the candidate in place (end-to-end agreement with the base model >= target at 1 - alpha/2,
+   a fixed-sequence test of one-sided Clopper-Pearson bounds) and the serving caches with their thresholds lowered
+   further (the other alpha/2).
+3. The faster trial that certified early exits beyond the serving vector, and is faster than it on those samples
+   by the bundle's latency model, goes live: every cut's cache and threshold is pushed to its predictor as the
+   cut's next version. A candidate that fails, or is slower, is never pushed.
+
+What differs from the in-process learner: the cluster serves one threshold vector (the one deployed is the trial's
+last certified vector; there is no fallback ladder), there is no online neighbour tier in the cascade (the index
+service serves the kNN caches of the plan), and a deploy is one push per predictor, so requests served during it
+(milliseconds) may meet new caches at some cuts and old ones at others, a mix no review certified.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gati.bundle import BundleInfo
+from gati.cache import Cache
+from gati.errors import GatiError
+from gati.learning.refit import Review, Slot, order_slots, refit_caches, review
+from gati.learning.samples import SampleSet
+from gati.pipeline.certify import Costs
+from gati.rpc.config import RetrainerConfig
+from gati.rpc.samples import SampleRing
+
+log = logging.getLogger("gati.rpc.autorefit")
+
+Refit = Callable[[dict[int, dict], SampleSet, int], dict[int, Cache]]
+
+
+@dataclass(frozen=True)
+class AutoRefitConfig:
+    refit_every: int | None      # joint samples since the last refit began that start the next (None: by time only)
+    refit_seconds: float | None  # or seconds since then, whichever comes first (None: by count only)
+    select_samples: int
+    certify_samples: int
+    alpha: float
+    target: float
+
+    @classmethod
+    def of(cls, cfg: RetrainerConfig, bundle_target: float) -> AutoRefitConfig | None:
+        """From the retrainer's configuration (0 there means off / the bundle's); None when refits are manual."""
+        if cfg.refit_every <= 0 and cfg.refit_seconds <= 0:
+            return None
+        target = cfg.target if cfg.target > 0 else bundle_target
+        if not 0 < cfg.alpha < 1 or not 0 < target < 1:
+            raise GatiError(f"retrainer alpha and target must be in (0, 1), got {cfg.alpha} and {target}")
+        if cfg.select_samples < 1 or cfg.certify_samples < 1:
+            raise GatiError("retrainer select_samples and certify_samples must be >= 1")
+        return cls(cfg.refit_every if cfg.refit_every > 0 else None,
+                   cfg.refit_seconds if cfg.refit_seconds > 0 else None,
+                   cfg.select_samples, cfg.certify_samples, cfg.alpha, target)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The cascade served now: each plan cut's cache and threshold."""
+    caches: dict[int, Cache]
+    thresholds: dict[int, float]
+
+
+@dataclass
+class _Candidate:
+    caches: dict[int, Cache] | None  # None: too few samples to fit; only the serving caches are re-tuned
+    after: int                       # the last joint sample it could see: fresh ones are numbered above
+    select: SampleSet
+    fitted_on: int
+
+
+def plan_layout(info: BundleInfo, cuts: set[int]) -> tuple[list[Slot], Costs]:
+    """The cascade's slots (the plan's caches at `cuts`) and the latency model's costs (the bundle's profile)."""
+    entries = [e for e in info.plan.entries if e.cut in cuts]
+    profile = info.manifest.profile
+    costs = Costs(profile.stage_ms, {(e.cut, e.variant): profile.lookup(e.cut, e.variant) for e in entries})
+    return [Slot(e.cut, e.variant) for e in entries], costs
+
+
+def joint_samples(rings: dict[int, SampleRing], after: int, upto: int | None = None) -> SampleSet:
+    """The joint samples numbered in (after, upto] that every cut's ring still holds, in number order; features are
+    float32, exactly what the predictors are sent, so that the review scores what is served."""
+    held = {cut: ring.joint(after, upto) for cut, ring in rings.items()}
+    numbers = None
+    for rows in held.values():
+        mine = rows.requests[rows.has_logits]
+        numbers = mine if numbers is None else np.intersect1d(numbers, mine)
+    numbers = np.unique(numbers if numbers is not None else np.zeros(0, np.int64))
+    features, logits = {}, None
+    for cut, rows in held.items():
+        at = np.searchsorted(rows.requests, numbers)  # rows are in number order, each number once per ring
+        features[cut] = rows.features[at].reshape(len(numbers), -1)
+        logits = rows.logits[at]
+    n = len(numbers)
+    return SampleSet(numbers, np.ones(n, bool), features,
+                     logits if logits is not None else np.zeros((0, 0), np.float32),
+                     np.full(n, -1, np.int64), np.zeros(n, np.float32))
+
+
+class AutoRefit:
+    """Decides when to refit and what goes live; the retrainer feeds it samples and carries out its deploys.
+
+    `step()` is called periodically from one thread: it begins a refit when one is due, and reviews the candidate
+    once enough fresh joint samples came in. `serving()` reads the cascade served now; `deploy(trial caches,
+    thresholds, review)` pushes a version and says whether every cut took it."""
+
+    def __init__(self, cfg: AutoRefitConfig, slots: list[Slot], costs: Costs, rings: dict[int, SampleRing],
+                 serving: Callable[[], Serving], deploy: Callable[[dict[int, Cache], dict[int, float], Review], bool],
+                 refit: Refit = refit_caches):
+        self.cfg, self.slots, self.costs, self.rings = cfg, order_slots(slots), costs, rings
+        self.serving, self.deploy, self.refit = serving, deploy, refit
+        self.next_number = 1 + max((r.last_request() for r in rings.values()), default=-1)
+        self._mark = (self.next_number, time.monotonic())  # where the last refit began
+        self._candidate: _Candidate | None = None
+        self._lock = threading.Lock()
+        self.last: Review | None = None  # the latest review
+
+    def number(self) -> int:
+        """The next joint sample's number (the caller stores its rows under it); thread-safe."""
+        with self._lock:
+            n, self.next_number = self.next_number, self.next_number + 1
+            return n
+
+    def step(self) -> Review | None:
+        if self._candidate is None:
+            if self._due():
+                self._begin()
+            return None
+        if self.next_number - 1 - self._candidate.after < self.cfg.certify_samples:
+            return None
+        return self._review(self._candidate)
+
+    def _due(self) -> bool:
+        added = self.next_number - self._mark[0]
+        if added <= 0:
+            return False
+        every, seconds = self.cfg.refit_every, self.cfg.refit_seconds
+        return (every is not None and added >= every) or \
+            (seconds is not None and time.monotonic() - self._mark[1] >= seconds)
+
+    def _begin(self) -> None:
+        after = self.next_number - 1
+        self._mark = (self.next_number, time.monotonic())
+        pool = joint_samples(self.rings, after=-1, upto=after)
+        select_rows = np.arange(max(0, len(pool) - self.cfg.select_samples), len(pool))
+        fit = pool.subset(np.arange(0, select_rows[0] if len(select_rows) else len(pool)))
+        serving = self.serving()
+        configs = {s.cut: serving.caches[s.cut].config() for s in self.slots}
+        caches = self.refit(configs, fit, 0) if len(fit) >= 2 else None
+        self._candidate = _Candidate(caches, after, pool.subset(select_rows), len(fit))
+        log.info("refit %s on %d joint samples; re-certifying on %d joint samples after number %d",
+                 "done" if caches is not None else "skipped (too few samples)", len(fit), self.cfg.certify_samples,
+                 after)
+
+    def _review(self, candidate: _Candidate) -> Review | None:
+        fresh = joint_samples(self.rings, after=candidate.after)
+        fresh = fresh.subset(np.arange(min(len(fresh), self.cfg.certify_samples)))
+        self._candidate = None
+        if len(fresh) < self.cfg.certify_samples:  # evicted from the rings before they were read: start over
+            log.warning("only %d of %d fresh joint samples are still held; the candidate is dropped", len(fresh),
+                        self.cfg.certify_samples)
+            return None
+        serving = self.serving()
+        vector = [serving.thresholds[s.cut] for s in self.slots]
+        found = review(self.slots, (serving.caches, [vector]), candidate.caches, candidate.select, fresh, self.costs,
+                       self.cfg.target, self.cfg.alpha, retune=True, serving=1)
+        if found.deployed is not None:
+            thresholds = {s.cut: float(t) for s, t in zip(self.slots, found.deployed.result.thresholds)}
+            if not self.deploy(found.deployed.caches, thresholds, found):
+                found.reason += "; the push to the predictors did not complete"
+        log.info("review of %d fresh joint samples (fitted on %d): %s", len(fresh), candidate.fitted_on, found.reason)
+        self.last = found
+        return found

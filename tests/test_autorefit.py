@@ -1,0 +1,123 @@
+"""The retrainer's automatic refits (gati/rpc/autorefit.py) without processes: joint samples are read back whole,
+refits start by count, a good candidate goes live only after the whole cascade is re-certified on later samples,
+and a broken one never does."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gati.cache import make_cache
+from gati.learning.refit import REFIT, RETUNE, Slot, refit_caches
+from gati.learning.samples import SampleSet
+from gati.pipeline.certify import Costs
+from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Serving, joint_samples
+from gati.rpc.samples import CheckedSample, SampleRing
+
+SHAPE, CLASSES = (6, 2, 2), 3
+CONFIG = make_cache("linear", SHAPE, CLASSES, epochs=30).config()
+FEATS = (6,)  # a linear cache's reduced input: the pooled channels
+SLOTS = [Slot(0, "linear")]
+COSTS = Costs([1.0, 3.0], {(0, "linear"): 0.1})
+
+
+def sample(rng: np.random.Generator) -> CheckedSample:
+    """Features whose first three channels say the class; the base logits follow them."""
+    label = int(rng.integers(CLASSES))
+    feats = rng.normal(size=FEATS).astype(np.float32)
+    feats[label] += 4.0
+    logits = np.zeros(CLASSES, np.float32)
+    logits[label] = 5.0
+    return CheckedSample(feats, label, logits)
+
+
+def fitted(n: int, seed: int, shuffle: bool = False):
+    """A cache fitted on `n` samples; `shuffle` teaches it the wrong classes."""
+    rng = np.random.default_rng(seed)
+    rows = [sample(rng) for _ in range(n)]
+    logits = np.stack([s.logits for s in rows])
+    fit = SampleSet(np.arange(n), np.ones(n, bool), {0: np.stack([s.features for s in rows])},
+                    np.roll(logits, 1, axis=1) if shuffle else logits, np.full(n, -1), np.zeros(n, np.float32))
+    return refit_caches({0: CONFIG}, fit)[0]
+
+
+class Cluster:
+    """What the retrainer gives the refits: its rings, the cascade served, and a deploy that records pushes."""
+
+    def __init__(self, serving: Serving, refit=refit_caches, **cfg):
+        self.ring = SampleRing(4000, FEATS, CLASSES)
+        self.serving, self.pushed = serving, []
+        config = AutoRefitConfig(**{"refit_every": 400, "refit_seconds": None, "select_samples": 150,
+                                    "certify_samples": 400, "alpha": 0.05, "target": 0.95, **cfg})
+        self.auto = AutoRefit(config, SLOTS, COSTS, {0: self.ring}, lambda: self.serving, self._deploy, refit)
+        self.rng = np.random.default_rng(7)
+
+    def _deploy(self, caches, thresholds, found) -> bool:
+        self.pushed.append((caches, thresholds, found))
+        self.serving = Serving(caches, thresholds)
+        return True
+
+    def traffic(self, n: int) -> list:
+        """`n` joint samples, stepping the refits after each as the retrainer's thread would; the reviews made."""
+        found = []
+        for _ in range(n):
+            self.ring.append(sample(self.rng), self.auto.number())
+            review = self.auto.step()
+            if review is not None:
+                found.append(review)
+        return found
+
+
+def test_joint_samples_are_those_every_cut_holds_in_number_order():
+    rng = np.random.default_rng(0)
+    a, b = SampleRing(10, FEATS, CLASSES), SampleRing(10, FEATS, CLASSES)
+    kept = {}
+    for number in range(6):
+        s = sample(rng)
+        a.append(s, number)
+        if number != 3:  # cut b lost this one
+            b.append(s, number)
+        kept[number] = s
+    a.append(sample(rng))  # a cut's own sample (not a sampled request): never joint
+    got = joint_samples({0: a, 1: b}, after=0)
+    assert list(got.requests) == [1, 2, 4, 5] and got.coin.all()
+    assert np.array_equal(got.features[1][2], kept[4].features)
+    assert list(got.labels) == [kept[n].label for n in (1, 2, 4, 5)]
+    assert list(joint_samples({0: a, 1: b}, after=-1, upto=2).requests) == [0, 1, 2]
+
+
+def test_a_good_candidate_goes_live_only_after_certification_on_later_samples():
+    cluster = Cluster(Serving({0: fitted(300, 5, shuffle=True)}, {0: math.inf}))  # serving: never answers
+    assert cluster.traffic(400 + 399) == [] and cluster.pushed == []  # the fit began at 400; 399 fresh are too few
+    (found,) = cluster.traffic(1)
+    assert found.deployed is not None and found.deployed.name == REFIT
+    ((caches, thresholds, _),) = cluster.pushed
+    assert thresholds[0] < math.inf and found.deployed.result.lower_bound >= 0.95
+    assert found.deployed.result.n == 400  # certified on the 400 samples after the fit's last
+
+
+def test_a_broken_candidate_is_never_deployed():
+    def broken(configs, fit, seed):
+        shuffled = SampleSet(fit.requests, fit.coin, fit.features, np.roll(fit.logits, 1, axis=1), fit.tier_label,
+                             fit.tier_confidence)
+        return refit_caches(configs, shuffled, seed)
+
+    # At 0.95 a broken cache may still go live at thresholds where it answers under 5% of requests (its
+    # certificate holds); at 0.99, with 400 fresh samples, any wrong hit fails the vector.
+    bad = fitted(300, 5, shuffle=True)
+    cluster = Cluster(Serving({0: bad}, {0: math.inf}), refit=broken, target=0.99)
+    reviews = cluster.traffic(2000)
+    assert reviews and all(r.deployed is None for r in reviews) and cluster.pushed == []
+    assert all(t.result.hit_rate == 0 for r in reviews for t in r.trials)  # what certified answers nothing
+
+
+def test_serving_caches_that_are_good_are_retuned_not_replaced_by_a_broken_candidate():
+    def broken(configs, fit, seed):
+        return {0: fitted(300, 9, shuffle=True)}
+
+    cluster = Cluster(Serving({0: fitted(300, 5)}, {0: 0.999}), refit=broken)
+    reviews = cluster.traffic(800)
+    assert len(reviews) == 1
+    for caches, thresholds, found in cluster.pushed:
+        assert found.deployed.name == RETUNE and thresholds[0] <= 0.999  # the serving caches, answering more
+        assert caches[0] is not None and found.deployed.result.lower_bound >= 0.95
