@@ -16,6 +16,7 @@ import yaml
 
 from experiments import latency_sweep
 from experiments.sweep.bundles import Bundles, Ready, Unavailable
+from experiments.sweep.cluster import Refits, cluster_config
 from experiments.sweep.figures import draw_all
 from experiments.sweep.replay import live_lower_bound, replay_in_process
 from experiments.sweep.report import marker, replace_block
@@ -32,6 +33,7 @@ from gati.data import load_split
 from gati.learning.online import OnlineConfig
 from gati.measure.evaluate import evaluate
 from gati.measure.workloads import parse_workload
+from gati.rpc.config import load_config
 from tests.tinynet import CUTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -354,7 +356,6 @@ def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
     (lambda p: p["sweeps"][0].update(workloads=["bursty:mean_run=0"]), "mean_run"),
     (lambda p: p.update(colour="red"), "unknown keys colour"),
     (lambda p: p["sweeps"][0].update(targets=[1.2]), r"in \(0, 1\)"),
-    (lambda p: p["sweeps"][2].update(online=[False, True]), "online learning runs in process only"),
     (lambda p: p.update(learning={"refit_every": 0}), "refit_every must be an integer >= 1"),
     (lambda p: p.update(learning={"rate": 0.3}), "unknown keys rate"),
 ])
@@ -365,6 +366,16 @@ def test_a_bad_preset_is_refused_with_what_is_wrong(sweep_file, tmp_path, edit, 
     bad.write_text(yaml.safe_dump(spec))
     with pytest.raises(SweepError, match=message):
         load_preset(str(bad))
+
+
+def test_a_frozen_cluster_never_refits_and_an_online_one_refits_as_the_preset_says(tiny_bundle, tmp_path):
+    (tmp_path / "frozen").mkdir(), (tmp_path / "online").mkdir()
+    frozen = load_config(cluster_config(tiny_bundle, "cpu", 0.0, tmp_path / "frozen"))
+    assert frozen.retrainer.refit_every == 0 and frozen.retrainer.refit_seconds == 0
+    online = load_config(cluster_config(tiny_bundle, "cpu", 0.0, tmp_path / "online", Refits(0.4, 300, 100, 500)))
+    assert online.aggregator.sample_rate == 0.4
+    assert (online.retrainer.refit_every, online.retrainer.select_samples, online.retrainer.certify_samples) == \
+        (300, 100, 500)
 
 
 def test_a_missing_checkpoint_without_a_gpu_is_a_skip_with_the_train_base_command(tmp_path):

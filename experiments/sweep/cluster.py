@@ -4,12 +4,14 @@ As `experiments/hop_delay.py` runs it: a copy of deploy/local.yaml pointing at t
 `hop_delay_ms` (the transport sleeps that long before every message a client sends and before it reads a
 reply: one network hop each way), its own secret and logs in a private folder, started and stopped with
 `gati.rpc.launch`. Ports are picked free at start, so runs never collide with other clusters on the machine.
+A frozen row's retrainer never refits; an online row's refits as its preset's learning says.
 """
 from __future__ import annotations
 
 import socket
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -36,12 +38,28 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def cluster_config(bundle: Path, device: str, hop_delay_ms: float, folder: Path) -> Path:
-    """deploy/local.yaml for this bundle, device and delay, on free ports, its secret and logs under `folder`."""
+@dataclass(frozen=True)
+class Refits:
+    """An online row's learning in the cluster: the aggregator's coin and the retrainer's automatic refits."""
+    sample_rate: float
+    refit_every: int
+    select_samples: int
+    certify_samples: int
+
+
+def cluster_config(bundle: Path, device: str, hop_delay_ms: float, folder: Path, refits: Refits | None = None) -> Path:
+    """deploy/local.yaml for this bundle, device and delay, on free ports, its secret and logs under `folder`;
+    the retrainer refits as `refits` says, or never (a frozen row: its caches stay the bundle's)."""
     cfg = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
     cfg.update(bundle=str(Path(bundle).resolve()), device=device, hop_delay_ms=float(hop_delay_ms),
                log_dir=str(folder / "logs"), secret_file=str(folder / "secret"))
     services = cfg["services"]
+    if refits is None:
+        services["retrainer"].update(refit_every=0, refit_seconds=0)
+    else:
+        services["aggregator"]["sample_rate"] = refits.sample_rate
+        services["retrainer"].update(refit_every=refits.refit_every, select_samples=refits.select_samples,
+                                     certify_samples=refits.certify_samples)
     listed = [services[name] for name in SERVICES] + services["predictors"]
     ports = iter(free_ports(len(listed) + 1))
     for service in listed:
@@ -54,10 +72,10 @@ def cluster_config(bundle: Path, device: str, hop_delay_ms: float, folder: Path)
 
 
 @contextmanager
-def local_cluster(bundle: Path, device: str, hop_delay_ms: float) -> Iterator[str]:
+def local_cluster(bundle: Path, device: str, hop_delay_ms: float, refits: Refits | None = None) -> Iterator[str]:
     """The aggregator's endpoint while the cluster runs; every process is stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="gati-sweep-") as tmp:
-        cfg = load_config(cluster_config(bundle, device, hop_delay_ms, Path(tmp)))
+        cfg = load_config(cluster_config(bundle, device, hop_delay_ms, Path(tmp), refits))
         procs = launch.start(cfg)
         try:
             yield cfg.aggregator.address

@@ -9,8 +9,10 @@ live lower bound, level and cache version are the ones the learner served with.
 
 Through a cluster (`replay_cluster`) every request is sent as uint8 pixels to the aggregator, as `gati bench`
 sends it, and the unsplit model answers the same pixels in this process, preprocessing included on both sides,
-alternating in the same way, so the ratio compares what a client waits for. The cluster serves frozen caches
-(the sweep file refuses online cluster rows).
+alternating in the same way, so the ratio compares what a client waits for. A frozen row's cluster never refits
+(its aggregator still samples deploy/local.yaml's share for the retrainer, as a deployment does); an online row's
+refits automatically (gati/rpc/autorefit.py). The cluster's coin is its own secret, so a cluster row's live
+lower bound is the one below, from a coin drawn here at the same rate.
 
 Frozen rows (in process and cluster) have no coin of their own: nothing is sampled while frozen caches serve. Their
 live lower bound is the one a server watching them would export: the server's coin (a seeded Bernoulli draw

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.sweep.bundles import Bundles, Ready
-from experiments.sweep.cluster import local_cluster
+from experiments.sweep.cluster import Refits, local_cluster
 from experiments.sweep.replay import replay_cluster, replay_in_process
 from experiments.sweep.results import (
     DONE,
@@ -110,7 +110,13 @@ class _Measurer:
             self._stop_cluster()  # idle service processes must not share the cores with an in-process measurement
             records = replay_in_process(bundle, self.inputs.split(row), stream, row.online, p.sample_rate, p.seed,
                                         self.cfg.progress, learning=p.learning)
-        else:  # frozen: the sweep file refuses online cluster rows
+        elif row.online:  # a cluster of its own: what one row learned must not serve the next
+            self._stop_cluster()
+            rate = p.learning.sample_rate or p.sample_rate
+            refits = Refits(rate, p.learning.refit_every, p.learning.select_samples, p.learning.certify_samples)
+            with local_cluster(path, row.device, row.hop_delay_ms or 0.0, refits) as endpoint:
+                records = replay_cluster(bundle, endpoint, stream, rate, p.seed, progress=self.cfg.progress)
+        else:
             endpoint = self._endpoint((path, row.device, row.hop_delay_ms))
             records = replay_cluster(bundle, endpoint, stream, p.sample_rate, p.seed, progress=self.cfg.progress)
         result.status, result.records, result.workload = DONE, records, stream.description

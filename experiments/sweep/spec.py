@@ -26,8 +26,8 @@ The file (experiments/presets/sweep.yaml) names the models once and the presets 
             online: [false]
 
 A row is one measurement: (model, device, target, workload, deployment, hop delay, online learning).
-Online learning runs in process (`gati eval --online`); a cluster serves frozen caches, so a sweep that lists
-cluster deployments takes `online: [false]` only.
+Online learning runs in process (`gati eval --online`) and in the cluster (the retrainer's automatic refits, with
+the aggregator's coin at the learner's sample rate); a cluster row learning online starts a cluster of its own.
 Its key names it in the results file, so a finished row is found again and not recomputed.
 """
 from __future__ import annotations
@@ -218,9 +218,6 @@ def _rows(raw: dict, models: dict[str, ModelSpec], requests: int, seed: int, whe
     workloads = [_workload(w, requests, seed, where) for w in _list(raw, "workloads", where, ["iid"])]
     delays = [float(d) for d in _list(raw, "hop_delays_ms", where, [0.0])]
     online = [bool(o) for o in _list(raw, "online", where, [False])]
-    if CLUSTER in deployments and any(online):
-        raise SweepError(f"{where}: online learning runs in process only (a cluster serves frozen caches); "
-                         "put the cluster deployments in a sweep of their own with online: [false]")
     placements = [(d, None) for d in deployments if d == IN_PROCESS]
     placements += [(CLUSTER, delay) for delay in delays if CLUSTER in deployments]
     return [Row(model, device, target, workload, deployment, delay, learn)

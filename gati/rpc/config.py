@@ -168,6 +168,11 @@ class RetrainerConfig(Endpoint):
     alpha: float = 0.05               # each review's error budget (split between its two tests)
     target: float = 0.0               # the agreement certified; 0: the bundle's target
 
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1 or not 0 <= self.target < 1:
+            raise ConfigError(f"services.retrainer: alpha must be in (0, 1) and target in [0, 1), got {self.alpha} "
+                              f"and {self.target}")
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -466,7 +471,7 @@ def _typed(value: Any, kind: type, key: str, ctx: str) -> Any:
     return value
 
 
-MINIMUM = {"threads": 0, "lookahead": -1}  # other ints are counts (>= 1), other floats >= 0
+MINIMUM = {"threads": 0, "lookahead": -1, "refit_every": 0}  # other ints are counts (>= 1), other floats >= 0
 
 
 def _number(value: Any, kind: type, key: str, ctx: str) -> float | int:

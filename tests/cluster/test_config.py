@@ -78,6 +78,8 @@ def test_placement_resolves_auto_to_the_cuts_placed_nowhere_else(tmp_path):
     ({"services__aggregator__internal_port": None}, "internal_port is required"),
     ({"services__aggregator__internal_port": 9091}, "both use 127.0.0.1:9091"),
     ({"secret_file": None}, "secret_file must be a str"),
+    ({"services__retrainer": {"host": "127.0.0.1", "port": 9095, "alpha": 1.0}}, "alpha must be in \\(0, 1\\)"),
+    ({"services__retrainer": {"host": "127.0.0.1", "port": 9095, "refit_every": -1}}, "refit_every must be at least 0"),
     ({"connections": {"max_open": 0}}, "max_open must be at least 1"),
     ({"connections": {"idle_s": 0}}, "idle_s must be positive"),
     ({"connections": {"maxopen": 5}}, "unknown keys \\['maxopen'\\]"),
