@@ -18,7 +18,9 @@ from typing import Iterator
 import yaml
 
 from gati.rpc import launch
-from gati.rpc.config import load_config
+from gati.rpc.auth import Secret
+from gati.rpc.client import status
+from gati.rpc.config import ClusterConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("aggregator", "executor", "index", "retrainer")
@@ -71,13 +73,25 @@ def cluster_config(bundle: Path, device: str, hop_delay_ms: float, folder: Path,
     return path
 
 
+@dataclass(frozen=True)
+class Running:
+    endpoint: str       # the aggregator's public HOST:PORT
+    cfg: ClusterConfig
+
+    def retrainer_counters(self) -> dict[str, float]:
+        """What the retrainer counted (joint samples, reviews by outcome, ...) and its gauges (cache versions)."""
+        ep = self.cfg.retrainer
+        got = status(ep.host, ep.port, timeout_s=10.0, secret=Secret.load(self.cfg.secret_file))
+        return {**got.counters, **got.gauges}
+
+
 @contextmanager
-def local_cluster(bundle: Path, device: str, hop_delay_ms: float, refits: Refits | None = None) -> Iterator[str]:
-    """The aggregator's endpoint while the cluster runs; every process is stopped on the way out."""
+def local_cluster(bundle: Path, device: str, hop_delay_ms: float, refits: Refits | None = None) -> Iterator[Running]:
+    """The running cluster (its endpoint and configuration); every process is stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="gati-sweep-") as tmp:
         cfg = load_config(cluster_config(bundle, device, hop_delay_ms, Path(tmp), refits))
         procs = launch.start(cfg)
         try:
-            yield cfg.aggregator.address
+            yield Running(cfg.aggregator.address, cfg)
         finally:
             launch.stop_procs(procs)

@@ -114,8 +114,9 @@ class _Measurer:
             self._stop_cluster()
             rate = p.learning.sample_rate or p.sample_rate
             refits = Refits(rate, p.learning.refit_every, p.learning.select_samples, p.learning.certify_samples)
-            with local_cluster(path, row.device, row.hop_delay_ms or 0.0, refits) as endpoint:
-                records = replay_cluster(bundle, endpoint, stream, rate, p.seed, progress=self.cfg.progress)
+            with local_cluster(path, row.device, row.hop_delay_ms or 0.0, refits) as cluster:
+                records = replay_cluster(bundle, cluster.endpoint, stream, rate, p.seed, progress=self.cfg.progress)
+                result.learned = cluster.retrainer_counters()
         else:
             endpoint = self._endpoint((path, row.device, row.hop_delay_ms))
             records = replay_cluster(bundle, endpoint, stream, p.sample_rate, p.seed, progress=self.cfg.progress)
@@ -128,7 +129,7 @@ class _Measurer:
         if self._cluster is None or self._cluster[0] != wanted:
             self._stop_cluster()
             bundle, device, delay = wanted
-            self._cluster = (wanted, self._clusters.enter_context(local_cluster(bundle, device, delay or 0.0)))
+            self._cluster = (wanted, self._clusters.enter_context(local_cluster(bundle, device, delay or 0.0)).endpoint)
         return self._cluster[1]
 
     def _stop_cluster(self) -> None:
