@@ -36,8 +36,10 @@ def cluster_config(bundle: str, delay_ms: float, folder: Path, base_port: int) -
     cfg["bundle"] = str(Path(bundle).resolve())
     cfg["log_dir"] = str(folder / "logs")
     cfg["secret_file"] = str(folder / "secret")  # created by the launch, private to this run
+    cfg["state_dir"] = str(folder / "state")  # private too: another run's versions must not serve this one
     cfg["hop_delay_ms"] = delay_ms
     services = cfg["services"]
+    services["retrainer"].update(refit_every=0, refit_seconds=0)  # the bundle's caches throughout the measurement
     ports = iter(range(base_port, base_port + 20))
     for service in [services[name] for name in ("aggregator", "executor", "index", "retrainer")] + services["predictors"]:
         service["port"], service["http_port"] = next(ports), next(ports)

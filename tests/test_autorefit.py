@@ -11,7 +11,7 @@ from gati.cache import make_cache
 from gati.learning.refit import REFIT, RETUNE, Slot, refit_caches
 from gati.learning.samples import SampleSet
 from gati.pipeline.certify import Costs
-from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Serving, joint_samples
+from gati.rpc.autorefit import DEPLOYED, FALLBACK, AutoRefit, AutoRefitConfig, Decision, Serving, joint_samples
 from gati.rpc.samples import CheckedSample, SampleRing
 
 SHAPE, CLASSES = (6, 2, 2), 3
@@ -52,9 +52,9 @@ class Cluster:
         self.auto = AutoRefit(config, SLOTS, COSTS, {0: self.ring}, lambda: self.serving, self._deploy, refit)
         self.rng = np.random.default_rng(7)
 
-    def _deploy(self, caches, thresholds, found) -> bool:
-        self.pushed.append((caches, thresholds, found))
-        self.serving = Serving(caches, thresholds)
+    def _deploy(self, decision: Decision) -> bool:
+        self.pushed.append(decision)
+        self.serving = Serving(decision.caches, decision.thresholds)
         return True
 
     def traffic(self, n: int) -> list:
@@ -62,9 +62,9 @@ class Cluster:
         found = []
         for _ in range(n):
             self.ring.append(sample(self.rng), self.auto.number())
-            review = self.auto.step()
-            if review is not None:
-                found.append(review)
+            outcome = self.auto.step()
+            if outcome is not None:
+                found.append(outcome)
         return found
 
 
@@ -89,11 +89,13 @@ def test_joint_samples_are_those_every_cut_holds_in_number_order():
 def test_a_good_candidate_goes_live_only_after_certification_on_later_samples():
     cluster = Cluster(Serving({0: fitted(300, 5, shuffle=True)}, {0: math.inf}))  # serving: never answers
     assert cluster.traffic(400 + 399) == [] and cluster.pushed == []  # the fit began at 400; 399 fresh are too few
-    (found,) = cluster.traffic(1)
-    assert found.deployed is not None and found.deployed.name == REFIT
-    ((caches, thresholds, _),) = cluster.pushed
-    assert thresholds[0] < math.inf and found.deployed.result.lower_bound >= 0.95
-    assert found.deployed.result.n == 400  # certified on the 400 samples after the fit's last
+    (outcome,) = cluster.traffic(1)
+    found = outcome.review
+    assert found.deployed is not None and found.deployed.name == REFIT and outcome.pushed
+    (decision,) = cluster.pushed
+    assert decision.outcome == DEPLOYED and decision.caches is found.deployed.caches
+    assert decision.thresholds[0] < math.inf and decision.lower_bound >= 0.95
+    assert found.deployed.result.n == 400 and decision.record["n"] == 400  # the 400 samples after the fit's last
 
 
 def test_a_broken_candidate_is_never_deployed():
@@ -106,9 +108,10 @@ def test_a_broken_candidate_is_never_deployed():
     # certificate holds); at 0.99, with 400 fresh samples, any wrong hit fails the vector.
     bad = fitted(300, 5, shuffle=True)
     cluster = Cluster(Serving({0: bad}, {0: math.inf}), refit=broken, target=0.99)
-    reviews = cluster.traffic(2000)
-    assert reviews and all(r.deployed is None for r in reviews) and cluster.pushed == []
-    assert all(t.result.hit_rate == 0 for r in reviews for t in r.trials)  # what certified answers nothing
+    outcomes = cluster.traffic(2000)
+    assert outcomes and all(o.review.deployed is None and o.decision is None for o in outcomes)
+    assert cluster.pushed == []
+    assert all(t.result.hit_rate == 0 for o in outcomes for t in o.review.trials)  # what certified answers nothing
 
 
 def test_serving_caches_that_are_good_are_retuned_not_replaced_by_a_broken_candidate():
@@ -116,8 +119,24 @@ def test_serving_caches_that_are_good_are_retuned_not_replaced_by_a_broken_candi
         return {0: fitted(300, 9, shuffle=True)}
 
     cluster = Cluster(Serving({0: fitted(300, 5)}, {0: 0.999}), refit=broken)
-    reviews = cluster.traffic(800)
-    assert len(reviews) == 1
-    for caches, thresholds, found in cluster.pushed:
-        assert found.deployed.name == RETUNE and thresholds[0] <= 0.999  # the serving caches, answering more
-        assert caches[0] is not None and found.deployed.result.lower_bound >= 0.95
+    good = cluster.serving.caches[0]
+    assert len(cluster.traffic(800)) == 1
+    for decision in cluster.pushed:  # the serving caches, answering more; never the broken ones
+        assert decision.outcome == DEPLOYED and decision.record["made_by_" + RETUNE] == 1.0
+        assert decision.caches[0] is good and decision.thresholds[0] <= 0.999 and decision.lower_bound >= 0.95
+
+
+def test_a_serving_cascade_that_fails_its_retest_falls_back_to_no_early_exits():
+    wrong = fitted(300, 5, shuffle=True)  # confidently wrong, and served at a threshold where it answers
+
+    def broken(configs, fit, seed):
+        return {0: fitted(300, 9, shuffle=True)}
+
+    cluster = Cluster(Serving({0: wrong}, {0: 0.0}), refit=broken)
+    outcomes = cluster.traffic(800)
+    assert [o.decision.outcome for o in outcomes] == [FALLBACK] and outcomes[0].pushed
+    assert cluster.serving.thresholds == {0: math.inf} and cluster.serving.caches[0] is wrong
+    assert outcomes[0].review.incumbent_levels_passed == 0
+    cluster.traffic(1600)  # it climbs back only through a review that certifies what it serves, and falls again
+    for d in cluster.pushed[1:]:
+        assert (d.outcome == DEPLOYED and d.lower_bound >= 0.95) or (d.outcome == FALLBACK and d.thresholds[0] == math.inf)

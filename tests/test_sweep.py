@@ -374,6 +374,9 @@ def test_a_frozen_cluster_never_refits_and_an_online_one_refits_as_the_preset_sa
     assert frozen.retrainer.refit_every == 0 and frozen.retrainer.refit_seconds == 0
     online = load_config(cluster_config(tiny_bundle, "cpu", 0.0, tmp_path / "online", Refits(0.4, 300, 100, 500)))
     assert online.aggregator.sample_rate == 0.4
+    # each cluster keeps its state in its own folder: what one row's cluster learned never serves another's
+    assert frozen.state_dir.resolve() == (tmp_path / "frozen" / "state").resolve()
+    assert online.state_dir.resolve() == (tmp_path / "online" / "state").resolve()
     assert (online.retrainer.refit_every, online.retrainer.select_samples, online.retrainer.certify_samples) == \
         (300, 100, 500)
 

@@ -54,7 +54,8 @@ def cluster_config(bundle: Path, device: str, hop_delay_ms: float, folder: Path,
     the retrainer refits as `refits` says, or never (a frozen row: its caches stay the bundle's)."""
     cfg = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
     cfg.update(bundle=str(Path(bundle).resolve()), device=device, hop_delay_ms=float(hop_delay_ms),
-               log_dir=str(folder / "logs"), secret_file=str(folder / "secret"))
+               log_dir=str(folder / "logs"), secret_file=str(folder / "secret"),
+               state_dir=str(folder / "state"))  # its own: versions one row learned must not serve the next
     services = cfg["services"]
     if refits is None:
         services["retrainer"].update(refit_every=0, refit_seconds=0)

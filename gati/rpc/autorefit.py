@@ -20,15 +20,19 @@ The rule is the in-process learner's (gati/learning/online.py), through the same
 3. The faster trial that certified early exits beyond the serving vector, and is faster than it on those samples
    by the bundle's latency model, goes live: every cut's cache and threshold is pushed to its predictor as the
    cut's next version. A candidate that fails, or is slower, is never pushed.
+4. When the serving cascade itself fails its re-test and nothing certified, it falls back to no early exits (every
+   threshold infinite: the base model answers); the next review's re-tuning climbs back only as far as it certifies.
 
 What differs from the in-process learner: the cluster serves one threshold vector (the one deployed is the trial's
-last certified vector; there is no fallback ladder), there is no online neighbour tier in the cascade (the index
+last certified vector), its fallback is one step (to no early exits, not down a ladder of certified levels, and only
+at a review, not from a live bound), there is no online neighbour tier in the cascade (the index
 service serves the kNN caches of the plan), and a deploy is one push per predictor, so requests served during it
 (milliseconds) may meet new caches at some cuts and old ones at others, a mix no review certified.
 """
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +85,28 @@ class Serving:
     thresholds: dict[int, float]
 
 
+DEPLOYED, FALLBACK = "deployed", "fallback"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A cascade to push: every cut's cache and threshold, and what is written beside each cut's version."""
+    outcome: str                  # DEPLOYED (a certified trial) or FALLBACK (no early exits)
+    caches: dict[int, Cache]
+    thresholds: dict[int, float]
+    record: dict[str, float]      # the certificate, or why it fell back
+    lower_bound: float            # the certified bound on agreement (0: a fallback certifies nothing new)
+    summary: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One review, and what it pushed."""
+    review: Review
+    decision: Decision | None     # None: the serving cascade stays
+    pushed: bool                  # every predictor took it
+
+
 @dataclass
 class _Candidate:
     caches: dict[int, Cache] | None  # None: too few samples to fit; only the serving caches are re-tuned
@@ -121,11 +147,11 @@ class AutoRefit:
     """Decides when to refit and what goes live; the retrainer feeds it samples and carries out its deploys.
 
     `step()` is called periodically from one thread: it begins a refit when one is due, and reviews the candidate
-    once enough fresh joint samples came in. `serving()` reads the cascade served now; `deploy(trial caches,
-    thresholds, review)` pushes a version and says whether every cut took it."""
+    once enough fresh joint samples came in. `serving()` reads the cascade served now; `deploy(decision)` pushes a
+    version to every cut and says whether every cut took it."""
 
     def __init__(self, cfg: AutoRefitConfig, slots: list[Slot], costs: Costs, rings: dict[int, SampleRing],
-                 serving: Callable[[], Serving], deploy: Callable[[dict[int, Cache], dict[int, float], Review], bool],
+                 serving: Callable[[], Serving], deploy: Callable[[Decision], bool],
                  refit: Refit = refit_caches):
         self.cfg, self.slots, self.costs, self.rings = cfg, order_slots(slots), costs, rings
         self.serving, self.deploy, self.refit = serving, deploy, refit
@@ -133,7 +159,7 @@ class AutoRefit:
         self._mark = (self.next_number, time.monotonic())  # where the last refit began
         self._candidate: _Candidate | None = None
         self._lock = threading.Lock()
-        self.last: Review | None = None  # the latest review
+        self.last: Outcome | None = None  # the latest review
 
     def number(self) -> int:
         """The next joint sample's number (the caller stores its rows under it); thread-safe."""
@@ -141,7 +167,7 @@ class AutoRefit:
             n, self.next_number = self.next_number, self.next_number + 1
             return n
 
-    def step(self) -> Review | None:
+    def step(self) -> Outcome | None:
         if self._candidate is None:
             if self._due():
                 self._begin()
@@ -172,7 +198,7 @@ class AutoRefit:
                  "done" if caches is not None else "skipped (too few samples)", len(fit), self.cfg.certify_samples,
                  after)
 
-    def _review(self, candidate: _Candidate) -> Review | None:
+    def _review(self, candidate: _Candidate) -> Outcome | None:
         fresh = joint_samples(self.rings, after=candidate.after)
         fresh = fresh.subset(np.arange(min(len(fresh), self.cfg.certify_samples)))
         self._candidate = None
@@ -184,10 +210,32 @@ class AutoRefit:
         vector = [serving.thresholds[s.cut] for s in self.slots]
         found = review(self.slots, (serving.caches, [vector]), candidate.caches, candidate.select, fresh, self.costs,
                        self.cfg.target, self.cfg.alpha, retune=True, serving=1)
+        decision = self._decide(found, serving, vector, len(fresh))
+        pushed = decision is not None and self.deploy(decision)
+        log.info("review of %d fresh joint samples (fitted on %d): %s%s", len(fresh), candidate.fitted_on,
+                 found.reason if decision is None else decision.summary,
+                 "" if decision is None or pushed else "; the push to the predictors did not complete")
+        self.last = Outcome(found, decision, pushed)
+        return self.last
+
+    def _decide(self, found: Review, serving: Serving, vector: list[float], n: int) -> Decision | None:
+        """What goes live: the certified trial; else, when the serving cascade failed its re-test, no early exits
+        (the base model answers until a later review certifies thresholds again); else nothing changes."""
         if found.deployed is not None:
-            thresholds = {s.cut: float(t) for s, t in zip(self.slots, found.deployed.result.thresholds)}
-            if not self.deploy(found.deployed.caches, thresholds, found):
-                found.reason += "; the push to the predictors did not complete"
-        log.info("review of %d fresh joint samples (fitted on %d): %s", len(fresh), candidate.fitted_on, found.reason)
-        self.last = found
-        return found
+            trial, r = found.deployed, found.deployed.result
+            thresholds = {s.cut: float(t) for s, t in zip(self.slots, r.thresholds)}
+            record = {"target": self.cfg.target, "alpha": found.alpha, "lower_bound": r.lower_bound,
+                      "agreement": r.agreement, "hit_rate": r.hit_rate, "n": float(r.n),
+                      "wrong_hits": float(r.wrong_hits), "expected_ms": trial.expected_ms,
+                      "serving_ms": found.incumbent_ms, "made_by_" + trial.name: 1.0}
+            return Decision(DEPLOYED, trial.caches, thresholds, record, r.lower_bound,
+                            f"deployed {trial.name}: agreement >= {self.cfg.target} (lower bound {r.lower_bound:.4f} "
+                            f"on {r.n} fresh samples), hit rate {r.hit_rate:.3f}")
+        if found.incumbent_levels_passed == 0 and any(math.isfinite(t) for t in vector):
+            retest = found.trials[0].result
+            record = {"target": self.cfg.target, "alpha": found.alpha, "n": float(n), "fallback": 1.0,
+                      "retest_agreement": retest.agreement}
+            return Decision(FALLBACK, serving.caches, {s.cut: math.inf for s in self.slots}, record, 0.0,
+                            f"the serving cascade failed its re-test on {n} fresh samples and nothing else "
+                            "certified: no early exits until a review certifies thresholds again")
+        return None

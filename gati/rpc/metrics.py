@@ -259,6 +259,7 @@ class RetrainerMetrics(ServiceMetrics):
         self.joint = self.counter("gati_retrainer_joint_samples", "Sampled requests whose features at every planned "
                                   "cut arrived together: what automatic refits fit on and re-certify with")
         self.reviews = self.counter("gati_retrainer_reviews", "Automatic re-certifications of the whole cascade by "
-                                    "outcome (deployed, kept: nothing certified faster, deploy_failed)", ["outcome"])
+                                    "outcome (deployed; fallback: the serving cascade failed its re-test, no "
+                                    "early exits; kept: nothing changes; deploy_failed)", ["outcome"])
         self.review_bound = self.gauge("gati_retrainer_review_lower_bound", "The last review's certified lower "
                                        "bound on end-to-end agreement, at the vector deployed or re-tested")

@@ -40,8 +40,7 @@ import torch
 from gati.bundle import BundleInfo
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
-from gati.learning.refit import Review
-from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Serving, plan_layout
+from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, plan_layout
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
 from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
@@ -281,43 +280,41 @@ class RetrainerHandler(ServiceBase):
     # ---- automatic refits (gati/rpc/autorefit.py) ---------------------------------------------
 
     def _auto_step(self) -> None:
-        found = self.auto.step()
-        if found is not None and found.deployed is None:
+        outcome = self.auto.step()
+        if outcome is None:
+            return
+        if outcome.decision is None:
             self.metrics.reviews.labels("kept").inc()
-            passed = found.trials[0].result  # the serving caches re-tested
-            self.metrics.review_bound.set(passed.lower_bound if passed.passed else 0.0)
+            retest = outcome.review.trials[0].result  # the serving cascade re-tested
+            self.metrics.review_bound.set(retest.lower_bound if retest.passed else 0.0)
+        elif outcome.pushed:
+            self.metrics.reviews.labels(outcome.decision.outcome).inc()
+            self.metrics.review_bound.set(outcome.decision.lower_bound)
+        else:
+            self.metrics.reviews.labels("deploy_failed").inc()
 
     def _serving(self) -> Serving:
         return Serving({c: st.cache for c, st in self.cuts.items()}, {c: st.threshold for c, st in self.cuts.items()})
 
-    def _deploy_cascade(self, caches: dict[int, Cache], thresholds: dict[int, float], found: Review) -> bool:
-        """Push a re-certified cascade, one cut after another in cut order; True when every cut took it."""
-        trial = found.deployed
-        assert trial is not None
-        r = trial.result
-        certificate = {"target": self.auto.cfg.target, "alpha": found.alpha, "lower_bound": r.lower_bound,
-                       "agreement": r.agreement, "hit_rate": r.hit_rate, "n": float(r.n),
-                       "wrong_hits": float(r.wrong_hits), "expected_ms": trial.expected_ms,
-                       "serving_ms": found.incumbent_ms}
-        for cut in sorted(caches):
+    def _deploy_cascade(self, decision: Decision) -> bool:
+        """Push a cascade, one cut after another in cut order; True when every cut took it."""
+        for cut in sorted(decision.caches):
             st = self.cuts[cut]
             with st.lock:
                 self._resync(st)  # numbered above what the predictor serves
-                version, blob = st.version + 1, cache_to_bytes(caches[cut])
+                version, blob = st.version + 1, cache_to_bytes(decision.caches[cut])
+                threshold = decision.thresholds[cut]
                 try:
-                    st.predictor.call("deploy", CacheUpdate(st.cut, version, blob, thresholds[cut]))
+                    st.predictor.call("deploy", CacheUpdate(st.cut, version, blob, threshold))
                 except (PeerUnavailable, InvalidRequest) as e:
-                    log.error("cut %s: the re-certified version %d was not deployed (%s); the cascade now mixes "
-                              "versions until the next review", st.cut_name, version, getattr(e, "message", None) or e)
-                    self.metrics.reviews.labels("deploy_failed").inc()
+                    log.error("cut %s: version %d (%s) was not deployed (%s); the cascade now mixes versions until "
+                              "the next review", st.cut_name, version, decision.outcome,
+                              getattr(e, "message", None) or e)
                     return False
-                st.cache, st.version, st.blob, st.threshold = caches[cut], version, blob, thresholds[cut]
-                self._persist(st, {**certificate, "made_by_" + trial.name: 1.0})
+                st.cache, st.version, st.blob, st.threshold = decision.caches[cut], version, blob, threshold
+                self._persist(st, decision.record)
                 self.metrics.version.labels(st.cut_name).set(version)
-        self.metrics.reviews.labels("deployed").inc()
-        self.metrics.review_bound.set(r.lower_bound)
-        log.info("deployed a re-certified cascade (%s): agreement >= %.4f (lower bound %.4f on %d fresh samples), "
-                 "hit rate %.3f", trial.name, self.auto.cfg.target, r.lower_bound, r.n, r.hit_rate)
+        log.info("cascade %s: %s", decision.outcome, decision.summary)
         return True
 
     # ---- internals ------------------------------------------------------------------------
