@@ -225,4 +225,7 @@ service Retrainer extends Service {
   RetrainResult retrain(1: i32 cut) throws (1: InvalidRequest invalid),
   // Validate and deploy a cache built elsewhere (a tar of Cache.save's output).
   RetrainResult propose(1: i32 cut, 2: binary blob) throws (1: InvalidRequest invalid),
+  // From the aggregator: its live lower bound on agreement is about to fall below the target; serve
+  // no early exits until a review certifies thresholds again (`reason` is logged).
+  oneway void fallback(1: string reason),
 }

@@ -8,10 +8,19 @@ import math
 import numpy as np
 
 from gati.cache import make_cache
-from gati.learning.refit import REFIT, RETUNE, Slot, refit_caches
+from gati.learning.refit import REFIT, RETUNE, Review, Slot, refit_caches
 from gati.learning.samples import SampleSet
-from gati.pipeline.certify import Costs
-from gati.rpc.autorefit import DEPLOYED, FALLBACK, AutoRefit, AutoRefitConfig, Decision, Serving, joint_samples
+from gati.pipeline.certify import Costs, agreement_lower_bound, agreement_upper_bound
+from gati.rpc.autorefit import (
+    DEPLOYED,
+    FALLBACK,
+    AutoRefit,
+    AutoRefitConfig,
+    Decision,
+    Serving,
+    joint_samples,
+    no_early_exits,
+)
 from gati.rpc.samples import CheckedSample, SampleRing
 
 SHAPE, CLASSES = (6, 2, 2), 3
@@ -140,3 +149,27 @@ def test_a_serving_cascade_that_fails_its_retest_falls_back_to_no_early_exits():
     cluster.traffic(1600)  # it climbs back only through a review that certifies what it serves, and falls again
     for d in cluster.pushed[1:]:
         assert (d.outcome == DEPLOYED and d.lower_bound >= 0.95) or (d.outcome == FALLBACK and d.thresholds[0] == math.inf)
+
+
+def review_with(wrong: int, fresh: int) -> Review:
+    """A review in which nothing certified and the serving cascade made `wrong` errors on `fresh` samples."""
+    return Review([], 0, 1.0, 3.0, None, "nothing certified", [], 0.025, wrong, fresh)
+
+
+def test_a_retest_that_cannot_prove_the_target_keeps_the_serving_cascade_and_one_that_shows_it_below_falls_back():
+    cluster = Cluster(Serving({0: fitted(300, 5)}, {0: 0.5}), target=0.97)
+    # 10 wrong of 500 (agreement 0.98): too few samples to prove >= 0.97, nowhere near showing it is below
+    assert agreement_lower_bound(500, 10, 0.025) < 0.97 < agreement_upper_bound(500, 10, 0.025)
+    assert cluster.auto._decide(review_with(10, 500), cluster.serving) is None
+    # 30 wrong of 500 (0.94): below 0.97 with confidence 0.975
+    assert agreement_upper_bound(500, 30, 0.025) < 0.97
+    decision = cluster.auto._decide(review_with(30, 500), cluster.serving)
+    assert decision.outcome == FALLBACK and decision.thresholds == {0: math.inf}
+    assert decision.record["retest_upper_bound"] < 0.97
+
+
+def test_no_early_exits_serves_the_same_caches_at_infinite_thresholds_once():
+    serving = Serving({0: fitted(300, 5)}, {0: 0.5})
+    decision = no_early_exits(serving, "asked", {"live": 1.0})
+    assert decision.outcome == FALLBACK and decision.caches is serving.caches and decision.thresholds == {0: math.inf}
+    assert no_early_exits(Serving(serving.caches, decision.thresholds), "again", {}) is None  # served already

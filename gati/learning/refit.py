@@ -144,6 +144,8 @@ class Review:
     reason: str
     levels: list[list[float]]  # the deployed trial's certified levels (a spread of its passed vectors)
     alpha: float  # each test's share (alpha / 2)
+    incumbent_wrong: int = 0  # wrong answers of the serving version, at the level it serves, on the fresh samples
+    fresh: int = 0  # how many fresh samples the review tested on
 
 
 def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float]]],
@@ -169,7 +171,8 @@ def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float
     passed = min(len(trials[0].result.passed), len(ladder))
     rung = len(ladder) if serving is None else serving
     old_vector = ladder[rung - 1] if rung else np.full(len(slots), np.inf)
-    old_ms = simulate(slot_scores(slots, caches, fresh), old_vector, exit_cost)["latency_ms"]
+    old = simulate(slot_scores(slots, caches, fresh), old_vector, exit_cost)
+    old_ms = old["latency_ms"]
     if candidate is not None:
         fresh_path = threshold_sequence(slot_scores(slots, candidate, select), exit_cost, target, moves=(1,))
         trials.append(_trial(REFIT, slots, candidate, fresh_path, fresh, exit_cost, target, each))
@@ -185,7 +188,8 @@ def review(slots: list[Slot], incumbent: tuple[dict[int, Cache], list[list[float
         deployed, reason = best, (f"{best.name} certified, {best.expected_ms:.3f} ms expected against the serving "
                                   f"version's {old_ms:.3f} ms")
     spread = [] if deployed is None else [[float(t) for t in v] for v in spread_levels(deployed.result.passed)]
-    return Review(trials, passed, old_ms, float(exit_cost[-1]), deployed, reason, spread, each)
+    return Review(trials, passed, old_ms, float(exit_cost[-1]), deployed, reason, spread, each, old["wrong"],
+                  len(fresh))
 
 
 def _trial(name: str, slots: list[Slot], caches: dict[int, Cache], sequence: list[np.ndarray], fresh: SampleSet,

@@ -243,6 +243,14 @@ def agreement_lower_bound(n: int, wrong: int, alpha: float = ALPHA) -> float:
     return 1.0 - hi
 
 
+def agreement_upper_bound(n: int, wrong: int, alpha: float = ALPHA) -> float:
+    """One-sided Clopper-Pearson upper bound on agreement after `wrong` errors in `n` requests: the lower bound
+    on the error rate, by the same test with right and wrong swapped."""
+    if n == 0:
+        return 1.0
+    return 1.0 - agreement_lower_bound(n, n - wrong, alpha)
+
+
 def _binom_cdf(k: int, n: int, p: float) -> float:
     if p <= 0.0:
         return 1.0

@@ -11,6 +11,9 @@ decoding: a refused request costs almost nothing), decodes and checks it once a 
   is degraded. A replica that dies with requests in flight is noticed at once
   (gati/rpc/replicas.py): they move to another replica, or fail with Unavailable, not at their
   deadline.
+  The answers to the sampled requests keep the live guarantee at the front door (gati/rpc/live.py): an
+  anytime-valid lower bound on the agreement of every answer given, exported as a metric, and a fallback to no
+  early exits, asked of the retrainer, when that bound is about to fall below the target.
 - `EngineBackend` (`--role all`): the in-process engine behind the same Thrift front door, with the live
   guarantee of `gati.learning.online` when the aggregator has a sample rate.
 
@@ -32,7 +35,7 @@ from typing import Protocol
 import torch
 
 from gati.errors import InvalidInput
-from gati.learning.online import OnlineAnswer, OnlineEngine
+from gati.learning.online import OnlineAnswer, OnlineConfig, OnlineEngine
 from gati.rpc.admission import Admission, deadline_s
 from gati.rpc.config import AggregatorConfig, Timeouts
 from gati.rpc.gen.gati_idl.ttypes import (
@@ -47,6 +50,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     Unavailable,
 )
 from gati.rpc.inputs import InputSpec
+from gati.rpc.live import LiveGuard
 from gati.rpc.metrics import AggregatorMetrics
 from gati.rpc.replicas import Replica, Replicas
 from gati.rpc.service import ServiceBase
@@ -131,11 +135,17 @@ class ClusterBackend:
     while the deadline allows (gati/rpc/replicas.py says how a death is noticed)."""
 
     def __init__(self, cut_names: dict[int, str], replicas: list[Replica], limits: Limits,
-                 metrics: AggregatorMetrics, retrainer: Pool | None = None, heartbeat_s: float = 1.0):
+                 metrics: AggregatorMetrics, retrainer: Pool | None = None, heartbeat_s: float = 1.0,
+                 sample_rate: float = 0.0, target: float | None = None):
         self.cut_names = cut_names
         self.retrainer, self.metrics = retrainer, metrics
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
+        self.guard: LiveGuard | None = None  # the live bound: needs sampled requests and a target to keep
+        if sample_rate > 0 and target is not None:
+            self.guard = LiveGuard(sample_rate, target, OnlineConfig.alpha, OnlineConfig.headroom,
+                                   self._ask_fallback)
+            metrics.watch_bound(self.guard.snapshot)
         for r in replicas:
             metrics.replica_in_flight.labels(r.name).set_function(lambda r=r: r.in_flight)
         self.replicas = Replicas(replicas, limits, self._lost, self._replica_state, heartbeat_s).start()
@@ -155,6 +165,8 @@ class ClusterBackend:
                 self._learn(p)  # its shadow result may have come first
             else:
                 self._pending.pop(p.request_id, None)
+                if answered and self.guard is not None:
+                    self.guard.observe(p.outcome.exit_cut >= 0, False)
 
     def _attempts(self, p: Pending, message: RunRequest, deadline: float) -> Outcome:
         tried: set[str] = set()
@@ -222,7 +234,10 @@ class ClusterBackend:
         with self._lock:  # the answer and the shadow result race; exactly one caller learns
             if p.outcome is None or p.shadow is None or self._pending.pop(p.request_id, None) is None:
                 return
-        self.metrics.sample(p.outcome.exit_cut >= 0, p.outcome.label == p.shadow.base_label)
+        hit, agree = p.outcome.exit_cut >= 0, p.outcome.label == p.shadow.base_label
+        self.metrics.sample(hit, agree)
+        if self.guard is not None:
+            self.guard.observe(hit, True, (not agree) if hit else None)
         if self.retrainer is not None and p.shadow.samples:
             try:
                 self.retrainer.send("add_samples", p.shadow.samples)
@@ -233,8 +248,21 @@ class ClusterBackend:
     def _forget_stale(self) -> None:
         old = time.monotonic() - SAMPLED_TTL_S
         for rid, p in list(self._pending.items()):
-            if p.created < old:
-                self._pending.pop(rid, None)
+            if p.created < old and self._pending.pop(rid, None) is not None:
+                if p.outcome is not None and p.sampled and self.guard is not None:
+                    self.guard.lost(p.outcome.exit_cut >= 0)  # answered; its full-model run never came back
+
+    def _ask_fallback(self, reason: str) -> None:
+        self.metrics.live_fallbacks.inc()
+        if self.retrainer is None:
+            log.error("the live bound asks for no early exits (%s), but no retrainer is configured to deploy "
+                      "them", reason)
+            return
+        try:
+            self.retrainer.send("fallback", reason)
+        except PeerUnavailable as e:  # the next wrong answer seen while the bound is at risk asks again
+            self.retrainer.warn(log, e)
+            self.metrics.peer_unreachable.labels("retrainer").inc()
 
     def _cancel(self, replica: Replica, request_id: int) -> None:
         try:

@@ -20,14 +20,21 @@ The rule is the in-process learner's (gati/learning/online.py), through the same
 3. The faster trial that certified early exits beyond the serving vector, and is faster than it on those samples
    by the bundle's latency model, goes live: every cut's cache and threshold is pushed to its predictor as the
    cut's next version. A candidate that fails, or is slower, is never pushed.
-4. When the serving cascade itself fails its re-test and nothing certified, it falls back to no early exits (every
-   threshold infinite: the base model answers); the next review's re-tuning climbs back only as far as it certifies.
+4. Falling back to no early exits (every threshold infinite: the base model answers) happens on evidence that
+   agreement is below the target, never on a re-test that merely could not prove it above (with 500 fresh
+   samples at a 0.97 target a cascade that agrees 98% of the time fails its re-test about half the time, and
+   falling back on that halved the cluster's hit rate):
+   - at once, when the aggregator's anytime-valid live bound is about to fall below the target
+     (gati/rpc/live.py, the in-process learner's rule): the retrainer's `fallback` RPC (`no_early_exits`);
+   - at a review, when nothing certified and the serving cascade's agreement on the fresh samples is below the
+     target with confidence 1 - alpha/2 (its one-sided Clopper-Pearson upper bound is below it).
+   After a fallback the next review's re-tuning climbs back only as far as it certifies.
 
 What differs from the in-process learner: the cluster serves one threshold vector (the one deployed is the trial's
-last certified vector), its fallback is one step (to no early exits, not down a ladder of certified levels, and only
-at a review, not from a live bound), there is no online neighbour tier in the cascade (the index
-service serves the kNN caches of the plan), and a deploy is one push per predictor, so requests served during it
-(milliseconds) may meet new caches at some cuts and old ones at others, a mix no review certified.
+last certified vector), its fallback is one step (to no early exits, not down a ladder of certified levels), there
+is no online neighbour tier in the cascade (the index service serves the kNN caches of the plan), and a deploy is
+one push per predictor, so requests served during it (milliseconds) may meet new caches at some cuts and old ones
+at others, a mix no review certified.
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ from gati.cache import Cache
 from gati.errors import GatiError
 from gati.learning.refit import Review, Slot, order_slots, refit_caches, review
 from gati.learning.samples import SampleSet
-from gati.pipeline.certify import Costs
+from gati.pipeline.certify import Costs, agreement_upper_bound
 from gati.rpc.config import RetrainerConfig
 from gati.rpc.samples import SampleRing
 
@@ -113,6 +120,15 @@ class _Candidate:
     after: int                       # the last joint sample it could see: fresh ones are numbered above
     select: SampleSet
     fitted_on: int
+
+
+def no_early_exits(serving: Serving, summary: str, record: dict[str, float]) -> Decision | None:
+    """The serving caches with every threshold infinite (the base model answers every request); None when that is
+    what is served already."""
+    if not any(math.isfinite(t) for t in serving.thresholds.values()):
+        return None
+    return Decision(FALLBACK, serving.caches, {cut: math.inf for cut in serving.thresholds},
+                    {"fallback": 1.0, **record}, 0.0, summary)
 
 
 def plan_layout(info: BundleInfo, cuts: set[int]) -> tuple[list[Slot], Costs]:
@@ -210,7 +226,7 @@ class AutoRefit:
         vector = [serving.thresholds[s.cut] for s in self.slots]
         found = review(self.slots, (serving.caches, [vector]), candidate.caches, candidate.select, fresh, self.costs,
                        self.cfg.target, self.cfg.alpha, retune=True, serving=1)
-        decision = self._decide(found, serving, vector, len(fresh))
+        decision = self._decide(found, serving)
         pushed = decision is not None and self.deploy(decision)
         log.info("review of %d fresh joint samples (fitted on %d): %s%s", len(fresh), candidate.fitted_on,
                  found.reason if decision is None else decision.summary,
@@ -218,9 +234,10 @@ class AutoRefit:
         self.last = Outcome(found, decision, pushed)
         return self.last
 
-    def _decide(self, found: Review, serving: Serving, vector: list[float], n: int) -> Decision | None:
-        """What goes live: the certified trial; else, when the serving cascade failed its re-test, no early exits
-        (the base model answers until a later review certifies thresholds again); else nothing changes."""
+    def _decide(self, found: Review, serving: Serving) -> Decision | None:
+        """What goes live: the certified trial; else, when the serving cascade's agreement on the fresh samples is
+        below the target with confidence 1 - alpha/2, no early exits (the base model answers until a later review
+        certifies thresholds again); else nothing changes."""
         if found.deployed is not None:
             trial, r = found.deployed, found.deployed.result
             thresholds = {s.cut: float(t) for s, t in zip(self.slots, r.thresholds)}
@@ -231,11 +248,14 @@ class AutoRefit:
             return Decision(DEPLOYED, trial.caches, thresholds, record, r.lower_bound,
                             f"deployed {trial.name}: agreement >= {self.cfg.target} (lower bound {r.lower_bound:.4f} "
                             f"on {r.n} fresh samples), hit rate {r.hit_rate:.3f}")
-        if found.incumbent_levels_passed == 0 and any(math.isfinite(t) for t in vector):
-            retest = found.trials[0].result
-            record = {"target": self.cfg.target, "alpha": found.alpha, "n": float(n), "fallback": 1.0,
-                      "retest_agreement": retest.agreement}
-            return Decision(FALLBACK, serving.caches, {s.cut: math.inf for s in self.slots}, record, 0.0,
-                            f"the serving cascade failed its re-test on {n} fresh samples and nothing else "
-                            "certified: no early exits until a review certifies thresholds again")
-        return None
+        upper = agreement_upper_bound(found.fresh, found.incumbent_wrong, found.alpha)
+        if upper >= self.cfg.target:
+            return None
+        n = found.fresh
+        agreement = 1.0 - found.incumbent_wrong / max(n, 1)
+        record = {"target": self.cfg.target, "alpha": found.alpha, "n": float(n),
+                  "retest_agreement": agreement, "retest_upper_bound": upper}
+        return no_early_exits(serving, f"the serving cascade agreed {agreement:.4f} on {n} fresh samples, below "
+                                       f"{self.cfg.target} with confidence {1 - found.alpha:.3f} (upper bound "
+                                       f"{upper:.4f}), and nothing else certified: no early exits until a review "
+                                       "certifies thresholds again", record)

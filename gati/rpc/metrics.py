@@ -30,6 +30,7 @@ from gati import __version__
 from gati.runtime.plan import Plan
 
 if TYPE_CHECKING:
+    from gati.learning.guarantee import AgreementSnapshot
     from gati.learning.online import LearnerStatus
 
 # Batch-1 CNN requests on a CPU take milliseconds; resolve the fast path finely.
@@ -167,7 +168,10 @@ class AggregatorMetrics(ServiceMetrics):
                                             "and not yet answered (routing sends to the least)", ["replica"])
         self.live_lower_bound = self.gauge("gati_live_agreement_lower_bound_ratio",
                                            "Anytime-valid lower confidence bound on the agreement of every request "
-                                           "answered so far (in-process engine with a sample rate)")
+                                           "answered so far, from the sampled requests (the in-process engine's, "
+                                           "or the cluster aggregator's)")
+        self.live_fallbacks = self.counter("gati_live_fallbacks", "Times the live lower bound was about to fall "
+                                           "below the target and no early exits were asked for (cluster)")
         self.fallback_level = self.gauge("gati_fallback_level", "The certified level served (0: no early exits; "
                                          "the highest: the plan's own)")
         self._lock = threading.Lock()
@@ -179,9 +183,14 @@ class AggregatorMetrics(ServiceMetrics):
     def watch_live(self, status: Callable[[], LearnerStatus]) -> None:
         """Read the live bound, its point estimate (for `gati_live_agreement_ratio`) and the level from an online
         engine whenever the metrics are read."""
-        self.live_lower_bound.set_function(lambda: status().live.lower_bound)
-        self.live_agreement.set_function(lambda: status().live.point_estimate)
+        self.watch_bound(lambda: status().live)
         self.fallback_level.set_function(lambda: status().level)
+
+    def watch_bound(self, snapshot: Callable[[], AgreementSnapshot]) -> None:
+        """Read the live bound and its point estimate (for `gati_live_agreement_ratio`) whenever the metrics are
+        read."""
+        self.live_lower_bound.set_function(lambda: snapshot().lower_bound)
+        self.live_agreement.set_function(lambda: snapshot().point_estimate)
 
     def failed(self, reason: str) -> None:
         self.failures.labels(reason).inc()
@@ -259,7 +268,10 @@ class RetrainerMetrics(ServiceMetrics):
         self.joint = self.counter("gati_retrainer_joint_samples", "Sampled requests whose features at every planned "
                                   "cut arrived together: what automatic refits fit on and re-certify with")
         self.reviews = self.counter("gati_retrainer_reviews", "Automatic re-certifications of the whole cascade by "
-                                    "outcome (deployed; fallback: the serving cascade failed its re-test, no "
-                                    "early exits; kept: nothing changes; deploy_failed)", ["outcome"])
+                                    "outcome (deployed; fallback: the serving cascade's agreement is below the "
+                                    "target, no early exits; kept: nothing changes; deploy_failed)", ["outcome"])
+        self.live_fallbacks = self.counter("gati_retrainer_live_fallbacks", "Falls back to no early exits asked by "
+                                           "the aggregator's live bound, by result (pushed, deploy_failed)",
+                                           ["result"])
         self.review_bound = self.gauge("gati_retrainer_review_lower_bound", "The last review's certified lower "
                                        "bound on end-to-end agreement, at the vector deployed or re-tested")

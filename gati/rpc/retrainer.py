@@ -40,7 +40,7 @@ import torch
 from gati.bundle import BundleInfo
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
-from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, plan_layout
+from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, no_early_exits, plan_layout
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
 from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
@@ -111,6 +111,7 @@ class RetrainerHandler(ServiceBase):
         self._refusals_logged = Throttle()
         self._resync_logged = Throttle()
         self._periodic: list[Every] = []
+        self._cascade = threading.Lock()  # one whole-cascade push at a time: a review's or a live fallback's
         for st in cuts.values():
             st.samples = SampleRing(sample_capacity(cfg, st.cache.feat_shape, len(cuts)), st.cache.feat_shape,
                                     num_classes)
@@ -208,6 +209,18 @@ class RetrainerHandler(ServiceBase):
                 feats, labels, _ = self._arrays(st)  # none of them fitted the candidate: all are held back
                 return self._gate_and_deploy(st, candidate, feats, labels, 0)
 
+    def fallback(self, reason: str) -> None:
+        """The aggregator's live bound is about to fall below the target: no early exits, at once, until a review
+        certifies thresholds again (gati/rpc/autorefit.py). Already serving none: nothing to do."""
+        reason = str(reason)[:500]
+        decision = no_early_exits(self._serving(), f"live fallback from the aggregator: {reason}", {"live": 1.0})
+        if decision is None:
+            log.info("live fallback asked (%s): no early exits are served already", reason)
+            return
+        with self._cascade:
+            pushed = self._deploy_cascade(decision)
+        self.metrics.live_fallbacks.labels("pushed" if pushed else "deploy_failed").inc()
+
     # ---- state that survives restarts ---------------------------------------------------------
 
     def _samples_file(self, st: CutState) -> Path | None:
@@ -280,7 +293,8 @@ class RetrainerHandler(ServiceBase):
     # ---- automatic refits (gati/rpc/autorefit.py) ---------------------------------------------
 
     def _auto_step(self) -> None:
-        outcome = self.auto.step()
+        with self._cascade:
+            outcome = self.auto.step()
         if outcome is None:
             return
         if outcome.decision is None:

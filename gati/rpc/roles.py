@@ -191,7 +191,7 @@ def _aggregator(cfg: ClusterConfig) -> Service:
     # Heartbeats well inside the executors' idle timeout, so that they never close the watch connection.
     heartbeat_s = min(1.0, cfg.connections.idle_s / 4)
     backend = ClusterBackend({e.cut: e.cut_name for e in info.plan.entries}, replicas, limits, metrics, retrainer,
-                             heartbeat_s)
+                             heartbeat_s, cfg.aggregator.sample_rate, info.manifest.target)
     peers = _peers(cfg, {ex.name: ex for ex in cfg.executors}, any_of=True)
     return _front_door(cfg, info, backend, metrics, peers, callbacks=True)
 

@@ -25,7 +25,7 @@ INTERNAL_METHODS: dict[str, dict[str, str]] = {
     "executor": {"run": "data", "cancel": "control"},
     "predictor": {"lookup": "data", "caches": "control", "cache": "control", "deploy": "data"},
     "index": {"add": "data", "search": "data", "size": "control", "reset": "control", "export": "control"},
-    "retrainer": {"add_samples": "data", "retrain": "control", "propose": "data"},
+    "retrainer": {"add_samples": "data", "retrain": "control", "propose": "data", "fallback": "control"},
 }
 COMMON = ("ping", "status")
 

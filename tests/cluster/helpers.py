@@ -1,6 +1,7 @@
 """Test helpers: a cluster of real processes, the in-process engine's reference answers, load threads."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -238,3 +239,18 @@ def frozen(cluster: Cluster, *names: str):
     finally:
         for name in names:
             cluster.signal(name, signal.SIGCONT)
+
+
+def cache_with_outputs(path: Path, change: Callable[[torch.Tensor], torch.Tensor]) -> bytes:
+    """The cache file at `path` with `change` applied to its output layer (the last weight matrix, and every vector
+    of its length): rolled by one class it is confidently wrong; doubled, the same labels at other confidences."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    state = blob["state"]
+    out_rows = [k for k, v in state.items() if v.dim() == 2][-1]
+    n = state[out_rows].shape[0]
+    for k, v in state.items():
+        if k == out_rows or (v.dim() == 1 and v.shape[0] == n):
+            state[k] = change(v)
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    return buf.getvalue()

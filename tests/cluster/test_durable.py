@@ -12,7 +12,6 @@ tests run in order and each starts from the versions the one before left:
 """
 from __future__ import annotations
 
-import io
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from gati.rpc.gen.gati_idl.ttypes import CacheUpdate, Features
 from gati.rpc.tensors import to_tensor
 from gati.rpc.transport import Limits, Pool
 from tests.cluster.conftest import start_cluster
-from tests.cluster.helpers import Cluster, until
+from tests.cluster.helpers import Cluster, cache_with_outputs, until
 from tests.cluster.test_chaos import block1_samples
 
 SNAPSHOT_S = RESYNC_S = 1.0
@@ -145,16 +144,7 @@ def test_a_predictor_that_lost_its_state_gets_the_retrainers_versions_again(clus
 
 def sharper(path: Path) -> bytes:
     """The cache at `path` with its output logits doubled: the same labels, other confidences."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    state = blob["state"]
-    out_rows = [k for k, v in state.items() if v.dim() == 2][-1]
-    n = state[out_rows].shape[0]
-    for k, v in state.items():
-        if k == out_rows or (v.dim() == 1 and v.shape[0] == n):
-            state[k] = v * 2
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    return buf.getvalue()
+    return cache_with_outputs(path, lambda v: v * 2)
 
 
 def cut_features(bundle_path: Path, images: np.ndarray, cut: int) -> np.ndarray:

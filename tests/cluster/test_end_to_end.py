@@ -16,11 +16,12 @@ from gati.measure.environment import read_records
 from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, Request, Tensor
 from gati.rpc.tensors import to_tensor
 from gati.rpc.transport import PeerUnavailable
-from tests.cluster.conftest import edit_cache_file, start_cluster
+from tests.cluster.conftest import start_cluster
 from tests.cluster.helpers import (
     Cluster,
     Load,
     References,
+    cache_with_outputs,
     lookups,
     stages_after_hit,
     until,
@@ -152,8 +153,6 @@ def test_bad_inputs_get_invalid_request_and_the_services_keep_serving(cluster, e
 
 def test_retrainer_swaps_a_validated_version_under_load_and_rejects_a_broken_one(cluster, eval_images, references,
                                                                                   cluster_bundle, tmp_path):
-    import shutil
-
     import torch
 
     from gati.bundle import cache_file
@@ -161,19 +160,9 @@ def test_retrainer_swaps_a_validated_version_under_load_and_rejects_a_broken_one
     from gati.rpc.transport import Limits, Pool
     retrainer = Pool(Retrainer.Client, "127.0.0.1", cluster.cfg.retrainer.port, Limits(call_s=60, secret=cluster.secret))
     deployed = (cluster_bundle / cache_file(1, "linear")).read_bytes()
-    broken_file = tmp_path / "broken.pt"
-    shutil.copy(cluster_bundle / cache_file(1, "linear"), broken_file)
-
-    def rotate_classes(blob: dict) -> None:
-        """Confidently wrong: the output rows move by one class, so every hit names another class."""
-        state = blob["state"]
-        out_rows = [k for k, v in state.items() if v.dim() == 2][-1]
-        n = state[out_rows].shape[0]
-        for k, v in state.items():
-            if k == out_rows or (v.dim() == 1 and v.shape[0] == n):
-                state[k] = torch.roll(v, 1, dims=0)
-
-    edit_cache_file(broken_file, rotate_classes)
+    broken_file = tmp_path / "broken.pt"  # confidently wrong: every hit names the next class
+    broken_file.write_bytes(cache_with_outputs(cluster_bundle / cache_file(1, "linear"),
+                                               lambda v: torch.roll(v, 1, dims=0)))
 
     with Load(cluster, eval_images, threads=2) as load:
         until(lambda: min(cluster.status("retrainer").counters.get(f"retrainer_samples.{c}", 0) for c in ("stem", "block1"))

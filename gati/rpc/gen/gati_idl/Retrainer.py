@@ -45,6 +45,14 @@ class Iface(gati.rpc.gen.gati_idl.Service.Iface):
         """
         pass
 
+    def fallback(self, reason):
+        """
+        Parameters:
+         - reason
+
+        """
+        pass
+
 
 class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
     def __init__(self, iprot, oprot=None):
@@ -136,6 +144,22 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
             raise result.invalid
         raise TApplicationException(TApplicationException.MISSING_RESULT, "propose failed: unknown result")
 
+    def fallback(self, reason):
+        """
+        Parameters:
+         - reason
+
+        """
+        self.send_fallback(reason)
+
+    def send_fallback(self, reason):
+        self._oprot.writeMessageBegin('fallback', TMessageType.ONEWAY, self._seqid)
+        args = fallback_args()
+        args.reason = reason
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
 
 class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
     def __init__(self, handler):
@@ -143,6 +167,7 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         self._processMap["add_samples"] = Processor.process_add_samples
         self._processMap["retrain"] = Processor.process_retrain
         self._processMap["propose"] = Processor.process_propose
+        self._processMap["fallback"] = Processor.process_fallback
         self._on_message_begin = None
 
     def on_message_begin(self, func):
@@ -227,6 +252,17 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
+
+    def process_fallback(self, seqid, iprot, oprot):
+        args = fallback_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        try:
+            self._handler.fallback(args.reason)
+        except TTransport.TTransportException:
+            raise
+        except Exception:
+            logging.exception('Exception in oneway handler')
 
 # HELPER FUNCTIONS AND STRUCTURES
 
@@ -585,6 +621,68 @@ all_structs.append(propose_result)
 propose_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [RetrainResult, None], None, ),  # 0
     (1, TType.STRUCT, 'invalid', [InvalidRequest, None], None, ),  # 1
+)
+
+
+class fallback_args(object):
+    """
+    Attributes:
+     - reason
+
+    """
+
+
+    def __init__(self, reason=None,):
+        self.reason = reason
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.reason = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('fallback_args')
+        if self.reason is not None:
+            oprot.writeFieldBegin('reason', TType.STRING, 1)
+            oprot.writeString(self.reason.encode('utf-8') if sys.version_info[0] == 2 else self.reason)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(fallback_args)
+fallback_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'reason', 'UTF8', None, ),  # 1
 )
 fix_spec(all_structs)
 del all_structs
