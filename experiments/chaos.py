@@ -18,7 +18,8 @@ back to back the whole time, each request with the default deadline. It reports,
 - attacks: forged `finished`/`shadowed` sent to the public port (they must change no answer: every
   answer is checked against the in-process engine's or, degraded, the full model's), 16 MB frames
   declared to `predict`, idle-connection floods, and whether predict kept answering meanwhile;
-- rss_mb: every service's resident memory every `--sample-every` seconds (flat over a soak, or not);
+- rss_mb: every service's resident memory every `--sample-every` seconds (flat over a soak, or not), with the
+  retrainer's samples held per cut (its memory grows until its rings are full: `--max-sample-mb` fills them early);
 - restarts: the supervisor's count per service.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from gati.data import load_split  # noqa: E402
 from gati.measure.environment import environment  # noqa: E402
 from gati.rpc import launch  # noqa: E402
 from gati.rpc.auth import Secret  # noqa: E402
-from gati.rpc.client import GatiClient  # noqa: E402
+from gati.rpc.client import GatiClient, status  # noqa: E402
 from gati.rpc.config import ClusterConfig, load_config  # noqa: E402
 from gati.rpc.gen.gati_idl import Aggregator  # noqa: E402
 from gati.rpc.gen.gati_idl.ttypes import ExecutionResult, Request, ShadowResult  # noqa: E402
@@ -225,6 +226,9 @@ def main() -> None:
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS samples")
     p.add_argument("--flood", type=int, default=500, help="idle connections per flood")
     p.add_argument("--images", type=int, default=200)
+    p.add_argument("--max-sample-mb", type=float, default=None,
+                   help="the retrainer's sample memory (default: its own, 256); a small one fills its rings early in "
+                        "the run, so that the rest of it shows whether memory stays flat once they are full")
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args()
 
@@ -232,9 +236,13 @@ def main() -> None:
     pixels = split.images[:a.images]
     labels, base = references(a.bundle, pixels)
     with tempfile.TemporaryDirectory() as tmp:
+        # Refits off: every answer is checked against the bundle's own cascade, which a deployed refit would change.
+        retrainer = {"refit_every": 0, "refit_seconds": 0,
+                     **({"max_sample_mb": a.max_sample_mb} if a.max_sample_mb is not None else {})}
         config = write_config(Path(tmp), a.bundle, executors=2,
                               aggregator={"sample_rate": 0.05, "workers": 8, "queue_size": 64},
-                              executor={"workers": 2}, timeouts_ms={"request": 5000, "max_request": 5000})
+                              executor={"workers": 2}, retrainer_options=retrainer,
+                              timeouts_ms={"request": 5000, "max_request": 5000})
         cfg = load_config(config)
         supervisor, _ = launch.start_supervised(cfg, 300)
         try:
@@ -247,6 +255,16 @@ def main() -> None:
     if a.out:
         Path(a.out).write_text(text)
     print(text)
+
+
+def held_samples(cfg: ClusterConfig) -> dict[str, float] | None:
+    """The retrainer's samples held per cut (its rings are full when these stop growing); None while it is down."""
+    try:
+        gauges = status(cfg.retrainer.host, cfg.retrainer.port, secret=Secret.load(cfg.secret_file)).gauges
+    except (PeerUnavailable, TTransport.TTransportException, OSError):
+        return None
+    prefix = "retrainer_samples_held."
+    return {k[len(prefix):]: v for k, v in gauges.items() if k.startswith(prefix)}
 
 
 def run(a: argparse.Namespace, cfg: ClusterConfig, pixels: np.ndarray, labels: list[int], base: list[int]) -> dict:
@@ -275,7 +293,8 @@ def run(a: argparse.Namespace, cfg: ClusterConfig, pixels: np.ndarray, labels: l
     monkey.start()
     while time.monotonic() - began < seconds:
         rss.append({"t_s": round(time.monotonic() - began, 1),
-                    **{name: rss_mb(proc.pid) for name, proc in current(cfg).items()}})
+                    **{name: rss_mb(proc.pid) for name, proc in current(cfg).items()},
+                    "retrainer_held": held_samples(cfg)})
         time.sleep(min(a.sample_every, max(0.0, seconds - (time.monotonic() - began))))
     stop.set()
     for t in (monkey, load, attacker):

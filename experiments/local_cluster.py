@@ -33,9 +33,10 @@ def free_ports(n: int) -> list[int]:
 
 def write_config(folder: Path, bundle: str | Path, *, executors: int = 1, predictors: int = 2, index: bool = True,
                  retrainer: bool = True, aggregator: dict | None = None, executor: dict | None = None,
-                 **top: Any) -> Path:
-    """A cluster of every service on 127.0.0.1 with free ports; `aggregator`/`executor` add keys to those
-    entries, `top` to the file (timeouts_ms, omp_wait_policy, ...). One executor is written as `executor:`."""
+                 retrainer_options: dict | None = None, **top: Any) -> Path:
+    """A cluster of every service on 127.0.0.1 with free ports; `aggregator`/`executor`/`retrainer_options` add keys
+    to those entries, `top` to the file (timeouts_ms, omp_wait_policy, ...). One executor is written as
+    `executor:`."""
     folder.mkdir(parents=True, exist_ok=True)
     ports = iter(free_ports(3 + 2 * (executors + predictors + index + retrainer)))
 
@@ -51,7 +52,7 @@ def write_config(folder: Path, bundle: str | Path, *, executors: int = 1, predic
     if index:
         services["index"] = at()
     if retrainer:
-        services["retrainer"] = at()
+        services["retrainer"] = {**at(), **(retrainer_options or {})}
     raw = {"bundle": str(Path(bundle).resolve()), "log_dir": str(folder / "logs"), "secret_file": str(folder / "secret"),
            **top, "services": services}
     path = folder / "cluster.yaml"
