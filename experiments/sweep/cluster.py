@@ -79,11 +79,14 @@ class Running:
     endpoint: str       # the aggregator's public HOST:PORT
     cfg: ClusterConfig
 
-    def retrainer_counters(self) -> dict[str, float]:
-        """What the retrainer counted (joint samples, reviews by outcome, ...) and its gauges (cache versions)."""
-        ep = self.cfg.retrainer
+    def learning_counters(self) -> dict[str, float]:
+        """What the retrainer counted (joint samples, reviews by outcome, live fallbacks pushed, ...) and its gauges
+        (cache versions), with the aggregator's live bound and fallbacks asked (`aggregator.live_*`)."""
+        ep, front = self.cfg.retrainer, self.cfg.aggregator
         got = status(ep.host, ep.port, timeout_s=10.0, secret=Secret.load(self.cfg.secret_file))
-        return {**got.counters, **got.gauges}
+        door = status(front.host, front.port, timeout_s=10.0)  # the public port serves status
+        live = {f"aggregator.{k}": v for k, v in {**door.counters, **door.gauges}.items() if k.startswith("live_")}
+        return {**got.counters, **got.gauges, **live}
 
 
 @contextmanager

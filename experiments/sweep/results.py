@@ -189,7 +189,7 @@ class RowResult:
     summary: Summary | None = None
     records: Records | None = None
     environment: dict = field(default_factory=dict)
-    learned: dict = field(default_factory=dict)  # an online cluster row: the retrainer's counters at its end
+    learned: dict = field(default_factory=dict)  # an online cluster row: the retrainer's counters, the live bound's
     seconds: float = 0.0
     finished: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

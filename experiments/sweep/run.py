@@ -116,7 +116,7 @@ class _Measurer:
             refits = Refits(rate, p.learning.refit_every, p.learning.select_samples, p.learning.certify_samples)
             with local_cluster(path, row.device, row.hop_delay_ms or 0.0, refits) as cluster:
                 records = replay_cluster(bundle, cluster.endpoint, stream, rate, p.seed, progress=self.cfg.progress)
-                result.learned = cluster.retrainer_counters()
+                result.learned = cluster.learning_counters()
         else:
             endpoint = self._endpoint((path, row.device, row.hop_delay_ms))
             records = replay_cluster(bundle, endpoint, stream, p.sample_rate, p.seed, progress=self.cfg.progress)
