@@ -34,8 +34,9 @@ def _build(a: argparse.Namespace) -> None:
     cfg = BuildConfig(checkpoint=Path(a.checkpoint), dataset=a.dataset, data_dir=Path(a.data_dir), out=Path(a.out),
                       arch=a.arch, model_module=a.model_module, cuts=_list(a.cuts), num_classes=a.num_classes,
                       target=a.target, device=a.device, variants=_list(a.variants) or list(VARIANTS),
-                      train_limit=a.train_limit or None, calib_limit=a.calib_limit, memory_mb=a.memory_mb,
-                      batch_size=a.batch_size, seed=a.seed, force=a.force, preprocess=_preprocess(a))
+                      train_limit=a.train_limit or None, augment=a.augment, calib_limit=a.calib_limit,
+                      memory_mb=a.memory_mb, batch_size=a.batch_size, seed=a.seed, force=a.force,
+                      preprocess=_preprocess(a))
     out = build(cfg)
     print(plan_report(read_manifest(out)))
     print(f"bundle written to {out}")
@@ -165,6 +166,10 @@ def positive_float(text: str) -> float:
     return _one(positive_floats(text), text)
 
 
+def non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
 def _one(values: list, text: str):
     if len(values) != 1:
         raise argparse.ArgumentTypeError(f"expected one number, got {text!r}")
@@ -254,6 +259,9 @@ gati build --arch resnet18 --checkpoint ../shared/models/cifar10_resnet18.pt \\
                                       "linear,mlp,fc,convfc,knn)")
     b.add_argument("--train-limit", type=int, default=20000,
                    help="class-balanced training images used to fit caches (0: all)")
+    b.add_argument("--augment", type=non_negative_int, default=0,
+                   help="shifted and flipped copies of each training image the caches also learn the base "
+                        "model's answers on (spectrograms: shifted in time)")
     b.add_argument("--calib-limit", type=positive_int, help="class-balanced subset of test:calib (default: all)")
     b.add_argument("--memory-mb", type=positive_float, default=float("inf"),
                    help="memory budget for the plan's caches")

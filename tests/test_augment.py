@@ -61,3 +61,15 @@ def test_a_shift_larger_than_the_image_is_refused():
         augmented(split("cifar10", (4, 4, 3)), 1, seed=0)
     with pytest.raises(InvalidInput, match=">= 0"):
         augmented(split("cifar10", (32, 32, 3)), -1, seed=0)
+
+
+def test_a_build_with_augmented_copies_fits_on_them_and_says_so(tiny_data, tmp_path):
+    from gati.bundle import read_manifest
+    from gati.pipeline.build import BuildConfig, build
+    from tests.tinynet import CUTS
+    data, checkpoint = tiny_data
+    build(BuildConfig(checkpoint=checkpoint, dataset="imagefolder", data_dir=data, out=tmp_path / "b",
+                      model_module="tests.tinynet:factory", cuts=CUTS, target=0.9, variants=["linear"],
+                      train_limit=80, augment=2, calib_limit=120))
+    train = read_manifest(tmp_path / "b").train
+    assert (train.limit, train.augment, train.n) == (80, 2, 240)

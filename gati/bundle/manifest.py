@@ -101,8 +101,9 @@ class CalibrationInfo:
 class TrainInfo:
     split: str
     limit: int | None
-    n: int
+    n: int           # images the caches were fitted on, augmented copies included
     seed: int
+    augment: int = 0  # augmented copies of each training image among them (gati/pipeline/augment.py)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """`gati build`: from a trained model and unseen data to a served bundle.
 
-    1. extract   run the base model once over the training subset and the calibration images,
-                 keeping each cut's activation only in the reduced (pooled) forms the caches read
+    1. extract   run the base model once over the training subset (with `augment` shifted and flipped copies
+                 of each image, if asked) and the calibration images, keeping each cut's activation only in
+                 the reduced (pooled) forms the caches read
     2. fit       every (cut, variant) cache learns the base model's logits (distillation)
     3. score     every cache answers the calibration images
     4. profile   stages and lookups timed on the serving device
@@ -38,6 +39,7 @@ from gati.data import Dataset, ids_hash, load_split, preprocess_for
 from gati.errors import GatiError
 from gati.models import build_model, default_cuts, load_checkpoint, sha256_file
 from gati.models.split import split_model
+from gati.pipeline.augment import augmented
 from gati.pipeline.certify import SELECT_CERTIFY_RULE
 from gati.pipeline.extract import (
     activation_shapes,
@@ -67,6 +69,7 @@ class BuildConfig:
     device: str = "cpu"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     train_limit: int | None = 20000
+    augment: int = 0  # augmented copies of each training image, distilled on beside it (gati/pipeline/augment.py)
     calib_split: str = "test:calib"
     calib_limit: int | None = None
     memory_mb: float = float("inf")
@@ -80,7 +83,8 @@ class BuildConfig:
 def build(cfg: BuildConfig) -> Path:
     started = time.time()
     torch.manual_seed(cfg.seed)
-    train = load_split(cfg.dataset, cfg.data_dir, "train", limit=cfg.train_limit, seed=cfg.seed)
+    train = augmented(load_split(cfg.dataset, cfg.data_dir, "train", limit=cfg.train_limit, seed=cfg.seed),
+                      cfg.augment, cfg.seed)
     calib = load_split(cfg.dataset, cfg.data_dir, cfg.calib_split, limit=cfg.calib_limit, seed=cfg.seed)
     num_classes = cfg.num_classes or len(train.classes)
     pre = cfg.preprocess or preprocess_for(cfg.dataset, cfg.data_dir)
@@ -158,7 +162,7 @@ def _manifest(cfg: BuildConfig, num_classes: int, cuts: list[str], act_shapes, t
         certified=planned.certified,
         expected=planned.expected,
         calibration=CalibrationInfo(cfg.calib_split, len(calib), ids_hash(calib.ids), SELECT_CERTIFY_RULE),
-        train=TrainInfo("train", cfg.train_limit, len(train), cfg.seed),
+        train=TrainInfo("train", cfg.train_limit, len(train), cfg.seed, cfg.augment),
         profile=profile,
         versions={"gati": __version__, "torch": torch.__version__, "numpy": np.__version__,
                   "faiss": _faiss_version(), "python": platform.python_version()},
