@@ -20,7 +20,7 @@
         - {name: predictor-0, host: 127.0.0.1, port: 9092, cuts: [layer2.1, layer3.0]}
         - {name: predictor-1, host: 127.0.0.1, port: 9093, cuts: auto}
       index:      {host: 127.0.0.1, port: 9094, max_keys: 16, max_vectors: 200000, max_dim: 4096}
-      retrainer:  {host: 127.0.0.1, port: 9095, snapshot_s: 10, resync_s: 30, refit_every: 1000}
+      retrainer:  {host: 127.0.0.1, port: 9095, snapshot_s: 60, resync_s: 30, refit_every: 1000}
 
 `port` is the service's Thrift port; the optional `http_port` serves /health/live, /health/ready
 and /metrics (and on the aggregator the Open Inference Protocol, /v2/...). The aggregator's `port`
@@ -157,7 +157,9 @@ class RetrainerConfig(Endpoint):
     max_samples: int = 20000          # per cut; the oldest are dropped first
     max_sample_mb: float = 256.0      # features held, all cuts together (a cut's share caps max_samples)
     min_samples: int = 40             # refuse to retrain a cut with fewer
-    snapshot_s: float = 10.0          # samples reach the state directory at most this long after arriving
+    # samples reach the state directory at most this long after arriving: a snapshot writes every ring whole
+    # (1.1 s for 256 MB, docs/results/retrainer_memory.json), so 10 s kept a core 11% busy under steady traffic
+    snapshot_s: float = 60.0
     resync_s: float = 30.0            # how often the predictors' versions are compared with the retrainer's
     # Automatic refits (gati/rpc/autorefit.py), counted in joint samples: sampled requests whose features at every
     # planned cut came in one message. Off when both refit_every and refit_seconds are 0.
