@@ -18,6 +18,8 @@ back to back the whole time, each request with the default deadline. It reports,
 - attacks: forged `finished`/`shadowed` sent to the public port (they must change no answer: every
   answer is checked against the in-process engine's or, degraded, the full model's), 16 MB frames
   declared to `predict`, idle-connection floods, and whether predict kept answering meanwhile;
+- live: the aggregator's live bound on agreement at the end and the fallbacks it asked for (gati/rpc/live.py: when
+  the traffic's agreement is below the target, every answer after the fallback is the full model's);
 - rss_mb: every service's resident memory every `--sample-every` seconds (flat over a soak, or not), with the
   retrainer's samples held per cut (its memory grows until its rings are full: `--max-sample-mb` fills them early);
 - restarts: the supervisor's count per service.
@@ -66,7 +68,8 @@ class Kill:
 
 
 class Checked(Outcomes):
-    """Outcomes whose answers are checked against the in-process engine (or, degraded, the full model)."""
+    """Outcomes whose answers are checked: a cache's answer against the in-process engine's, the full model's
+    (a miss, a degraded answer, every answer after the live bound's fallback) against the full model's."""
 
     def __init__(self, labels: list[int], base: list[int], max_s: float):
         super().__init__()
@@ -75,13 +78,16 @@ class Checked(Outcomes):
         self.hung = 0
         self.events: list[tuple[float, str]] = []  # (time, failure type), for the kills' windows
 
+    def expected(self, reply, idx: int) -> int:
+        return self.base[idx] if reply.degraded or reply.exit_cut < 0 else self.labels[idx]
+
     def record(self, started: float, reply=None, error: Exception | None = None, i: int = 0) -> None:
         idx = i % len(self.labels)
         if time.perf_counter() - started > self.max_s:
             self.hung += 1
         if error is not None:
             self.events.append((time.monotonic(), type(error).__name__))
-        elif reply.label != (self.base[idx] if reply.degraded else self.labels[idx]):
+        elif reply.label != self.expected(reply, idx):
             self.wrong += 1
         super().record(started, reply, error, i)
 
@@ -306,14 +312,16 @@ def run(a: argparse.Namespace, cfg: ClusterConfig, pixels: np.ndarray, labels: l
             if k.killed_at <= t - began <= end:
                 k.failures[kind] = k.failures.get(kind, 0) + 1
     with GatiClient(*address, timeout_s=10) as client:  # after everything, it still answers right
-        final = [client.predict_pixels(pixels[i]).label == labels[i] for i in range(20)]
+        final = [(r := client.predict_pixels(pixels[i])).label == outcomes.expected(r, i) for i in range(20)]
+    door = status(*address, timeout_s=10)  # the live bound over every answer, and whether it fell back
+    live = {k: v for k, v in {**door.counters, **door.gauges}.items() if k.startswith("live_")}
     summary = outcomes.summary()
     lost = summary["failures"].get(PeerUnavailable.__name__, 0)
     return {
         "minutes": a.minutes, "period_s": a.period, "clients": a.clients,
         "outcomes": {**summary, "wrong_answers": outcomes.wrong, "lost": lost,
                      "hung": outcomes.hung + summary["failures"].get("hung_clients", 0) + load.is_alive()},
-        "answers_right_after_the_run": sum(final), "kills": [vars(k) for k in kills],
+        "answers_right_after_the_run": sum(final), "live": live, "kills": [vars(k) for k in kills],
         "attacks": vars(attacks), "restarts": {n: p.restarts for n, p in current(cfg).items()},
         "rss_mb": rss,
     }
