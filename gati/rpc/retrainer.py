@@ -111,7 +111,9 @@ class RetrainerHandler(ServiceBase):
         self._refusals_logged = Throttle()
         self._resync_logged = Throttle()
         self._periodic: list[Every] = []
-        self._cascade = threading.Lock()  # one whole-cascade push at a time: a review's or a live fallback's
+        # One whole-cascade push at a time, a review's or a live fallback's (a refit's fitting runs outside it, so a
+        # fallback never waits for one).
+        self._cascade = threading.RLock()
         for st in cuts.values():
             st.samples = SampleRing(sample_capacity(cfg, st.cache.feat_shape, len(cuts)), st.cache.feat_shape,
                                     num_classes)
@@ -213,11 +215,11 @@ class RetrainerHandler(ServiceBase):
         """The aggregator's live bound is about to fall below the target: no early exits, at once, until a review
         certifies thresholds again (gati/rpc/autorefit.py). Already serving none: nothing to do."""
         reason = str(reason)[:500]
-        decision = no_early_exits(self._serving(), f"live fallback from the aggregator: {reason}", {"live": 1.0})
-        if decision is None:
-            log.info("live fallback asked (%s): no early exits are served already", reason)
-            return
         with self._cascade:
+            decision = no_early_exits(self._serving(), f"live fallback from the aggregator: {reason}", {"live": 1.0})
+            if decision is None:
+                log.info("live fallback asked (%s): no early exits are served already", reason)
+                return
             pushed = self._deploy_cascade(decision)
         self.metrics.live_fallbacks.labels("pushed" if pushed else "deploy_failed").inc()
 
@@ -293,8 +295,7 @@ class RetrainerHandler(ServiceBase):
     # ---- automatic refits (gati/rpc/autorefit.py) ---------------------------------------------
 
     def _auto_step(self) -> None:
-        with self._cascade:
-            outcome = self.auto.step()
+        outcome = self.auto.step()
         if outcome is None:
             return
         if outcome.decision is None:
@@ -312,6 +313,10 @@ class RetrainerHandler(ServiceBase):
 
     def _deploy_cascade(self, decision: Decision) -> bool:
         """Push a cascade, one cut after another in cut order; True when every cut took it."""
+        with self._cascade:
+            return self._push_cascade(decision)
+
+    def _push_cascade(self, decision: Decision) -> bool:
         for cut in sorted(decision.caches):
             st = self.cuts[cut]
             with st.lock:
