@@ -205,3 +205,50 @@ def test_the_in_process_front_door_exports_the_live_bound_and_level(bundle, spli
     assert gauges["live_agreement_ratio"] == pytest.approx(status.live.point_estimate)
     assert gauges["fallback_level"] == status.level
     assert sum(v for k, v in counters.items() if k.startswith("sampled_requests")) > 0
+
+
+
+@pytest.fixture(scope="module")
+def later_bundle(tiny_bundle, tiny_data, tmp_path_factory):
+    """The tiny bundle with its plan moved to cuts 1 and 2, so that cut 0 carries the tier alone (as the stem does
+    in a default ResNet build: its plan has no cache there)."""
+    from gati.bundle import cache_file, read_manifest, revise_bundle
+    from gati.cache import load_cache
+    from gati.runtime.plan import Plan, PlanEntry
+    out = tmp_path_factory.mktemp("later") / "tiny"
+    revise_bundle(tiny_bundle, read_manifest(tiny_bundle), out=out)
+    base = load_bundle(out)
+    calib = load_split("imagefolder", tiny_data[0], "test:calib")
+    with torch.inference_mode():
+        x, acts = base.preprocess(calib.images), []
+        for stage in base.staged.stages[:-1]:
+            x = stage(x)
+            acts.append(x)
+    entries = []
+    for cut in (1, 2):  # each answers about half of the calibration images
+        _, conf = load_cache(out / cache_file(cut, "mlp"))(acts[cut])
+        entries.append(PlanEntry(cut, base.staged.cuts[cut], "mlp", float(conf.median())))
+    revise_bundle(out, read_manifest(out).replace(plan=Plan(entries, "sync")))
+    return load_bundle(out)
+
+
+def test_a_cut_where_nothing_answers_is_a_miss_not_a_missing_verdict(later_bundle, split):
+    """The tier at a cut with no cache, not certified yet (its threshold infinite), must not stop the later caches:
+    the learner serves what the plain engine serves, request for request, and learns from its misses. (A missing
+    verdict there once made every request run the whole model, and learning from a miss fail on the activations
+    the later cuts never recorded.)"""
+    from gati.runtime.engine import Engine
+    plain = Engine(later_bundle, "sync", graphs=False)
+    images = Iid(n=150, seed=8).generate(split).images
+    config = OnlineConfig(**{**FAST, "tier": TierConfig(cut=0, capacity=64, k=4), "refit_every": 10**6})
+    hits = 0
+    with OnlineEngine(later_bundle, config) as engine:
+        for i in range(len(images)):
+            x = later_bundle.preprocess(images[i:i + 1])
+            served, expected = engine.predict(x).answer, plain.predict(x)
+            assert (served.label, served.exit_cut) == (expected.label, expected.exit_cut), i
+            hits += expected.exit_cut is not None
+            engine.settle()
+        status = engine.status()
+    assert 0 < hits < len(images)
+    assert status.samples == len(images) - hits + status.live.sampled_hits  # every request that ran to the end

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,9 +107,7 @@ class NeighbourTier:
         """A 1 x C x H x W activation at the tier's cut as the tier's unit vector (float32 [dim])."""
         if act.dim() != 4 or tuple(act.shape[1:]) != self.in_shape:
             raise InvalidInput(f"the tier reads activations of shape N x {self.in_shape}, got {tuple(act.shape)}")
-        with torch.inference_mode():
-            flat = self._reduce(act[:1]).reshape(1, -1).float()
-            return F.normalize(flat, dim=1)[0].cpu().numpy()
+        return unit_vector(self._reduce, act)
 
     def judge(self, vector: np.ndarray, threshold: float) -> TierVerdict:
         """The tier's verdict on a unit vector; the neighbours of a verdict at or above `threshold` count as used."""
@@ -161,8 +161,33 @@ class NeighbourTier:
             self._clock, self.inserted = (int(v) for v in saved["clock"])
 
 
+def unit_vector(reduce: Callable[[Tensor], Tensor], act: Tensor) -> np.ndarray:
+    """The first activation of `act`, reduced and L2-normalised: what the tier stores and searches (float32 [dim]).
+    The cluster's executor computes it with the same function and sends only it (gati/rpc/tier.py)."""
+    with torch.inference_mode():
+        flat = reduce(act[:1]).reshape(1, -1).float()
+        return F.normalize(flat, dim=1)[0].cpu().numpy()
+
+
 def confidence(sims: np.ndarray, labels: np.ndarray, k: int) -> TierVerdict:
     """The confidence rule of the module docstring over the nearest neighbours (most similar first)."""
     label = int(labels[0])
     signed = np.where(labels == label, sims, -sims)
     return TierVerdict(label, float(min(1.0, max(0.0, float(signed.sum()) / k))))
+
+
+def time_tier(tier: NeighbourTier, repeats: int = 30) -> float:
+    """Milliseconds of the tier's reduce and search when full, on a scratch copy: its cost in the latency model."""
+    scratch = NeighbourTier(tier.config, tier.in_shape, tier.num_classes)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(tier.config.capacity, tier.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for i, v in enumerate(vectors):
+        scratch.add(v, i % tier.num_classes)
+    act = torch.zeros(1, *tier.in_shape)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scratch.judge(scratch.vector(act), math.inf)
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))

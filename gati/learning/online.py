@@ -55,7 +55,7 @@ from gati.learning.guarantee import (
     LiveAgreement,
     Transition,
 )
-from gati.learning.neighbours import EMPTY, TIER, NeighbourTier, TierConfig, TierVerdict
+from gati.learning.neighbours import EMPTY, TIER, NeighbourTier, TierConfig, TierVerdict, time_tier
 from gati.learning.refit import (
     REFIT,
     Review,
@@ -186,6 +186,7 @@ class _RequestSource:
     def ask(self, cut: int, act: Tensor) -> Done:
         self.acts[cut] = act
         tier, threshold = self.online.tier, self.serving.tier_threshold
+        verdict = Verdict(cut, -1, 0.0, False)  # nothing answers here at this rung: a miss, never a missing verdict
         if tier is not None and cut == tier.config.cut and (self.coin or math.isfinite(threshold)):
             self.tier_vector = tier.vector(act)
             self.tier_verdict = tier.judge(self.tier_vector, threshold)
@@ -194,7 +195,8 @@ class _RequestSource:
                 self.by_tier = True
                 return Done(verdict)
         lookup = self.serving.lookups.get(cut)
-        return Done(None if lookup is None else lookup.judge(cut, act))
+        # A missing verdict (None) would stop every later cut from answering, and from recording its activation
+        return Done(verdict if lookup is None else lookup.judge(cut, act))
 
 
 class OnlineEngine:
@@ -246,7 +248,7 @@ class OnlineEngine:
         self.configs = {e.cut: bundle.caches[e.cut].config() for e in entries}
         self.costs = Costs(m.profile.stage_ms, {(e.cut, e.variant): m.profile.lookup(e.cut, e.variant) for e in entries})
         if self.tier is not None:
-            self.costs.lookup_ms[(self.tier.config.cut, TIER)] = _time_tier(self.tier)
+            self.costs.lookup_ms[(self.tier.config.cut, TIER)] = time_tier(self.tier)
 
     # ---- the request path ----------------------------------------------------------------------------------
 
@@ -577,20 +579,3 @@ class OnlineEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _time_tier(tier: NeighbourTier, repeats: int = 30) -> float:
-    """Milliseconds of the tier's reduce and search when full, on a scratch copy: its cost in the latency model."""
-    scratch = NeighbourTier(tier.config, tier.in_shape, tier.num_classes)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(tier.config.capacity, tier.dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    for i, v in enumerate(vectors):
-        scratch.add(v, i % tier.num_classes)
-    act = torch.zeros(1, *tier.in_shape)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        scratch.judge(scratch.vector(act), math.inf)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
