@@ -40,6 +40,7 @@ def cluster_config(bundle: str, delay_ms: float, folder: Path, base_port: int) -
     cfg["hop_delay_ms"] = delay_ms
     services = cfg["services"]
     services["retrainer"].update(refit_every=0, refit_seconds=0)  # the bundle's caches throughout the measurement
+    cfg.pop("tier", None)  # and no online tier learning beside them
     ports = iter(range(base_port, base_port + 20))
     for service in [services[name] for name in ("aggregator", "executor", "index", "retrainer")] + services["predictors"]:
         service["port"], service["http_port"] = next(ports), next(ports)

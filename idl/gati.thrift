@@ -6,6 +6,8 @@
 //                          +--- shadowed (oneway) ----+   a sampled request, run to the end
 //   Aggregator --add_samples (oneway)--> Retrainer --deploy--> Predictors
 //   Predictor[knn] <--search/add--> NeighborIndex
+//   Executor --judge--> NeighborIndex (the online tier)  <--remember (oneway)-- Executor
+//   Retrainer --deploy_tier--> NeighborIndex
 //
 // Every message carries a request id. The executor runs the cascade loop (gati/runtime/cascade.py):
 // it sends a cut's features and runs on without waiting for the reply (it reads the verdict when it
@@ -114,6 +116,13 @@ struct Sample {
   4: optional Tensor base_logits,  // float32 [num_classes]: the teacher for distillation
 }
 
+// The online neighbour tier's verdict on a request as it stood before the request was stored in it
+// (gati/learning/neighbours.py): what a review scores the tier by. label -1: the tier was empty.
+struct TierVerdict {
+  1: i32 label,
+  2: double confidence,
+}
+
 // The answer the executor's cascade loop decided (sent the moment it is decided).
 struct ExecutionResult {
   1: i64 request_id,
@@ -128,6 +137,7 @@ struct ExecutionResult {
   9: optional double compute_ms,  // time in stages
   10: optional double lookup_ms,  // time blocked reading verdicts (lookups plus their hops)
   11: list<i32> missing_cuts = [], // planned cuts whose verdict never came: the full model answered from there
+  12: bool by_tier = false,        // the online neighbour tier answered at exit_cut (not the cut's cache)
 }
 
 // A sampled request after its answer: run to the end by the full model, for live agreement and
@@ -136,6 +146,7 @@ struct ShadowResult {
   1: i64 request_id,
   2: i32 base_label,        // the full model's answer
   3: list<Sample> samples,  // each planned cut's reduced features, with the full model's logits
+  4: optional TierVerdict tier,  // the online tier's verdict (absent: the cluster has no tier)
 }
 
 struct CacheUpdate {
@@ -161,6 +172,20 @@ struct SearchResult {
 struct Vectors {
   1: Tensor vectors,        // float32 [M, d]
   2: Tensor labels,         // int64 [M]
+}
+
+// The online tier's threshold, as the retrainer deploys it (version: only ever grows).
+struct TierUpdate {
+  1: i32 version,
+  2: double threshold,      // infinity: the tier never answers
+}
+
+struct TierInfo {
+  1: i32 version,
+  2: double threshold,
+  3: i32 cut,
+  4: i64 size,              // vectors held
+  5: i64 capacity,
 }
 
 struct RetrainResult {
@@ -217,10 +242,19 @@ service NeighborIndex extends Service {
   i64 size(1: string key),
   void reset(1: string key),
   Vectors export(1: string key) throws (1: InvalidRequest invalid),
+  // The online neighbour tier (gati/rpc/tier.py): its verdict on a request's unit vector at the tier's
+  // cut (features: float32 [1, d]), judged at the certified threshold; like a predictor's lookup.
+  LookupReply judge(1: Features features),
+  // Requests that ran to the end, remembered with the full model's answer (vectors float32 [M, d],
+  // labels int64 [M]); a malformed message is dropped whole.
+  oneway void remember(1: Tensor vectors, 2: Tensor labels),
+  void deploy_tier(1: TierUpdate update) throws (1: InvalidRequest invalid),
+  TierInfo tier() throws (1: InvalidRequest invalid),
 }
 
 service Retrainer extends Service {
-  oneway void add_samples(1: list<Sample> samples),
+  // One sampled request's samples; `tier`: the online tier's verdict on it (absent: no tier).
+  oneway void add_samples(1: list<Sample> samples, 2: TierVerdict tier),
   // Refit the cut's cache on the samples received, validate on held-back ones, deploy if no worse.
   RetrainResult retrain(1: i32 cut) throws (1: InvalidRequest invalid),
   // Validate and deploy a cache built elsewhere (a tar of Cache.save's output).

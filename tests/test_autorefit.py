@@ -173,3 +173,39 @@ def test_no_early_exits_serves_the_same_caches_at_infinite_thresholds_once():
     decision = no_early_exits(serving, "asked", {"live": 1.0})
     assert decision.outcome == FALLBACK and decision.caches is serving.caches and decision.thresholds == {0: math.inf}
     assert no_early_exits(Serving(serving.caches, decision.thresholds), "again", {}) is None  # served already
+
+
+def test_the_online_tier_is_a_slot_certified_with_the_cascade_and_deployed_beside_it():
+    """A tier whose verdicts (kept per joint sample) agree with the base model is certified with the caches: the
+    decision carries its threshold apart from the caches'; a fallback turns it off too."""
+    from gati.learning.neighbours import TIER
+    from gati.rpc.samples import TierVerdictRing
+
+    ring, tier = SampleRing(4000, FEATS, CLASSES), TierVerdictRing(4000)
+    serving = Serving({0: fitted(300, 5, shuffle=True)}, {0: math.inf})  # the cache: confidently wrong, off
+    pushed = []
+
+    def deploy(decision: Decision) -> bool:
+        pushed.append(decision)
+        return True
+
+    config = AutoRefitConfig(400, None, 150, 400, 0.05, 0.95)
+    costs = Costs([1.0, 3.0], {(0, "linear"): 0.1, (0, TIER): 0.05})
+    auto = AutoRefit(config, [Slot(0, TIER), *SLOTS], costs, {0: ring}, lambda: serving, deploy,
+                     refit=lambda configs, fit, seed: {0: fitted(300, 9, shuffle=True)}, tier=tier)
+    rng = np.random.default_rng(3)
+    for _ in range(800):
+        s = sample(rng)
+        number = auto.number()
+        ring.append(s, number)
+        tier.put(number, s.label, 0.9 if rng.random() < 0.7 else 0.2)  # 70% of requests: a confident right answer
+        auto.step()
+    got = joint_samples({0: ring}, after=-1, tier=tier)
+    assert (got.tier_label == got.labels).all() and set(np.round(got.tier_confidence.astype(float), 1).tolist()) == {0.2, 0.9}
+    (decision,) = pushed
+    assert decision.outcome == DEPLOYED and 0.2 < decision.tier_threshold <= 0.9
+    assert decision.thresholds == {0: math.inf} or decision.thresholds[0] > 0.99  # the wrong cache stays (nearly) off
+    assert Serving(decision.caches, decision.thresholds, decision.tier_threshold).vector(auto.slots)[0] == \
+        decision.tier_threshold
+    off = no_early_exits(Serving(decision.caches, decision.thresholds, decision.tier_threshold), "asked", {})
+    assert off.tier_threshold == math.inf and all(t == math.inf for t in off.thresholds.values())

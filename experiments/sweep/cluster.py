@@ -4,7 +4,8 @@ As `experiments/hop_delay.py` runs it: a copy of deploy/local.yaml pointing at t
 `hop_delay_ms` (the transport sleeps that long before every message a client sends and before it reads a
 reply: one network hop each way), its own secret and logs in a private folder, started and stopped with
 `gati.rpc.launch`. Ports are picked free at start, so runs never collide with other clusters on the machine.
-A frozen row's retrainer never refits; an online row's refits as its preset's learning says.
+A frozen row's retrainer never refits and it has no online tier; an online row's refits as its preset's learning
+says, with deploy/local.yaml's online tier.
 """
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def cluster_config(bundle: Path, device: str, hop_delay_ms: float, folder: Path,
                log_dir=str(folder / "logs"), secret_file=str(folder / "secret"),
                state_dir=str(folder / "state"))  # its own: versions one row learned must not serve the next
     services = cfg["services"]
-    if refits is None:
+    if refits is None:  # frozen: the bundle's caches only, no online tier learning beside them
         services["retrainer"].update(refit_every=0, refit_seconds=0)
+        cfg.pop("tier", None)
     else:
         services["aggregator"]["sample_rate"] = refits.sample_rate
         services["retrainer"].update(refit_every=refits.refit_every, select_samples=refits.select_samples,

@@ -117,4 +117,6 @@ def cluster_config(spec: DeploySpec, all_nodes: tuple[Node, ...], hosts: Mapping
     }
     if c.max_message_mb is not None:
         config["max_message_mb"] = c.max_message_mb
+    if c.tier is not None:
+        config["tier"] = dict(c.tier)
     return config

@@ -75,6 +75,7 @@ class ClusterTuning:
     queue_size: int | None = None   # the aggregator's
     workers: int | None = None      # the aggregator's
     sample_rate: float | None = None
+    tier: Mapping[str, Any] | None = None  # the online neighbour tier (gati/rpc/config.py's `tier`); None: none
 
 
 @dataclass(frozen=True)
@@ -284,4 +285,10 @@ def _cluster(value: Any) -> ClusterTuning:
     for key, ms in _mapping(raw.get("timeouts_ms"), "cluster.timeouts_ms").items():
         if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
             raise DeployError(f"cluster.timeouts_ms.{key}: a positive number, not {ms!r}")
+    if raw.get("tier") is not None:
+        from gati.learning.neighbours import TierConfig  # torch, imported only when a tier is asked for
+        try:
+            TierConfig(**_mapping(raw["tier"], "cluster.tier"))
+        except (GatiError, TypeError) as e:
+            raise DeployError(f"cluster.tier: {e}") from e
     return ClusterTuning(**raw)

@@ -116,6 +116,8 @@ class Pending:
             self.error = "the executor stopped the request before it was answered"
         else:
             name = self.cut_names.get(result.exit_cut, "final")
+            if result.by_tier:  # the online tier answered at that cut (gati/rpc/tier.py), as the engine names it
+                name = f"tier:{name}"
             missing = tuple(self.cut_names.get(c, str(c)) for c in result.missing_cuts or ())
             self.outcome = Outcome(result.label, result.confidence, result.exit_cut, name, result.stages_run,
                                    self.request_id, result.queue_ms, result.compute_ms, result.lookup_ms, missing)
@@ -240,7 +242,7 @@ class ClusterBackend:
             self.guard.observe(hit, True, (not agree) if hit else None)
         if self.retrainer is not None and p.shadow.samples:
             try:
-                self.retrainer.send("add_samples", p.shadow.samples)
+                self.retrainer.send("add_samples", p.shadow.samples, p.shadow.tier)
             except PeerUnavailable as e:
                 self.retrainer.warn(log, e)
                 self.metrics.peer_unreachable.labels("retrainer").inc()

@@ -30,11 +30,15 @@ The rule is the in-process learner's (gati/learning/online.py), through the same
      target with confidence 1 - alpha/2 (its one-sided Clopper-Pearson upper bound is below it).
    After a fallback the next review's re-tuning climbs back only as far as it certifies.
 
+With an online neighbour tier (the config's `tier`, kept by the index service: gati/rpc/tier.py) the cascade has
+one more slot, the tier at its cut (before that cut's cache), exactly as in process: each joint sample carries the
+tier's verdict on it from before it was stored, the reviews certify the tier's threshold with the caches', and a
+deploy pushes it to the index service after the caches.
+
 What differs from the in-process learner: the cluster serves one threshold vector (the one deployed is the trial's
-last certified vector), its fallback is one step (to no early exits, not down a ladder of certified levels), there
-is no online neighbour tier in the cascade (the index service serves the kNN caches of the plan), and a deploy is
-one push per predictor, so requests served during it (milliseconds) may meet new caches at some cuts and old ones
-at others, a mix no review certified.
+last certified vector), its fallback is one step (to no early exits, not down a ladder of certified levels), and a
+deploy is one push per predictor (and one to the index for the tier), so requests served during it (milliseconds)
+may meet new caches at some cuts and old ones at others, a mix no review certified.
 """
 from __future__ import annotations
 
@@ -50,11 +54,12 @@ import numpy as np
 from gati.bundle import BundleInfo
 from gati.cache import Cache
 from gati.errors import GatiError
+from gati.learning.neighbours import TIER
 from gati.learning.refit import Review, Slot, order_slots, refit_caches, review
 from gati.learning.samples import SampleSet
 from gati.pipeline.certify import Costs, agreement_upper_bound
 from gati.rpc.config import RetrainerConfig
-from gati.rpc.samples import SampleRing
+from gati.rpc.samples import SampleRing, TierVerdictRing
 
 log = logging.getLogger("gati.rpc.autorefit")
 
@@ -87,9 +92,21 @@ class AutoRefitConfig:
 
 @dataclass(frozen=True)
 class Serving:
-    """The cascade served now: each plan cut's cache and threshold."""
+    """The cascade served now: each plan cut's cache and threshold, and the online tier's threshold."""
     caches: dict[int, Cache]
     thresholds: dict[int, float]
+    tier_threshold: float = math.inf   # inf: no tier, or one that answers nothing
+
+    def vector(self, slots: list[Slot]) -> list[float]:
+        """The served thresholds as a vector over `slots`."""
+        return [self.tier_threshold if s.name == TIER else self.thresholds[s.cut] for s in slots]
+
+
+def split_vector(slots: list[Slot], vector) -> tuple[dict[int, float], float]:
+    """A threshold vector over `slots` as (each cache's threshold by cut, the tier's threshold: inf without one)."""
+    caches = {s.cut: float(t) for s, t in zip(slots, vector) if s.name != TIER}
+    tier = [float(t) for s, t in zip(slots, vector) if s.name == TIER]
+    return caches, tier[0] if tier else math.inf
 
 
 DEPLOYED, FALLBACK = "deployed", "fallback"
@@ -97,13 +114,15 @@ DEPLOYED, FALLBACK = "deployed", "fallback"
 
 @dataclass(frozen=True)
 class Decision:
-    """A cascade to push: every cut's cache and threshold, and what is written beside each cut's version."""
+    """A cascade to push: every cut's cache and threshold (and the tier's), and what is written beside each cut's
+    version."""
     outcome: str                  # DEPLOYED (a certified trial) or FALLBACK (no early exits)
     caches: dict[int, Cache]
     thresholds: dict[int, float]
     record: dict[str, float]      # the certificate, or why it fell back
     lower_bound: float            # the certified bound on agreement (0: a fallback certifies nothing new)
     summary: str
+    tier_threshold: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -125,23 +144,30 @@ class _Candidate:
 def no_early_exits(serving: Serving, summary: str, record: dict[str, float]) -> Decision | None:
     """The serving caches with every threshold infinite (the base model answers every request); None when that is
     what is served already."""
-    if not any(math.isfinite(t) for t in serving.thresholds.values()):
+    if not any(math.isfinite(t) for t in [*serving.thresholds.values(), serving.tier_threshold]):
         return None
     return Decision(FALLBACK, serving.caches, {cut: math.inf for cut in serving.thresholds},
                     {"fallback": 1.0, **record}, 0.0, summary)
 
 
-def plan_layout(info: BundleInfo, cuts: set[int]) -> tuple[list[Slot], Costs]:
-    """The cascade's slots (the plan's caches at `cuts`) and the latency model's costs (the bundle's profile)."""
+def plan_layout(info: BundleInfo, cuts: set[int], tier: tuple[int, float] | None = None) -> tuple[list[Slot], Costs]:
+    """The cascade's slots (the plan's caches at `cuts`, and the online tier when `tier` gives its cut and its
+    lookup's milliseconds) and the latency model's costs (the bundle's profile)."""
     entries = [e for e in info.plan.entries if e.cut in cuts]
     profile = info.manifest.profile
     costs = Costs(profile.stage_ms, {(e.cut, e.variant): profile.lookup(e.cut, e.variant) for e in entries})
-    return [Slot(e.cut, e.variant) for e in entries], costs
+    slots = [Slot(e.cut, e.variant) for e in entries]
+    if tier is not None:
+        slots.append(Slot(tier[0], TIER))
+        costs.lookup_ms[(tier[0], TIER)] = tier[1]
+    return order_slots(slots), costs
 
 
-def joint_samples(rings: dict[int, SampleRing], after: int, upto: int | None = None) -> SampleSet:
+def joint_samples(rings: dict[int, SampleRing], after: int, upto: int | None = None,
+                  tier: TierVerdictRing | None = None) -> SampleSet:
     """The joint samples numbered in (after, upto] that every cut's ring still holds, in number order; features are
-    float32, exactly what the predictors are sent, so that the review scores what is served."""
+    float32, exactly what the predictors are sent, so that the review scores what is served. With `tier`, each
+    sample's tier verdict (label -1 where it holds none)."""
     held = {cut: ring.joint(after, upto) for cut, ring in rings.items()}
     numbers = None
     for rows in held.values():
@@ -154,9 +180,10 @@ def joint_samples(rings: dict[int, SampleRing], after: int, upto: int | None = N
         features[cut] = rows.features[at].reshape(len(numbers), -1)
         logits = rows.logits[at]
     n = len(numbers)
+    tier_label, tier_confidence = tier.get(numbers) if tier is not None else \
+        (np.full(n, -1, np.int64), np.zeros(n, np.float32))
     return SampleSet(numbers, np.ones(n, bool), features,
-                     logits if logits is not None else np.zeros((0, 0), np.float32),
-                     np.full(n, -1, np.int64), np.zeros(n, np.float32))
+                     logits if logits is not None else np.zeros((0, 0), np.float32), tier_label, tier_confidence)
 
 
 class AutoRefit:
@@ -168,9 +195,9 @@ class AutoRefit:
 
     def __init__(self, cfg: AutoRefitConfig, slots: list[Slot], costs: Costs, rings: dict[int, SampleRing],
                  serving: Callable[[], Serving], deploy: Callable[[Decision], bool],
-                 refit: Refit = refit_caches):
+                 refit: Refit = refit_caches, tier: TierVerdictRing | None = None):
         self.cfg, self.slots, self.costs, self.rings = cfg, order_slots(slots), costs, rings
-        self.serving, self.deploy, self.refit = serving, deploy, refit
+        self.serving, self.deploy, self.refit, self.tier = serving, deploy, refit, tier
         self.next_number = 1 + max((r.last_request() for r in rings.values()), default=-1)
         self._mark = (self.next_number, time.monotonic())  # where the last refit began
         self._candidate: _Candidate | None = None
@@ -203,11 +230,11 @@ class AutoRefit:
     def _begin(self) -> None:
         after = self.next_number - 1
         self._mark = (self.next_number, time.monotonic())
-        pool = joint_samples(self.rings, after=-1, upto=after)
+        pool = joint_samples(self.rings, after=-1, upto=after, tier=self.tier)
         select_rows = np.arange(max(0, len(pool) - self.cfg.select_samples), len(pool))
         fit = pool.subset(np.arange(0, select_rows[0] if len(select_rows) else len(pool)))
         serving = self.serving()
-        configs = {s.cut: serving.caches[s.cut].config() for s in self.slots}
+        configs = {s.cut: serving.caches[s.cut].config() for s in self.slots if s.name != TIER}
         caches = self.refit(configs, fit, 0) if len(fit) >= 2 else None
         self._candidate = _Candidate(caches, after, pool.subset(select_rows), len(fit))
         log.info("refit %s on %d joint samples; re-certifying on %d joint samples after number %d",
@@ -215,7 +242,7 @@ class AutoRefit:
                  after)
 
     def _review(self, candidate: _Candidate) -> Outcome | None:
-        fresh = joint_samples(self.rings, after=candidate.after)
+        fresh = joint_samples(self.rings, after=candidate.after, tier=self.tier)
         fresh = fresh.subset(np.arange(min(len(fresh), self.cfg.certify_samples)))
         self._candidate = None
         if len(fresh) < self.cfg.certify_samples:  # evicted from the rings before they were read: start over
@@ -223,7 +250,7 @@ class AutoRefit:
                         self.cfg.certify_samples)
             return None
         serving = self.serving()
-        vector = [serving.thresholds[s.cut] for s in self.slots]
+        vector = serving.vector(self.slots)
         found = review(self.slots, (serving.caches, [vector]), candidate.caches, candidate.select, fresh, self.costs,
                        self.cfg.target, self.cfg.alpha, retune=True, serving=1)
         decision = self._decide(found, serving)
@@ -240,14 +267,15 @@ class AutoRefit:
         certifies thresholds again); else nothing changes."""
         if found.deployed is not None:
             trial, r = found.deployed, found.deployed.result
-            thresholds = {s.cut: float(t) for s, t in zip(self.slots, r.thresholds)}
+            thresholds, tier_threshold = split_vector(self.slots, r.thresholds)
             record = {"target": self.cfg.target, "alpha": found.alpha, "lower_bound": r.lower_bound,
                       "agreement": r.agreement, "hit_rate": r.hit_rate, "n": float(r.n),
                       "wrong_hits": float(r.wrong_hits), "expected_ms": trial.expected_ms,
                       "serving_ms": found.incumbent_ms, "made_by_" + trial.name: 1.0}
+            tier = "" if not any(s.name == TIER for s in self.slots) else f", tier threshold {tier_threshold:.4f}"
             return Decision(DEPLOYED, trial.caches, thresholds, record, r.lower_bound,
                             f"deployed {trial.name}: agreement >= {self.cfg.target} (lower bound {r.lower_bound:.4f} "
-                            f"on {r.n} fresh samples), hit rate {r.hit_rate:.3f}")
+                            f"on {r.n} fresh samples), hit rate {r.hit_rate:.3f}{tier}", tier_threshold)
         upper = agreement_upper_bound(found.fresh, found.incumbent_wrong, found.alpha)
         if upper >= self.cfg.target:
             return None

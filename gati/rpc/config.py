@@ -21,6 +21,7 @@
         - {name: predictor-1, host: 127.0.0.1, port: 9093, cuts: auto}
       index:      {host: 127.0.0.1, port: 9094, max_keys: 16, max_vectors: 200000, max_dim: 4096}
       retrainer:  {host: 127.0.0.1, port: 9095, snapshot_s: 60, resync_s: 30, refit_every: 1000}
+    tier: {cut: 0, reducer: pool2, capacity: 2048, k: 8}   # optional: the online neighbour tier
 
 `port` is the service's Thrift port; the optional `http_port` serves /health/live, /health/ready
 and /metrics (and on the aggregator the Open Inference Protocol, /v2/...). The aggregator's `port`
@@ -36,6 +37,10 @@ spinning threads on every core, lets one busy neighbour multiply tail latency. A
 Placement (which cuts a predictor serves) is configuration: `placement(plan_cuts)` resolves `auto`
 and checks that every cut of the plan is served by exactly one predictor. Unknown keys are errors,
 so a typo never silently falls back to a default.
+
+`tier` (optional) gives the cluster the online neighbour tier of gati/learning/neighbours.py, kept by the
+index service (gati/rpc/tier.py), which it therefore needs: `cut` is an index into the bundle's cuts (0: the
+stem), the other keys `TierConfig`'s. The retrainer certifies its threshold with the rest of the cascade.
 
 `state_dir` (optional) keeps each service's state across restarts in `<state_dir>/<process name>`
 (gati/rpc/durable.py): the cache versions a predictor serves and the retrainer deployed, and the
@@ -54,6 +59,7 @@ from typing import Any, Callable
 import yaml
 
 from gati.errors import GatiError
+from gati.learning.neighbours import TierConfig
 
 AUTO = "auto"
 ROLES = ("aggregator", "executor", "predictor", "index", "retrainer", "all")  # `gati serve --role`
@@ -143,6 +149,7 @@ class IndexConfig(Endpoint):
     max_keys: int = 16                # indexes (a kNN cut's versions) held at once
     max_vectors: int = 200_000        # vectors per index
     max_dim: int = 4096               # a vector's dimension
+    snapshot_s: float = 60.0          # the online tier's vectors reach state_dir within this many seconds
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,7 @@ class ClusterConfig:
     predictors: tuple[PredictorConfig, ...]
     index: IndexConfig | None = None
     retrainer: RetrainerConfig | None = None
+    tier: TierConfig | None = None    # the online neighbour tier (kept by the index service); None: none
     device: str = "cpu"
     log_dir: Path = Path("runs/local")
     state_dir: Path | None = None     # <state_dir>/<process name> survives restarts; None: state in memory only
@@ -292,7 +300,7 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
     where = str(path)
     raw = _mapping(raw, where)
     _known(raw, {"bundle", "device", "log_dir", "state_dir", "secret_file", "timeouts_ms", "max_message_mb",
-                 "hop_delay_ms", "omp_wait_policy", "connections", "services"}, where)
+                 "hop_delay_ms", "omp_wait_policy", "connections", "services", "tier"}, where)
     if "bundle" not in raw:
         raise ConfigError(f"{where}: `bundle` (the bundle folder to serve) is required")
     if "secret_file" not in raw:
@@ -321,6 +329,7 @@ def parse_config(raw: Any, path: Path) -> ClusterConfig:
         predictors=_predictors(services["predictors"], where),
         index=_optional(IndexConfig, services.get("index"), f"{where}: services.index"),
         retrainer=_optional(RetrainerConfig, services.get("retrainer"), f"{where}: services.retrainer"),
+        tier=_tier(raw.get("tier"), where),
     )
     _check(cfg)
     return cfg
@@ -354,6 +363,11 @@ def _check(cfg: ClusterConfig) -> None:
     for key in ("snapshot_s", "resync_s", "max_sample_mb"):  # periods are never a busy loop; a budget holds something
         if cfg.retrainer is not None and getattr(cfg.retrainer, key) <= 0:
             raise ConfigError(f"{cfg.path}: services.retrainer.{key} must be positive")
+    if cfg.tier is not None and cfg.index is None:
+        raise ConfigError(f"{cfg.path}: the online tier (`tier`) is kept by the index service: configure "
+                          f"services.index too")
+    if cfg.index is not None and cfg.index.snapshot_s <= 0:
+        raise ConfigError(f"{cfg.path}: services.index.snapshot_s must be positive")
     t = cfg.timeouts
     if t.request_ms > t.max_request_ms:
         raise ConfigError(f"{cfg.path}: timeouts_ms.request ({t.request_ms:g}) is the default deadline and may not "
@@ -369,6 +383,20 @@ def _executors(services: dict, where: str) -> tuple[ExecutorConfig, ...]:
     if "executor" in services:
         return (_service(ExecutorConfig, services["executor"], f"{where}: services.executor"),)
     return _named_list(ExecutorConfig, services["executors"], "executors", "executor", where)
+
+
+def _tier(raw: Any, where: str) -> TierConfig | None:
+    """`tier: {cut, reducer, capacity, k}` (gati.learning.neighbours.TierConfig; unnamed keys keep its defaults)."""
+    if raw is None:
+        return None
+    ctx = f"{where}: tier"
+    raw = _mapping(raw, ctx)
+    fields = {f.name: f for f in dataclasses.fields(TierConfig)}
+    _known(raw, set(fields), ctx)
+    try:
+        return TierConfig(**raw)
+    except (GatiError, TypeError) as e:
+        raise ConfigError(f"{ctx}: {e}") from e
 
 
 def _wait_policy(value: Any, where: str) -> str:

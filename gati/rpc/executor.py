@@ -7,6 +7,11 @@ predictor that is down, failing or slower than `lookup_s` gives no verdict: the 
 the full model answers from there, and the answer says so (see gati/runtime/cascade.py for why).
 `lookahead` bounds how far the stages run ahead of the verdicts (0 for sync plans, 1 for async ones).
 
+With an online neighbour tier (gati/rpc/tier.py) the tier's cut asks the index service's tier first, beside the
+cut's cache (if any): the tier's hit is the answer, else the cache's verdict, else a miss; a tier verdict that
+never comes is missing like any other. A request that ran to the end is remembered by the tier with the full
+model's answer, and a sampled one's shadow result carries the tier's verdict on it, for the retrainer's reviews.
+
 This handler keeps only what is specific to serving: a bounded queue of requests (a request that
 is not the model's input, or that finds the queue full, is refused before it is queued) and worker threads,
 cancellation (by the aggregator, or at the request's deadline) and the wire messages. The moment
@@ -29,7 +34,9 @@ import torch
 from gati.bundle import Bundle
 from gati.cache import Cache
 from gati.cache.base import confidence_and_label
+from gati.cache.reduce import make_reducer
 from gati.errors import Cancelled, InvalidInput
+from gati.learning.neighbours import TierConfig, unit_vector
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
 from gati.rpc.gen.gati_idl.ttypes import (
     ExecutionResult,
@@ -39,6 +46,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     RunRequest,
     Sample,
     ShadowResult,
+    TierVerdict,
     Unavailable,
 )
 from gati.rpc.metrics import ExecutorMetrics
@@ -57,6 +65,20 @@ class Route:
     cut: int
     cache: Cache       # only its reducer runs here
     pool: Pool         # the predictor serving the cut
+
+
+@dataclass
+class TierRoute:
+    """The online tier: the cut it reads, how its vector is made, and the index service that keeps it."""
+    config: TierConfig
+    pool: Pool
+
+    def __post_init__(self) -> None:
+        self.reduce = make_reducer(self.config.reducer).forward
+
+    @property
+    def cut(self) -> int:
+        return self.config.cut
 
 
 @dataclass
@@ -96,26 +118,63 @@ class _Reply:
 
 
 @dataclass
+class _TierFirst:
+    """The tier's cut: the tier's verdict first; on a tier miss, the cut's cache's (if any), else a miss."""
+    source: "RemoteVerdicts"
+    tier: _Reply | Done
+    cache: _Reply | Done | None
+
+    def verdict(self) -> Verdict | None:
+        v = self.tier.verdict()
+        if v is None:  # missing: from here the full model answers (gati/runtime/cascade.py)
+            return None
+        self.source.tier_verdict = TierVerdict(v.label, v.confidence)
+        if v.hit:
+            self.source.by_tier = True
+            return v
+        if self.cache is None:
+            return Verdict(v.cut, v.label, v.confidence, False)
+        return self.cache.verdict()
+
+
+@dataclass
 class RemoteVerdicts:
-    """The cascade's verdict source in the cluster, one per request: lookups on remote predictors."""
+    """The cascade's verdict source in the cluster, one per request: lookups on remote predictors (and the tier)."""
     request_id: int
     routes: dict[int, Route]
     lookup_s: float
     failures: object                             # a Prometheus counter labelled by reason
     keep_features: bool = False                  # sampled requests keep what they sent, for the retrainer
+    tier: TierRoute | None = None
     samples: list[Sample] = field(default_factory=list)
     sent: list[_Reply] = field(default_factory=list)
+    tier_vector: np.ndarray | None = None        # this request's unit vector at the tier's cut
+    tier_verdict: TierVerdict | None = None      # the tier's verdict, once read
+    by_tier: bool = False                        # the tier answered
 
-    def ask(self, cut: int, act: torch.Tensor) -> _Reply | Done:
+    def ask(self, cut: int, act: torch.Tensor) -> _Reply | _TierFirst | Done:
+        cache = self._lookup(cut, act) if cut in self.routes else None
+        if self.tier is None or cut != self.tier.cut:
+            assert cache is not None, f"cut {cut} has neither a cache nor the tier"
+            return cache
+        self.tier_vector = unit_vector(self.tier.reduce, act)
+        vector = to_tensor(self.tier_vector[None])
+        return _TierFirst(self, self._start(self.tier.pool, cut, Features(self.request_id, cut, vector), "judge"),
+                          cache)
+
+    def _lookup(self, cut: int, act: torch.Tensor) -> _Reply | Done:
         route = self.routes[cut]
         feats = to_tensor(route.cache.reduce(act).cpu().numpy())
         if self.keep_features:
             self.samples.append(Sample(cut=cut, features=feats, base_label=-1))
+        return self._start(route.pool, cut, Features(request_id=self.request_id, cut=cut, features=feats), "lookup")
+
+    def _start(self, pool: Pool, cut: int, features: Features, method: str) -> _Reply | Done:
         until = time.monotonic() + self.lookup_s
         try:
-            call = route.pool.start("lookup", Features(request_id=self.request_id, cut=cut, features=feats))
+            call = pool.start(method, features)
         except PeerUnavailable as e:  # no verdict at its cut; the request goes on without caches
-            route.pool.warn(log, e)
+            pool.warn(log, e)
             self.failures.labels("unreachable").inc()
             return Done(None)
         self.sent.append(_Reply(self, cut, call, until))
@@ -134,12 +193,14 @@ class ExecutorHandler(ServiceBase):
 
     def __init__(self, bundle: Bundle, routes: dict[int, Route], aggregator: Pool,
                  lookup_s: float, workers: int = 1, lookahead: int = 1, metrics: ExecutorMetrics | None = None,
-                 queue_size: int = 64):
+                 queue_size: int = 64, tier: TierRoute | None = None):
         self.metrics: ExecutorMetrics = metrics or ExecutorMetrics()
         super().__init__(self.metrics)
         cuts = bundle.staged.cuts
-        self.steps = [Step(stage, i + 1, i if i in routes else None, cuts[i] if i in routes else "")
+        asked = set(routes) | ({tier.cut} if tier is not None else set())
+        self.steps = [Step(stage, i + 1, i if i in asked else None, cuts[i] if i in asked else "")
                       for i, stage in enumerate(bundle.staged.stages)]
+        self.tier = tier
         self.device = next(bundle.model.parameters()).device
         self.input_shape = (1, *bundle.info.manifest.input_shape)
         self.routes, self.aggregator, self.lookup_s = routes, aggregator, lookup_s
@@ -219,13 +280,13 @@ class ExecutorHandler(ServiceBase):
                 del self._early_cancels[request.request_id]
                 state.cancelled = True
         source = RemoteVerdicts(request.request_id, self.routes, self.lookup_s, self.metrics.lookup_failures,
-                                keep_features=request.sampled)
+                                keep_features=request.sampled, tier=self.tier)
         answered = False
 
         def on_answer(answer: Answer) -> None:
             nonlocal answered
             answered = True
-            self._send("finished", _result(request.request_id, answer, queue_ms))
+            self._send("finished", _result(request.request_id, answer, queue_ms, source.by_tier))
 
         try:
             with torch.inference_mode():
@@ -233,7 +294,9 @@ class ExecutorHandler(ServiceBase):
                                     shadow=request.sampled, stop=state.should_stop, on_answer=on_answer)
             self._count(trace, request.sampled)
             if request.sampled:
-                self._send("shadowed", _shadow(request.request_id, trace, source.samples))
+                self._send("shadowed", _shadow(request.request_id, trace, source))
+            if trace.completed:
+                self._remember(source, trace.final.label)
         except Cancelled:
             self.metrics.requests.labels("stopped").inc()
             if not answered:
@@ -262,26 +325,41 @@ class ExecutorHandler(ServiceBase):
             self.aggregator.warn(log, e)
             self.metrics.peer_unreachable.labels("aggregator").inc()
 
+    def _remember(self, source: RemoteVerdicts, label: int) -> None:
+        """A request that ran to the end teaches the tier its full-model answer (after the tier judged it)."""
+        if self.tier is None or source.tier_vector is None:
+            return
+        try:
+            self.tier.pool.send("remember", to_tensor(source.tier_vector[None]),
+                                to_tensor(np.array([label], np.int64)))
+        except PeerUnavailable as e:
+            self.tier.pool.warn(log, e)
+            self.metrics.peer_unreachable.labels("index").inc()
+
 
 def _head(logits: torch.Tensor) -> tuple[int, float]:
     label, conf = confidence_and_label(logits.float())
     return int(label.item()), float(conf.item())
 
 
-def _result(request_id: int, answer: Answer, queue_ms: float) -> ExecutionResult:
+def _result(request_id: int, answer: Answer, queue_ms: float, by_tier: bool = False) -> ExecutionResult:
     return ExecutionResult(request_id=request_id, label=answer.label, confidence=answer.confidence,
                            exit_cut=-1 if answer.exit_cut is None else answer.exit_cut,
                            stages_run=answer.stages_run, error="", cancelled=False, queue_ms=queue_ms,
                            compute_ms=answer.compute_s * 1000, lookup_ms=answer.wait_s * 1000,
-                           missing_cuts=list(answer.missing))
+                           missing_cuts=list(answer.missing), by_tier=by_tier and answer.exit_cut is not None)
 
 
-def _shadow(request_id: int, trace: Trace, samples: list[Sample]) -> ShadowResult:
-    """The full model's answer and logits attached to every cut's features (the retrainer's teacher)."""
+def _shadow(request_id: int, trace: Trace, source: RemoteVerdicts) -> ShadowResult:
+    """The full model's answer and logits attached to every cut's features (the retrainer's teacher), and the
+    tier's verdict on the request (label -1 when it gave none)."""
     logits = to_tensor(trace.output[0].float().cpu().numpy().astype(np.float32))
-    for s in samples:
+    for s in source.samples:
         s.base_label, s.base_logits = trace.final.label, logits
-    return ShadowResult(request_id=request_id, base_label=trace.final.label, samples=samples)
+    tier = None
+    if source.tier is not None:
+        tier = source.tier_verdict or TierVerdict(-1, 0.0)
+    return ShadowResult(request_id=request_id, base_label=trace.final.label, samples=source.samples, tier=tier)
 
 
 def make_routes(bundle: Bundle, placement: dict[str, tuple[str, int]], limits: Limits) -> dict[int, Route]:

@@ -10,6 +10,9 @@ What a caller may make it hold is bounded (`services.index` in the cluster confi
 `max_keys` indexes, `max_vectors` vectors in each, vectors of at most `max_dim` dimensions. An
 addition beyond a bound is refused whole (InvalidRequest naming the bound) and counted
 (`gati_index_refused_total{bound}`); nothing of it is stored.
+
+When the cluster has an online neighbour tier (the config's `tier`), this service keeps it too
+(`judge`, `remember`, `deploy_tier`, `tier`: gati/rpc/tier.py); without one those calls say so.
 """
 from __future__ import annotations
 
@@ -21,10 +24,19 @@ from gati.bundle import BundleInfo
 from gati.cache.knn import FaissIndex, KnnCache
 from gati.errors import GatiError, InvalidInput
 from gati.rpc.config import IndexConfig
-from gati.rpc.gen.gati_idl.ttypes import InvalidRequest, SearchResult, Vectors
+from gati.rpc.gen.gati_idl.ttypes import (
+    Features,
+    InvalidRequest,
+    LookupReply,
+    SearchResult,
+    TierInfo,
+    TierUpdate,
+    Vectors,
+)
 from gati.rpc.metrics import IndexMetrics
 from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import from_tensor, to_tensor
+from gati.rpc.tier import TierServer
 from gati.rpc.transport import Pool
 
 MAX_K = 1024
@@ -43,12 +55,37 @@ class _Entry:
 class IndexHandler(ServiceBase):
     role = "index"
 
-    def __init__(self, metrics: IndexMetrics | None = None, bounds: IndexConfig = IndexConfig("", 0)):
+    def __init__(self, metrics: IndexMetrics | None = None, bounds: IndexConfig = IndexConfig("", 0),
+                 tier: TierServer | None = None):
         self.metrics: IndexMetrics = metrics or IndexMetrics()
         super().__init__(self.metrics)
-        self.bounds = bounds
+        self.bounds, self.tier_server = bounds, tier
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+
+    # ---- the online tier (gati/rpc/tier.py) ---------------------------------------------
+
+    def judge(self, features: Features) -> LookupReply:
+        with self.gate.track():  # served while draining: the executors' requests still need it
+            if self.tier_server is None:
+                return LookupReply(features.request_id, features.cut, -1, 0.0, False, 0, self.name,
+                                   "this cluster has no online tier")
+            return self.tier_server.judge(features)
+
+    def remember(self, vectors, labels) -> None:
+        if self.tier_server is not None:
+            self.tier_server.remember(vectors, labels)
+
+    def deploy_tier(self, update: TierUpdate) -> None:
+        self._tier().deploy(update)
+
+    def tier(self) -> TierInfo:
+        return self._tier().info()
+
+    def _tier(self) -> TierServer:
+        if self.tier_server is None:
+            raise InvalidRequest("this cluster has no online tier (the config's `tier`)")
+        return self.tier_server
 
     def add(self, key: str, vectors, labels) -> None:
         x, y = _arrays(vectors, labels)

@@ -246,7 +246,16 @@ class IndexMetrics(ServiceMetrics):
         self.searches = self.counter("gati_index_searches", "Nearest-neighbour searches")
         self.added = self.counter("gati_index_vectors_added", "Vectors added to the indexes")
         self.vectors = self.gauge("gati_index_vectors", "Vectors held, by index key", ["key"])
-        self.refused = self.counter("gati_index_refused", "Additions refused by the index's bounds", ["bound"])
+        self.refused = self.counter("gati_index_refused", "Additions refused by the index's bounds, or (tier) a "
+                                    "malformed message for the online tier", ["bound"])
+        # The online neighbour tier (gati/rpc/tier.py), when the cluster has one
+        self.tier_judged = self.counter("gati_tier_judged", "The online tier's verdicts by outcome (hit, miss, error)",
+                                        ["outcome"])
+        self.tier_size = self.gauge("gati_tier_vectors", "Vectors the online tier holds")
+        self.tier_bytes = self.gauge("gati_tier_bytes", "Memory the online tier reserved for its vectors (its bound)")
+        self.tier_version = self.gauge("gati_tier_version", "The online tier's threshold version (0: never deployed)")
+        self.tier_threshold = self.gauge("gati_tier_threshold", "The confidence the online tier answers at "
+                                         "(+Inf: it answers nothing)")
 
 
 class RetrainerMetrics(ServiceMetrics):

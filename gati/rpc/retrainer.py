@@ -26,10 +26,15 @@ version than the retrainer deployed (it lost its state) gets the retrainer's aga
 newer version (the retrainer lost its state, or was killed between the predictor's answer and its
 own write) hands over that version's cache (`cache`), which the retrainer adopts as the deployed
 one, so that the next deploy is numbered above it and is gated against what is served.
+
+With an online neighbour tier (gati/rpc/tier.py) the retrainer also keeps the tier's verdict on each joint sample
+(it comes with the sample), certifies the tier's threshold with the whole cascade, and deploys it to the index
+service, numbered and resynchronised like a cut's version (the tier's record in the state directory, `tier.json`).
 """
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +45,8 @@ import torch
 from gati.bundle import BundleInfo
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
+from gati.learning.neighbours import TierConfig
+from gati.learning.state import atomic_npz, load_npz
 from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, no_early_exits, plan_layout
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
@@ -49,14 +56,18 @@ from gati.rpc.gen.gati_idl.ttypes import (
     InvalidRequest,
     RetrainResult,
     Sample,
+    TierUpdate,
+    TierVerdict,
 )
 from gati.rpc.metrics import RetrainerMetrics
-from gati.rpc.samples import BadSample, CheckedSample, SampleArrays, SampleRing, check_sample
+from gati.rpc.samples import BadSample, CheckedSample, SampleArrays, SampleRing, TierVerdictRing, check_sample
 from gati.rpc.service import ServiceBase
+from gati.rpc.tier import TierRecord
 from gati.rpc.transport import WARN_EVERY_S, PeerUnavailable, Pool, Throttle
 
 log = logging.getLogger("gati.rpc.retrainer")
 REFIT_POLL_S = 1.0  # how often the automatic refits look whether one is due
+TIER_VERDICTS = "tier_verdicts.npz"  # beside the samples: the online tier's verdict on each joint sample
 ONE_HOT_LOGIT = 4.0  # teacher logit margin when a sample carries only the label
 
 
@@ -88,6 +99,19 @@ class CutState:
     snapshotted: int = 0              # `received` when the last snapshot was taken
 
 
+@dataclass
+class TierState:
+    """The online tier as the retrainer deploys it: its threshold's version, kept by the index service."""
+    config: TierConfig
+    index: Pool
+    lookup_ms: float                  # its reduce and search, timed here: its cost in the latency model
+    bundle_sha256: str
+    version: int = 0
+    threshold: float = math.inf       # inf: it answers nothing (until a review certifies a threshold)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    verdicts: TierVerdictRing | None = None  # made by the handler, as large as the largest sample ring
+
+
 def sample_capacity(cfg: RetrainerConfig, feat_shape: tuple[int, ...], n_cuts: int) -> int:
     """Samples one cut may hold: `max_samples`, or fewer when its features would exceed the cut's
     equal share of `max_sample_mb` (a 64x8x8 convfc input is 16 KB, so a count alone would let
@@ -103,11 +127,11 @@ class RetrainerHandler(ServiceBase):
 
     def __init__(self, cuts: dict[int, CutState], cfg: RetrainerConfig, num_classes: int,
                  metrics: RetrainerMetrics | None = None, store: VersionStore | None = None,
-                 samples_dir: Path | None = None, info: BundleInfo | None = None):
+                 samples_dir: Path | None = None, info: BundleInfo | None = None, tier: TierState | None = None):
         self.metrics: RetrainerMetrics = metrics or RetrainerMetrics()
         super().__init__(self.metrics)
         self.cuts, self.cfg, self.num_classes = cuts, cfg, num_classes
-        self.store, self.samples_dir = store, samples_dir
+        self.store, self.samples_dir, self.tier = store, samples_dir, tier
         self._refusals_logged = Throttle()
         self._resync_logged = Throttle()
         self._periodic: list[Every] = []
@@ -125,12 +149,14 @@ class RetrainerHandler(ServiceBase):
                 log.info("cut %s resumes version %d and %d samples", st.cut_name, st.version, len(st.samples))
             self.metrics.version.labels(st.cut_name).set(st.version)
             self.metrics.held.labels(st.cut_name).set(len(st.samples))
+        if tier is not None:
+            self._resume_tier(tier)
         auto = None if info is None else AutoRefitConfig.of(cfg, info.manifest.target)
         self.auto = None
         if auto is not None:
-            slots, costs = plan_layout(info, set(cuts))
+            slots, costs = plan_layout(info, set(cuts), None if tier is None else (tier.config.cut, tier.lookup_ms))
             self.auto = AutoRefit(auto, slots, costs, {c: st.samples for c, st in cuts.items()}, self._serving,
-                                  self._deploy_cascade)
+                                  self._deploy_cascade, tier=None if tier is None else tier.verdicts)
 
     def start(self) -> RetrainerHandler:
         """The background threads: resync with the predictors, automatic refits, and snapshots of the samples with
@@ -150,7 +176,7 @@ class RetrainerHandler(ServiceBase):
             p.stop()
         self.snapshot()
 
-    def add_samples(self, samples: list[Sample]) -> None:
+    def add_samples(self, samples: list[Sample], tier: TierVerdict | None = None) -> None:
         checked: list[tuple[CutState, CheckedSample]] = []
         for s in samples:
             st = self.cuts.get(s.cut)
@@ -166,6 +192,8 @@ class RetrainerHandler(ServiceBase):
                 continue
             checked.append((st, ok))
         number = self._joint_number(checked)
+        if number >= 0 and self.tier is not None:
+            self._tier_verdict(number, tier)
         touched: dict[int, CutState] = {}
         for st, ok in checked:
             st.samples.append(ok, number)
@@ -183,6 +211,19 @@ class RetrainerHandler(ServiceBase):
             return -1
         self.metrics.joint.inc()
         return self.auto.number()
+
+    def _tier_verdict(self, number: int, verdict: TierVerdict | None) -> None:
+        """Keep the tier's verdict on joint sample `number`; a missing or malformed one is no verdict (label -1),
+        which the tier slot scores as a miss."""
+        label, confidence = -1, 0.0
+        if verdict is not None:
+            ok = isinstance(verdict.label, int) and -1 <= verdict.label < self.num_classes and \
+                isinstance(verdict.confidence, float) and 0.0 <= verdict.confidence <= 1.0
+            if ok:
+                label, confidence = verdict.label, verdict.confidence
+            else:
+                self.metrics.dropped.labels("tier").inc()
+        self.tier.verdicts.put(number, label, confidence)
 
     def retrain(self, cut: int) -> RetrainResult:
         with self.gate.enter(lambda: InvalidRequest("the retrainer is shutting down")):
@@ -235,7 +276,9 @@ class RetrainerHandler(ServiceBase):
         return load_samples(path, st.cache.feat_shape, self.num_classes)
 
     def snapshot(self) -> None:
-        """Write the samples of every cut that received some since its last snapshot."""
+        """Write the samples of every cut that received some since its last snapshot (and the tier's verdicts on
+        the joint samples, when the cluster has a tier)."""
+        changed = False
         for st in self.cuts.values():
             path = self._samples_file(st)
             received = st.received
@@ -243,11 +286,17 @@ class RetrainerHandler(ServiceBase):
                 continue
             save_samples(path, st.samples.arrays())  # a copy: add_samples goes on while it is written
             st.snapshotted = received
+            changed = True
+        if changed and self.tier is not None and self.samples_dir is not None:
+            atomic_npz(self.samples_dir / TIER_VERDICTS, self.tier.verdicts.arrays())
 
     def resync(self) -> None:
         for st in self.cuts.values():
             with st.lock:
                 self._resync(st)
+        if self.tier is not None:
+            with self.tier.lock:
+                self._resync_tier()
 
     def _resync(self, st: CutState) -> None:
         """Make the retrainer's and the cut's predictor's versions agree, the higher one winning (st.lock held)."""
@@ -271,6 +320,78 @@ class RetrainerHandler(ServiceBase):
             return
         self.metrics.resyncs.labels(st.cut_name, action).inc()
         self.metrics.version.labels(st.cut_name).set(st.version)
+
+    # ---- the online tier (gati/rpc/tier.py) ----------------------------------------------------
+
+    def _resume_tier(self, tier: TierState) -> None:
+        folder = None if self.store is None else self.store.folder.parent
+        record = None if folder is None else TierRecord.load(folder, tier.bundle_sha256)
+        if record is not None:
+            tier.version, tier.threshold = record.version, record.threshold
+        capacity = max(st.samples.capacity for st in self.cuts.values()) if self.cuts else 1
+        tier.verdicts = TierVerdictRing(capacity)
+        saved = None
+        if self.samples_dir is not None:
+            try:
+                saved = load_npz(self.samples_dir / TIER_VERDICTS)
+            except GatiError as e:
+                log.error("%s; the tier's verdicts on earlier samples are unknown", e)
+        if saved is not None:
+            try:
+                tier.verdicts.restore(saved)
+            except (KeyError, ValueError) as e:
+                log.error("the tier's saved verdicts are unusable (%s); those on earlier samples are unknown", e)
+        self.metrics.version.labels("tier").set(tier.version)
+
+    def _persist_tier(self) -> None:
+        if self.store is None:
+            return
+        t = self.tier
+        try:
+            TierRecord(t.version, t.threshold, t.bundle_sha256).save(self.store.folder.parent)
+        except (OSError, GatiError) as e:  # the index has it: the next resync after a restart adopts it
+            log.error("tier version %d is deployed but was not written to %s: %s", t.version,
+                      self.store.folder.parent, e)
+
+    def _resync_tier(self) -> None:
+        """Make the retrainer's and the index's tier versions agree, the higher one winning (tier.lock held)."""
+        t = self.tier
+        try:
+            served = t.index.call("tier")
+            if served.version == t.version:
+                return
+            if served.version < t.version:
+                t.index.call("deploy_tier", TierUpdate(t.version, t.threshold))
+                action = "pushed"
+                log.warning("the index served tier version %d, below the %d deployed; deployed it again",
+                            served.version, t.version)
+            else:
+                log.warning("the index serves tier version %d, above the %d this retrainer knew; adopted it",
+                            served.version, t.version)
+                t.version, t.threshold = served.version, served.threshold
+                self._persist_tier()
+                action = "adopted"
+        except (PeerUnavailable, InvalidRequest) as e:  # retried at the next resync or deploy
+            if self._resync_logged.allow():
+                log.warning("tier: cannot compare versions with the index: %s", getattr(e, "message", None) or e)
+            return
+        self.metrics.resyncs.labels("tier", action).inc()
+        self.metrics.version.labels("tier").set(t.version)
+
+    def _push_tier(self, threshold: float) -> bool:
+        t = self.tier
+        with t.lock:
+            self._resync_tier()
+            version = t.version + 1
+            try:
+                t.index.call("deploy_tier", TierUpdate(version, threshold))
+            except (PeerUnavailable, InvalidRequest) as e:
+                log.error("tier version %d was not deployed (%s)", version, getattr(e, "message", None) or e)
+                return False
+            t.version, t.threshold = version, threshold
+            self._persist_tier()
+        self.metrics.version.labels("tier").set(version)
+        return True
 
     def _adopt(self, st: CutState, served: int, blob: bytes, threshold: float) -> None:
         cache = cache_from_bytes(blob)
@@ -309,7 +430,8 @@ class RetrainerHandler(ServiceBase):
             self.metrics.reviews.labels("deploy_failed").inc()
 
     def _serving(self) -> Serving:
-        return Serving({c: st.cache for c, st in self.cuts.items()}, {c: st.threshold for c, st in self.cuts.items()})
+        return Serving({c: st.cache for c, st in self.cuts.items()}, {c: st.threshold for c, st in self.cuts.items()},
+                       math.inf if self.tier is None else self.tier.threshold)
 
     def _deploy_cascade(self, decision: Decision) -> bool:
         """Push a cascade, one cut after another in cut order; True when every cut took it."""
@@ -333,6 +455,9 @@ class RetrainerHandler(ServiceBase):
                 st.cache, st.version, st.blob, st.threshold = decision.caches[cut], version, blob, threshold
                 self._persist(st, decision.record)
                 self.metrics.version.labels(st.cut_name).set(version)
+        if self.tier is not None and decision.tier_threshold != self.tier.threshold \
+                and not self._push_tier(decision.tier_threshold):
+            return False
         log.info("cascade %s: %s", decision.outcome, decision.summary)
         return True
 

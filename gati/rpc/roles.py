@@ -25,14 +25,15 @@ import torch
 
 from gati.bundle import BundleInfo, load_bundle, read_bundle
 from gati.errors import AddressInUse
+from gati.learning.neighbours import NeighbourTier, time_tier
 from gati.learning.online import OnlineConfig, OnlineEngine
 from gati.rpc import surface
 from gati.rpc.aggregator import AggregatorHandler, ClusterBackend, EngineBackend
 from gati.rpc.auth import Secret
 from gati.rpc.client import ping
 from gati.rpc.config import ClusterConfig, ConfigError, Endpoint, ExecutorConfig
-from gati.rpc.durable import VersionStore
-from gati.rpc.executor import ExecutorHandler, aggregator_pool, make_routes
+from gati.rpc.durable import Every, VersionStore
+from gati.rpc.executor import ExecutorHandler, TierRoute, aggregator_pool, make_routes
 from gati.rpc.gen.gati_idl import (
     Aggregator,
     Executor,
@@ -54,9 +55,10 @@ from gati.rpc.metrics import (
 from gati.rpc.oip import OipModel, oip_routes
 from gati.rpc.predictor import PredictorHandler, Slot, index_pool
 from gati.rpc.replicas import Replica
-from gati.rpc.retrainer import CutState, RetrainerHandler
+from gati.rpc.retrainer import CutState, RetrainerHandler, TierState
 from gati.rpc.server import RpcServer, wait_for_signal
 from gati.rpc.service import PeerProbe, ServiceBase
+from gati.rpc.tier import TierServer
 from gati.rpc.transport import Limits, Pool
 from gati.runtime.engine import Engine
 from gati.runtime.plan import LOOKAHEAD, Plan
@@ -190,7 +192,10 @@ def _aggregator(cfg: ClusterConfig) -> Service:
     metrics = AggregatorMetrics(build=build_info(info))
     # Heartbeats well inside the executors' idle timeout, so that they never close the watch connection.
     heartbeat_s = min(1.0, cfg.connections.idle_s / 4)
-    backend = ClusterBackend({e.cut: e.cut_name for e in info.plan.entries}, replicas, limits, metrics, retrainer,
+    names = {e.cut: e.cut_name for e in info.plan.entries}
+    if cfg.tier is not None:
+        names[cfg.tier.cut] = info.manifest.cuts[tier_cut(cfg, info)]
+    backend = ClusterBackend(names, replicas, limits, metrics, retrainer,
                              heartbeat_s, cfg.aggregator.sample_rate, info.manifest.target)
     peers = _peers(cfg, {ex.name: ex for ex in cfg.executors}, any_of=True)
     return _front_door(cfg, info, backend, metrics, peers, callbacks=True)
@@ -213,15 +218,29 @@ def _executor(cfg: ClusterConfig, name: str | None) -> Service:
              for cut in cfg.placement(plan_cut_names(bundle.info))[p.name]}
     # A predictor costs a request at most one lookup timeout, a new connection's handshake included.
     lookup_s = cfg.timeouts.lookup_ms / 1000
-    routes = make_routes(bundle, where, dataclasses.replace(limits, connect_s=min(limits.connect_s, lookup_s),
-                                                            call_s=min(limits.call_s, lookup_s)))
+    lookups = dataclasses.replace(limits, connect_s=min(limits.connect_s, lookup_s), call_s=min(limits.call_s, lookup_s))
+    routes = make_routes(bundle, where, lookups)
+    tier = None
+    if cfg.tier is not None:
+        tier_cut(cfg, bundle.info)
+        tier = TierRoute(cfg.tier, index_pool(cfg.index.host, cfg.index.port, lookups))
     handler = ExecutorHandler(bundle, routes,
                               aggregator_pool(cfg.aggregator.host, cfg.aggregator.callbacks.port, limits),
                               lookup_s, ex.workers, lookahead(ex, bundle.plan),
-                              ExecutorMetrics(ex.name, build_info(bundle.info)), ex.queue_size)
+                              ExecutorMetrics(ex.name, build_info(bundle.info)), ex.queue_size, tier)
     server = _server(Executor.Processor(handler), handler, ex, cfg, "executor", ex.name)
     return Service(ex.name, handler, server, _peers(cfg, {"aggregator": cfg.aggregator.callbacks}),
                    before_close=handler.drain)
+
+
+def tier_cut(cfg: ClusterConfig, info: BundleInfo) -> int:
+    """The online tier's cut, checked against the bundle: a cut before the model's head."""
+    assert cfg.tier is not None
+    last = len(info.manifest.cuts) - 1
+    if cfg.tier.cut >= last:
+        raise ConfigError(f"{cfg.path}: tier.cut {cfg.tier.cut} is not a cut before the bundle's last "
+                          f"({last}: {info.manifest.cuts[last]})")
+    return cfg.tier.cut
 
 
 def build_info(info: BundleInfo) -> BuildInfo:
@@ -256,11 +275,22 @@ def _index(cfg: ClusterConfig) -> Service:
     if cfg.index is None:
         raise ConfigError(f"{cfg.path}: services.index is not configured")
     info = read_bundle(cfg.bundle)
-    handler = IndexHandler(IndexMetrics(build=build_info(info)), cfg.index)
+    metrics = IndexMetrics(build=build_info(info))
+    tier, closers = None, []
+    if cfg.tier is not None:
+        cut, folder = tier_cut(cfg, info), cfg.state_folder("index")
+        m = info.manifest
+        tier = TierServer(cfg.tier, tuple(m.cut_shapes[cut]), m.num_classes, m.cuts[cut], info.sha256, metrics,
+                          None if folder is None else folder / "tier")
+        if folder is not None:
+            snapshots = Every("index-tier-snapshot", cfg.index.snapshot_s, tier.snapshot).start()
+            closers.append(lambda: (snapshots.stop(), tier.snapshot()))
+    handler = IndexHandler(metrics, cfg.index, tier)
     keys = handler.load_bundle_caches(info)
-    log.info("index: loaded %s", ", ".join(keys) or "no kNN caches (the plan has none)")
+    log.info("index: loaded %s%s", ", ".join(keys) or "no kNN caches (the plan has none)",
+             "" if tier is None else f"; the online tier at {tier.cut_name}")
     return Service("index", handler, _server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index",
-                                             "index"))
+                                             "index"), closers=closers)
 
 
 def _retrainer(cfg: ClusterConfig) -> Service:
@@ -275,9 +305,15 @@ def _retrainer(cfg: ClusterConfig) -> Service:
     states = {e.cut: CutState(e.cut, e.cut_name, e.threshold, caches[e.cut], 0, pools[owner[e.cut_name]])
               for e in info.plan.entries}
     folder = cfg.state_folder("retrainer")
+    tier = None
+    if cfg.tier is not None:
+        m = info.manifest
+        shape = tuple(m.cut_shapes[tier_cut(cfg, info)])
+        tier = TierState(cfg.tier, index_pool(cfg.index.host, cfg.index.port, limits),
+                         time_tier(NeighbourTier(cfg.tier, shape, m.num_classes)), info.sha256)
     handler = RetrainerHandler(states, cfg.retrainer, info.manifest.num_classes,
                                RetrainerMetrics(build=build_info(info)), version_store(cfg, "retrainer", info),
-                               folder / "samples" if folder else None, info)
+                               folder / "samples" if folder else None, info, tier)
     server = _server(Retrainer.Processor(handler), handler, cfg.retrainer, cfg, "retrainer", "retrainer")
     return Service("retrainer", handler.start(), server, closers=[handler.close])
 

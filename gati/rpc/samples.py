@@ -146,3 +146,49 @@ class SampleRing:
     def _rows(self, rows: np.ndarray) -> SampleArrays:
         return SampleArrays(self._features[rows], self._labels[rows], self._logits[rows], self._has_logits[rows],
                             self._requests[rows])
+
+
+class TierVerdictRing:
+    """The online tier's verdict on each recent joint sample, by its number (gati/rpc/tier.py): what a review scores
+    the tier slot by. Arrays allocated once, the oldest overwritten; thread-safe. A number it does not hold reads
+    as label -1, confidence 0: the tier gave no verdict, which no threshold turns into a hit."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._numbers = np.full(capacity, -1, np.int64)
+        self._labels = np.full(capacity, -1, np.int64)
+        self._confidence = np.zeros(capacity, np.float32)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def put(self, number: int, label: int, confidence: float) -> None:
+        with self._lock:
+            i = self._next
+            self._numbers[i], self._labels[i], self._confidence[i] = number, label, confidence
+            self._next = (i + 1) % self.capacity
+
+    def get(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int64, confidences float32) for `numbers`, in their order."""
+        with self._lock:
+            held = {int(n): i for i, n in enumerate(self._numbers) if n >= 0}
+            rows = np.array([held.get(int(n), -1) for n in numbers], np.int64)
+            labels = np.where(rows >= 0, self._labels[rows], -1)
+            confidence = np.where(rows >= 0, self._confidence[rows], 0.0).astype(np.float32)
+        return labels.astype(np.int64), confidence
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What a snapshot writes (`restore` reads it back)."""
+        with self._lock:
+            keep = self._numbers >= 0
+            order = np.argsort(self._numbers[keep], kind="stable")
+            return {"numbers": self._numbers[keep][order], "labels": self._labels[keep][order],
+                    "confidence": self._confidence[keep][order]}
+
+    def restore(self, saved: dict[str, np.ndarray]) -> None:
+        numbers, labels, confidence = saved["numbers"], saved["labels"], saved["confidence"]
+        if not len(numbers) == len(labels) == len(confidence):
+            raise ValueError("a saved tier-verdict ring's arrays differ in length")
+        for n, label, conf in list(zip(numbers, labels, confidence))[-self.capacity:]:
+            self.put(int(n), int(label), float(conf))

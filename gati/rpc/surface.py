@@ -24,7 +24,8 @@ INTERNAL_METHODS: dict[str, dict[str, str]] = {
     "aggregator": {"finished": "control", "shadowed": "data"},
     "executor": {"run": "data", "cancel": "control"},
     "predictor": {"lookup": "data", "caches": "control", "cache": "control", "deploy": "data"},
-    "index": {"add": "data", "search": "data", "size": "control", "reset": "control", "export": "control"},
+    "index": {"add": "data", "search": "data", "size": "control", "reset": "control", "export": "control",
+              "judge": "data", "remember": "data", "deploy_tier": "control", "tier": "control"},
     "retrainer": {"add_samples": "data", "retrain": "control", "propose": "data", "fallback": "control"},
 }
 COMMON = ("ping", "status")

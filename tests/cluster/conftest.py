@@ -92,11 +92,13 @@ def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = Tr
                  sample_rate: float = 0.0, queue_size: int = 16, workers: int = 4, lookup_ms: float = 300,
                  request_ms: float = 5000, max_request_ms: float | None = None, executor_workers: int = 1,
                  lookahead: int = -1, executors: int = 1, connections: dict | None = None,
-                 index_bounds: dict | None = None, state: bool = False, retrainer_options: dict | None = None) -> Path:
+                 index_bounds: dict | None = None, state: bool = False, retrainer_options: dict | None = None,
+                 tier: dict | None = None) -> Path:
     """`ports`: `cluster_ports(executors)` free ports: six for Thrift, six for HTTP, one for the aggregator's
     callbacks, then a Thrift and an HTTP port for each executor replica after the first. One replica is
     written as `executor:`, several as `executors:` (named executor-0, executor-1, ...). `state`: a state_dir
-    (`state/` beside the config) that the services' versions and samples survive restarts in."""
+    (`state/` beside the config) that the services' versions and samples survive restarts in. `tier`: the online
+    neighbour tier's settings (the config's `tier`)."""
     def at(i: int) -> dict:
         return {"host": "127.0.0.1", "port": ports[i], "http_port": ports[6 + i]}
 
@@ -123,6 +125,8 @@ def write_config(path: Path, bundle: Path, ports: list[int], *, index: bool = Tr
         raw["connections"] = connections
     if state:
         raw["state_dir"] = str(path.parent / "state")
+    if tier is not None:
+        raw["tier"] = tier
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 

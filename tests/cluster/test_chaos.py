@@ -221,7 +221,7 @@ def test_every_bad_input_gets_a_typed_error(cluster, eval_images, cluster_bundle
            Sample(cut=7, features=f, base_label=1)]                                                  # cut
     retrainer = Pool(Retrainer.Client, cluster.cfg.retrainer.host, cluster.cfg.retrainer.port,
                      Limits(call_s=60, secret=cluster.secret))  # a refit takes seconds
-    retrainer.send("add_samples", bad[:2] + good + bad[2:])
+    retrainer.send("add_samples", bad[:2] + good + bad[2:], None)
     until(lambda: cluster.status("retrainer").counters.get("retrainer_samples.block1", 0) == len(good))
     counters = cluster.status("retrainer").counters
     assert {r: counters.get(f"retrainer_samples_dropped.{r}", 0) for r in ("logits", "nonfinite", "label", "cut")} \

@@ -69,14 +69,14 @@ def bundle_blob(bundle: Path) -> bytes:
 
 
 def test_a_killed_retrainer_restarts_with_its_samples_and_versions(cluster, cluster_bundle, samples):
-    retrainer(cluster).send("add_samples", samples[:40])
+    retrainer(cluster).send("add_samples", samples[:40], None)
     until(lambda: held(cluster) == 40)
     first = retrainer(cluster).call("propose", 1, bundle_blob(cluster_bundle))
     assert first.deployed and first.version == 1
     # The bound: samples held for a snapshot period (and its write) are on disk; the 10 sent just before
     # the SIGKILL may be lost.
     time.sleep(SNAPSHOT_S + 1.0)
-    retrainer(cluster).send("add_samples", samples[40:])
+    retrainer(cluster).send("add_samples", samples[40:], None)
     until(lambda: held(cluster) == 50)
     cluster.kill("retrainer")
     cluster.restart("retrainer")
@@ -126,7 +126,7 @@ def test_a_retrainer_that_lost_its_state_adopts_the_predictors_versions(cluster,
     until(lambda: cluster.status("retrainer").gauges.get("cache_version.block1") == 2.0, timeout_s=10)
     until(lambda: cluster.status("retrainer").gauges.get("cache_version.block2") == 1.0, timeout_s=10)
     assert cluster.status("retrainer").counters.get("retrainer_resyncs.block1.adopted") == 1
-    retrainer(cluster).send("add_samples", samples[:40])
+    retrainer(cluster).send("add_samples", samples[:40], None)
     until(lambda: held(cluster) == 40)
     result = retrainer(cluster).call("propose", 1, bundle_blob(cluster_bundle))
     assert result.deployed and result.version == 3, result.message

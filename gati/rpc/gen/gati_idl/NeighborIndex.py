@@ -64,6 +64,34 @@ class Iface(gati.rpc.gen.gati_idl.Service.Iface):
         """
         pass
 
+    def judge(self, features):
+        """
+        Parameters:
+         - features
+
+        """
+        pass
+
+    def remember(self, vectors, labels):
+        """
+        Parameters:
+         - vectors
+         - labels
+
+        """
+        pass
+
+    def deploy_tier(self, update):
+        """
+        Parameters:
+         - update
+
+        """
+        pass
+
+    def tier(self):
+        pass
+
 
 class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
     def __init__(self, iprot, oprot=None):
@@ -239,6 +267,116 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
             raise result.invalid
         raise TApplicationException(TApplicationException.MISSING_RESULT, "export failed: unknown result")
 
+    def judge(self, features):
+        """
+        Parameters:
+         - features
+
+        """
+        self.send_judge(features)
+        return self.recv_judge()
+
+    def send_judge(self, features):
+        self._oprot.writeMessageBegin('judge', TMessageType.CALL, self._seqid)
+        args = judge_args()
+        args.features = features
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_judge(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = judge_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "judge failed: unknown result")
+
+    def remember(self, vectors, labels):
+        """
+        Parameters:
+         - vectors
+         - labels
+
+        """
+        self.send_remember(vectors, labels)
+
+    def send_remember(self, vectors, labels):
+        self._oprot.writeMessageBegin('remember', TMessageType.ONEWAY, self._seqid)
+        args = remember_args()
+        args.vectors = vectors
+        args.labels = labels
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def deploy_tier(self, update):
+        """
+        Parameters:
+         - update
+
+        """
+        self.send_deploy_tier(update)
+        self.recv_deploy_tier()
+
+    def send_deploy_tier(self, update):
+        self._oprot.writeMessageBegin('deploy_tier', TMessageType.CALL, self._seqid)
+        args = deploy_tier_args()
+        args.update = update
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_deploy_tier(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = deploy_tier_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.invalid is not None:
+            raise result.invalid
+        return
+
+    def tier(self):
+        self.send_tier()
+        return self.recv_tier()
+
+    def send_tier(self):
+        self._oprot.writeMessageBegin('tier', TMessageType.CALL, self._seqid)
+        args = tier_args()
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_tier(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = tier_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.invalid is not None:
+            raise result.invalid
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "tier failed: unknown result")
+
 
 class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
     def __init__(self, handler):
@@ -248,6 +386,10 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         self._processMap["size"] = Processor.process_size
         self._processMap["reset"] = Processor.process_reset
         self._processMap["export"] = Processor.process_export
+        self._processMap["judge"] = Processor.process_judge
+        self._processMap["remember"] = Processor.process_remember
+        self._processMap["deploy_tier"] = Processor.process_deploy_tier
+        self._processMap["tier"] = Processor.process_tier
         self._on_message_begin = None
 
     def on_message_begin(self, func):
@@ -390,6 +532,92 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("export", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_judge(self, seqid, iprot, oprot):
+        args = judge_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = judge_result()
+        try:
+            result.success = self._handler.judge(args.features)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("judge", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_remember(self, seqid, iprot, oprot):
+        args = remember_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        try:
+            self._handler.remember(args.vectors, args.labels)
+        except TTransport.TTransportException:
+            raise
+        except Exception:
+            logging.exception('Exception in oneway handler')
+
+    def process_deploy_tier(self, seqid, iprot, oprot):
+        args = deploy_tier_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = deploy_tier_result()
+        try:
+            self._handler.deploy_tier(args.update)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as invalid:
+            msg_type = TMessageType.REPLY
+            result.invalid = invalid
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("deploy_tier", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_tier(self, seqid, iprot, oprot):
+        args = tier_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = tier_result()
+        try:
+            result.success = self._handler.tier()
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as invalid:
+            msg_type = TMessageType.REPLY
+            result.invalid = invalid
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("tier", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -1071,6 +1299,451 @@ class export_result(object):
 all_structs.append(export_result)
 export_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [Vectors, None], None, ),  # 0
+    (1, TType.STRUCT, 'invalid', [InvalidRequest, None], None, ),  # 1
+)
+
+
+class judge_args(object):
+    """
+    Attributes:
+     - features
+
+    """
+
+
+    def __init__(self, features=None,):
+        self.features = features
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.features = Features()
+                    self.features.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('judge_args')
+        if self.features is not None:
+            oprot.writeFieldBegin('features', TType.STRUCT, 1)
+            self.features.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(judge_args)
+judge_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'features', [Features, None], None, ),  # 1
+)
+
+
+class judge_result(object):
+    """
+    Attributes:
+     - success
+
+    """
+
+
+    def __init__(self, success=None,):
+        self.success = success
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = LookupReply()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('judge_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(judge_result)
+judge_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [LookupReply, None], None, ),  # 0
+)
+
+
+class remember_args(object):
+    """
+    Attributes:
+     - vectors
+     - labels
+
+    """
+
+
+    def __init__(self, vectors=None, labels=None,):
+        self.vectors = vectors
+        self.labels = labels
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.vectors = Tensor()
+                    self.vectors.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.labels = Tensor()
+                    self.labels.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('remember_args')
+        if self.vectors is not None:
+            oprot.writeFieldBegin('vectors', TType.STRUCT, 1)
+            self.vectors.write(oprot)
+            oprot.writeFieldEnd()
+        if self.labels is not None:
+            oprot.writeFieldBegin('labels', TType.STRUCT, 2)
+            self.labels.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(remember_args)
+remember_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'vectors', [Tensor, None], None, ),  # 1
+    (2, TType.STRUCT, 'labels', [Tensor, None], None, ),  # 2
+)
+
+
+class deploy_tier_args(object):
+    """
+    Attributes:
+     - update
+
+    """
+
+
+    def __init__(self, update=None,):
+        self.update = update
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.update = TierUpdate()
+                    self.update.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('deploy_tier_args')
+        if self.update is not None:
+            oprot.writeFieldBegin('update', TType.STRUCT, 1)
+            self.update.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(deploy_tier_args)
+deploy_tier_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'update', [TierUpdate, None], None, ),  # 1
+)
+
+
+class deploy_tier_result(object):
+    """
+    Attributes:
+     - invalid
+
+    """
+
+
+    def __init__(self, invalid=None,):
+        self.invalid = invalid
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('deploy_tier_result')
+        if self.invalid is not None:
+            oprot.writeFieldBegin('invalid', TType.STRUCT, 1)
+            self.invalid.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(deploy_tier_result)
+deploy_tier_result.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'invalid', [InvalidRequest, None], None, ),  # 1
+)
+
+
+class tier_args(object):
+
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('tier_args')
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(tier_args)
+tier_args.thrift_spec = (
+)
+
+
+class tier_result(object):
+    """
+    Attributes:
+     - success
+     - invalid
+
+    """
+
+
+    def __init__(self, success=None, invalid=None,):
+        self.success = success
+        self.invalid = invalid
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = TierInfo()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.invalid = InvalidRequest()
+                    self.invalid.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('tier_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.invalid is not None:
+            oprot.writeFieldBegin('invalid', TType.STRUCT, 1)
+            self.invalid.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(tier_result)
+tier_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [TierInfo, None], None, ),  # 0
     (1, TType.STRUCT, 'invalid', [InvalidRequest, None], None, ),  # 1
 )
 fix_spec(all_structs)

@@ -20,10 +20,11 @@ all_structs = []
 
 
 class Iface(gati.rpc.gen.gati_idl.Service.Iface):
-    def add_samples(self, samples):
+    def add_samples(self, samples, tier):
         """
         Parameters:
          - samples
+         - tier
 
         """
         pass
@@ -58,18 +59,20 @@ class Client(gati.rpc.gen.gati_idl.Service.Client, Iface):
     def __init__(self, iprot, oprot=None):
         gati.rpc.gen.gati_idl.Service.Client.__init__(self, iprot, oprot)
 
-    def add_samples(self, samples):
+    def add_samples(self, samples, tier):
         """
         Parameters:
          - samples
+         - tier
 
         """
-        self.send_add_samples(samples)
+        self.send_add_samples(samples, tier)
 
-    def send_add_samples(self, samples):
+    def send_add_samples(self, samples, tier):
         self._oprot.writeMessageBegin('add_samples', TMessageType.ONEWAY, self._seqid)
         args = add_samples_args()
         args.samples = samples
+        args.tier = tier
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
@@ -195,7 +198,7 @@ class Processor(gati.rpc.gen.gati_idl.Service.Processor, Iface, TProcessor):
         args.read(iprot)
         iprot.readMessageEnd()
         try:
-            self._handler.add_samples(args.samples)
+            self._handler.add_samples(args.samples, args.tier)
         except TTransport.TTransportException:
             raise
         except Exception:
@@ -271,12 +274,14 @@ class add_samples_args(object):
     """
     Attributes:
      - samples
+     - tier
 
     """
 
 
-    def __init__(self, samples=None,):
+    def __init__(self, samples=None, tier=None,):
         self.samples = samples
+        self.tier = tier
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -298,6 +303,12 @@ class add_samples_args(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.tier = TierVerdict()
+                    self.tier.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -314,6 +325,10 @@ class add_samples_args(object):
             for iter59 in self.samples:
                 iter59.write(oprot)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.tier is not None:
+            oprot.writeFieldBegin('tier', TType.STRUCT, 2)
+            self.tier.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -335,6 +350,7 @@ all_structs.append(add_samples_args)
 add_samples_args.thrift_spec = (
     None,  # 0
     (1, TType.LIST, 'samples', (TType.STRUCT, [Sample, None], False), None, ),  # 1
+    (2, TType.STRUCT, 'tier', [TierVerdict, None], None, ),  # 2
 )
 
 

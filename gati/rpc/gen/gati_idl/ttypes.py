@@ -1197,6 +1197,74 @@ class Sample(object):
         return not (self == other)
 
 
+class TierVerdict(object):
+    """
+    Attributes:
+     - label
+     - confidence
+
+    """
+
+
+    def __init__(self, label=None, confidence=None,):
+        self.label = label
+        self.confidence = confidence
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.I32:
+                    self.label = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.DOUBLE:
+                    self.confidence = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('TierVerdict')
+        if self.label is not None:
+            oprot.writeFieldBegin('label', TType.I32, 1)
+            oprot.writeI32(self.label)
+            oprot.writeFieldEnd()
+        if self.confidence is not None:
+            oprot.writeFieldBegin('confidence', TType.DOUBLE, 2)
+            oprot.writeDouble(self.confidence)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class ExecutionResult(object):
     """
     Attributes:
@@ -1211,12 +1279,13 @@ class ExecutionResult(object):
      - compute_ms
      - lookup_ms
      - missing_cuts
+     - by_tier
 
     """
 
 
     def __init__(self, request_id=None, label=None, confidence=None, exit_cut=None, stages_run=None, error=None, cancelled=None, queue_ms=None, compute_ms=None, lookup_ms=None, missing_cuts=[
-    ],):
+    ], by_tier=False,):
         self.request_id = request_id
         self.label = label
         self.confidence = confidence
@@ -1231,6 +1300,7 @@ class ExecutionResult(object):
             missing_cuts = [
             ]
         self.missing_cuts = missing_cuts
+        self.by_tier = by_tier
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1301,6 +1371,11 @@ class ExecutionResult(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 12:
+                if ftype == TType.BOOL:
+                    self.by_tier = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1358,6 +1433,10 @@ class ExecutionResult(object):
                 oprot.writeI32(iter38)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
+        if self.by_tier is not None:
+            oprot.writeFieldBegin('by_tier', TType.BOOL, 12)
+            oprot.writeBool(self.by_tier)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -1382,14 +1461,16 @@ class ShadowResult(object):
      - request_id
      - base_label
      - samples
+     - tier
 
     """
 
 
-    def __init__(self, request_id=None, base_label=None, samples=None,):
+    def __init__(self, request_id=None, base_label=None, samples=None, tier=None,):
         self.request_id = request_id
         self.base_label = base_label
         self.samples = samples
+        self.tier = tier
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1421,6 +1502,12 @@ class ShadowResult(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.tier = TierVerdict()
+                    self.tier.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1445,6 +1532,10 @@ class ShadowResult(object):
             for iter45 in self.samples:
                 iter45.write(oprot)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.tier is not None:
+            oprot.writeFieldBegin('tier', TType.STRUCT, 4)
+            self.tier.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1795,6 +1886,175 @@ class Vectors(object):
         return not (self == other)
 
 
+class TierUpdate(object):
+    """
+    Attributes:
+     - version
+     - threshold
+
+    """
+
+
+    def __init__(self, version=None, threshold=None,):
+        self.version = version
+        self.threshold = threshold
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.I32:
+                    self.version = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.DOUBLE:
+                    self.threshold = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('TierUpdate')
+        if self.version is not None:
+            oprot.writeFieldBegin('version', TType.I32, 1)
+            oprot.writeI32(self.version)
+            oprot.writeFieldEnd()
+        if self.threshold is not None:
+            oprot.writeFieldBegin('threshold', TType.DOUBLE, 2)
+            oprot.writeDouble(self.threshold)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class TierInfo(object):
+    """
+    Attributes:
+     - version
+     - threshold
+     - cut
+     - size
+     - capacity
+
+    """
+
+
+    def __init__(self, version=None, threshold=None, cut=None, size=None, capacity=None,):
+        self.version = version
+        self.threshold = threshold
+        self.cut = cut
+        self.size = size
+        self.capacity = capacity
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.I32:
+                    self.version = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.DOUBLE:
+                    self.threshold = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.I32:
+                    self.cut = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.I64:
+                    self.size = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.I64:
+                    self.capacity = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('TierInfo')
+        if self.version is not None:
+            oprot.writeFieldBegin('version', TType.I32, 1)
+            oprot.writeI32(self.version)
+            oprot.writeFieldEnd()
+        if self.threshold is not None:
+            oprot.writeFieldBegin('threshold', TType.DOUBLE, 2)
+            oprot.writeDouble(self.threshold)
+            oprot.writeFieldEnd()
+        if self.cut is not None:
+            oprot.writeFieldBegin('cut', TType.I32, 3)
+            oprot.writeI32(self.cut)
+            oprot.writeFieldEnd()
+        if self.size is not None:
+            oprot.writeFieldBegin('size', TType.I64, 4)
+            oprot.writeI64(self.size)
+            oprot.writeFieldEnd()
+        if self.capacity is not None:
+            oprot.writeFieldBegin('capacity', TType.I64, 5)
+            oprot.writeI64(self.capacity)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class RetrainResult(object):
     """
     Attributes:
@@ -2050,6 +2310,12 @@ Sample.thrift_spec = (
     (3, TType.I32, 'base_label', None, None, ),  # 3
     (4, TType.STRUCT, 'base_logits', [Tensor, None], None, ),  # 4
 )
+all_structs.append(TierVerdict)
+TierVerdict.thrift_spec = (
+    None,  # 0
+    (1, TType.I32, 'label', None, None, ),  # 1
+    (2, TType.DOUBLE, 'confidence', None, None, ),  # 2
+)
 all_structs.append(ExecutionResult)
 ExecutionResult.thrift_spec = (
     None,  # 0
@@ -2065,6 +2331,7 @@ ExecutionResult.thrift_spec = (
     (10, TType.DOUBLE, 'lookup_ms', None, None, ),  # 10
     (11, TType.LIST, 'missing_cuts', (TType.I32, None, False), [
     ], ),  # 11
+    (12, TType.BOOL, 'by_tier', None, False, ),  # 12
 )
 all_structs.append(ShadowResult)
 ShadowResult.thrift_spec = (
@@ -2072,6 +2339,7 @@ ShadowResult.thrift_spec = (
     (1, TType.I64, 'request_id', None, None, ),  # 1
     (2, TType.I32, 'base_label', None, None, ),  # 2
     (3, TType.LIST, 'samples', (TType.STRUCT, [Sample, None], False), None, ),  # 3
+    (4, TType.STRUCT, 'tier', [TierVerdict, None], None, ),  # 4
 )
 all_structs.append(CacheUpdate)
 CacheUpdate.thrift_spec = (
@@ -2101,6 +2369,21 @@ Vectors.thrift_spec = (
     None,  # 0
     (1, TType.STRUCT, 'vectors', [Tensor, None], None, ),  # 1
     (2, TType.STRUCT, 'labels', [Tensor, None], None, ),  # 2
+)
+all_structs.append(TierUpdate)
+TierUpdate.thrift_spec = (
+    None,  # 0
+    (1, TType.I32, 'version', None, None, ),  # 1
+    (2, TType.DOUBLE, 'threshold', None, None, ),  # 2
+)
+all_structs.append(TierInfo)
+TierInfo.thrift_spec = (
+    None,  # 0
+    (1, TType.I32, 'version', None, None, ),  # 1
+    (2, TType.DOUBLE, 'threshold', None, None, ),  # 2
+    (3, TType.I32, 'cut', None, None, ),  # 3
+    (4, TType.I64, 'size', None, None, ),  # 4
+    (5, TType.I64, 'capacity', None, None, ),  # 5
 )
 all_structs.append(RetrainResult)
 RetrainResult.thrift_spec = (
