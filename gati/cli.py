@@ -89,7 +89,8 @@ def _eval(a: argparse.Namespace) -> None:
 
 
 def _online_config(a: argparse.Namespace):
-    """The learner's settings from `gati eval`'s options, or None (frozen caches) without --online / --guard."""
+    """The learner's settings from `gati eval`'s (or `bench`'s) options, or None (frozen caches) without --online /
+    --guard."""
     if not (a.online or a.guard):
         for given, name in ((a.state_dir, "--state-dir"), (a.sample_rate, "--sample-rate"),
                             (a.refit_every, "--refit-every"), (a.certify_samples, "--certify-samples")):
@@ -97,8 +98,9 @@ def _online_config(a: argparse.Namespace):
                 raise GatiError(f"{name} needs --online (or --guard)")
         return None
     from gati.learning.online import OnlineConfig
+    deterministic = getattr(a, "deterministic", False)
     given = {"sample_rate": a.sample_rate, "refit_every": a.refit_every, "certify_samples": a.certify_samples}
-    return OnlineConfig(learn=not a.guard, background=not a.deterministic, coin_seed=a.seed if a.deterministic
+    return OnlineConfig(learn=not a.guard, background=not deterministic, coin_seed=a.seed if deterministic
                         else None, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -108,7 +110,8 @@ def _bench(a: argparse.Namespace) -> None:
                       concurrency=tuple(a.concurrency), rate=tuple(a.rate or ()), requests=a.requests,
                       duration_s=a.duration, max_threads=a.max_threads, endpoint=a.endpoint, dataset=a.dataset,
                       warmup=a.warmup, timeout_s=a.timeout, seed=a.seed,
-                      records=Path(a.records) if a.records else None)
+                      records=Path(a.records) if a.records else None, online=_online_config(a),
+                      state_dir=Path(a.state_dir) if a.state_dir else None)
     result = run_bench(cfg, progress=lambda m: print(
         f"{'rate' if m.rate is not None else 'concurrency'} {m.rate if m.rate is not None else m.concurrency}: "
         f"{m.throughput_rps:.1f} req/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, {m.errors} errors",
@@ -128,6 +131,20 @@ def _train_base(a: argparse.Namespace) -> None:
 def _cuda() -> bool:
     import torch
     return torch.cuda.is_available()
+
+
+def _learning_options(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """The learner's options, shared by `eval` and `bench` (`_online_config` reads them)."""
+    learning = parser.add_mutually_exclusive_group()
+    learning.add_argument("--online", action="store_true", help=f"learn while serving{where}: live bound and "
+                          "fallback, neighbour tier, caches refitted and re-certified on the traffic")
+    learning.add_argument("--guard", action="store_true", help="the live bound and fallback only (frozen caches)")
+    parser.add_argument("--state-dir", help="online: keep versions, samples and the live bound here; resume from it")
+    parser.add_argument("--sample-rate", type=fraction, help="online: share of requests the server's coin samples "
+                        "(default 0.1)")
+    parser.add_argument("--refit-every", type=positive_int, help="online: samples between refits (default 1000)")
+    parser.add_argument("--certify-samples", type=positive_int, help="online: fresh coin samples that certify a "
+                        "refit (default 1000; at a 0.99 target they admit 3 wrong answers)")
 
 
 # ---- argument types: a malformed value is a usage error (exit 2) -------------------------------
@@ -302,16 +319,7 @@ gati build --arch resnet18 --checkpoint ../shared/models/cifar10_resnet18.pt \\
     e.add_argument("--mode", choices=MODES, help="override the plan's engine mode")
     e.add_argument("--workload", help="the request stream, NAME or NAME:KEY=VALUE,... (iid, zipf, bursty, repeat, "
                    "drift, trace; 'help' lists their parameters); default: the split shuffled, iid")
-    learning = e.add_mutually_exclusive_group()
-    learning.add_argument("--online", action="store_true", help="learn while serving: live bound and fallback, "
-                          "neighbour tier, caches refitted and re-certified on the traffic")
-    learning.add_argument("--guard", action="store_true", help="the live bound and fallback only (frozen caches)")
-    e.add_argument("--state-dir", help="online: keep versions, samples and the live bound here; resume from it")
-    e.add_argument("--sample-rate", type=fraction, help="online: share of requests the server's coin samples "
-                   "(default 0.1)")
-    e.add_argument("--refit-every", type=positive_int, help="online: samples between refits (default 1000)")
-    e.add_argument("--certify-samples", type=positive_int, help="online: fresh coin samples that certify a refit "
-                   "(default 1000; at a 0.99 target they admit 3 wrong answers)")
+    _learning_options(e)
     e.add_argument("--deterministic", action="store_true", help="online: learn between requests, not beside "
                    "them, with the coin seeded by --seed (repeatable runs; timings then miss the learning's cost)")
     e.add_argument("--records", help="write one JSON line per request to this file (fields: gati.measure.evaluate)")
@@ -355,6 +363,7 @@ gati bench --bundle bundles/r18 --data-dir ../shared/data --endpoint 127.0.0.1:9
     bench.add_argument("--seed", type=int, default=0, help="seed of the subset and of the arrival times")
     bench.add_argument("--records", help="write one JSON line per request to this file (for plots)")
     bench.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    _learning_options(bench, " (in process)")
 
     register_cluster_commands(command)  # needs no thrift to register; serve and predict check when run
     return p

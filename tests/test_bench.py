@@ -70,3 +70,23 @@ def test_a_time_window_bounds_the_measurement(config):
 def test_bad_settings_are_refused(config, options, message):
     with pytest.raises(InvalidInput, match=message):
         config(**options)
+
+
+def test_the_learner_serves_concurrent_clients_and_reports_what_it_learned(config):
+    """With learning on, the in-process learner answers 4 clients at once while it learns beside them (its
+    coin, shadow checks, tier and refits on its own threads); every answer comes back and the result says what the
+    learner did."""
+    from gati.learning.neighbours import TierConfig
+    from gati.learning.online import OnlineConfig
+    online = OnlineConfig(sample_rate=0.5, refit_every=40, select_samples=10, certify_samples=30, target=0.9,
+                          tier=TierConfig(capacity=64, k=4))
+    r = run_bench(config(concurrency=(1, 4), requests=120, online=online))
+    assert r.target == "in-process, learning"
+    for m in r.measurements:
+        assert m.completed == m.requests == 120 and m.errors == 0 and m.base_agreement >= 0.9
+    k = r.learner
+    assert k["requests"] == 2 + 240 and k["samples"] > 0 and k["tier_size"] > 0  # the warm-up counts too
+    assert 0 < k["live_lower_bound"] <= 1 and k["level"] <= k["levels"] - 1
+    assert format_table(r).splitlines()[-1].startswith("learner: version")
+    with pytest.raises(InvalidInput, match="in process"):
+        config(online=online, endpoint="127.0.0.1:1")

@@ -20,7 +20,10 @@ engine's for the same image (1.0: the cluster answers exactly what the engine do
 queue, compute, lookups, network; gati/rpc/timing.py), averaged per measurement; `records`
 keeps every request (JSON lines) for plotting.
 
-Without an endpoint the engine runs in this process, and nothing from Thrift is imported.
+Without an endpoint the engine runs in this process, and nothing from Thrift is imported. With `online` it is
+the learner (`gati.learning.online.OnlineEngine`: live bound, neighbour tier, refits and reviews on threads of
+its own, beside the senders, as a server runs it), so a measurement with learning on and one with it off compare
+what learning costs (and gains) under the same load; the learner's state at the end is in the result.
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ from hdrh.histogram import HdrHistogram
 from gati.bundle import Bundle, load_bundle
 from gati.data import load_split
 from gati.errors import InvalidInput
+from gati.learning.guarantee import FALLBACK
+from gati.learning.online import OnlineConfig, OnlineEngine
 from gati.measure.environment import environment, records_header
 from gati.rpc.timing import TIMING_FIELDS
 from gati.runtime.engine import Engine
@@ -68,6 +73,8 @@ class BenchConfig:
     timeout_s: float = 30.0
     seed: int = 0                         # the subset and the open loop's arrival times
     records: Path | None = None           # one JSON line per request
+    online: OnlineConfig | None = None    # in process: the learner serves (None: the frozen engine)
+    state_dir: Path | None = None         # online: its state directory
 
     def __post_init__(self) -> None:
         if any(c < 1 for c in self.concurrency) or not self.concurrency:
@@ -82,6 +89,9 @@ class BenchConfig:
             raise InvalidInput("give a request count or a duration, not both")
         if self.max_threads < 1:
             raise InvalidInput(f"max_threads must be at least 1, got {self.max_threads}")
+        if self.online is not None and self.endpoint:
+            raise InvalidInput("online learning is measured in process; a cluster learns as its config says "
+                               "(the retrainer's refits, the online tier): drop --online or --endpoint")
 
 
 @dataclass
@@ -136,11 +146,12 @@ class Measurement:
 
 @dataclass
 class BenchResult:
-    target: str                           # "in-process" or the endpoint
+    target: str                           # "in-process", "in-process, learning" or the endpoint
     bundle: str
     images: int
     measurements: list[Measurement]
     environment: dict
+    learner: dict | None = None           # online: the learner's state at the end (gati.learning.online)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,14 +172,14 @@ def references(bundle: Bundle, engine: Engine, images: np.ndarray) -> References
 
 
 class EngineSender:
-    """The in-process engine: the same preprocessing and cascade a server runs, without a server."""
+    """The in-process engine (or learner): the same preprocessing and cascade a server runs, without a server."""
 
-    def __init__(self, bundle: Bundle, engine: Engine):
+    def __init__(self, bundle: Bundle, engine: Engine | OnlineEngine):
         self.bundle, self.engine = bundle, engine
 
     def send(self, image: np.ndarray) -> Reply:
         a = self.engine.predict(self.bundle.preprocess(image[None]))
-        return Reply(a.label, a.exit_name)
+        return Reply(a.label, a.exit_name)  # a learner's answer names the tier when it answered
 
     def close(self) -> None:
         pass
@@ -302,8 +313,12 @@ def run_bench(cfg: BenchConfig, progress: Callable[[Measurement], None] = lambda
     if len(data.images) == 0:
         raise InvalidInput(f"{cfg.split} of {cfg.data_dir} holds no images")
     refs = references(bundle, engine, data.images)
+    learner = None
     if cfg.endpoint:
         senders, target = Senders(partial(RemoteSender, cfg.endpoint, cfg.timeout_s)), cfg.endpoint
+    elif cfg.online is not None:
+        learner = OnlineEngine(bundle, cfg.online, state_dir=str(cfg.state_dir) if cfg.state_dir else None)
+        senders, target = Senders(partial(EngineSender, bundle, learner)), "in-process, learning"
     else:
         senders, target = Senders(partial(EngineSender, bundle, engine)), "in-process"
     measurements = []
@@ -327,10 +342,23 @@ def run_bench(cfg: BenchConfig, progress: Callable[[Measurement], None] = lambda
                 measurements.append(m)
                 _write_records(out, run.records, len(measurements) - 1, m)
                 progress(m)
+        status = None if learner is None else _learner_state(learner)
     finally:
         senders.close()
         engine.close()
-    return BenchResult(target, str(cfg.bundle), len(data.images), measurements, environment())
+        if learner is not None:
+            learner.close()
+    return BenchResult(target, str(cfg.bundle), len(data.images), measurements, environment(), status)
+
+
+def _learner_state(learner: OnlineEngine) -> dict:
+    """What the learner did during the run: versions, reviews, the live bound, the tier."""
+    s = learner.status()
+    return {"requests": s.requests, "version": s.version, "versions_deployed": s.versions_deployed,
+            "deployed_by": s.deployed_by, "reviews": s.reviews, "level": s.level, "levels": s.levels,
+            "live_lower_bound": s.live.lower_bound, "live_point_estimate": s.live.point_estimate,
+            "fallbacks": sum(t.kind == FALLBACK for t in s.transitions), "samples": s.samples,
+            "samples_dropped": s.samples_dropped, "tier_size": s.tier_size}
 
 
 @dataclass(frozen=True)
@@ -403,6 +431,11 @@ def format_table(r: BenchResult) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     lines = [f"target {r.target}, {r.images} images of {r.bundle}"]
     lines += ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *rows]]
+    if r.learner is not None:
+        k = r.learner
+        lines.append(f"learner: version {k['version']} ({k['versions_deployed']} deployed, {k['reviews']} reviews), "
+                     f"level {k['level']} of {k['levels'] - 1}, {k['fallbacks']} fallbacks, live lower bound "
+                     f"{k['live_lower_bound']:.4f}, tier {k['tier_size']} vectors")
     saturated = [m for m in r.measurements if m.client_wait_p99_ms > 1.0]
     if saturated:
         lines.append(f"note: at {', '.join(f'{m.rate:g}' for m in saturated)} req/s requests waited for a free "
