@@ -348,6 +348,34 @@ def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
     review = paper.learning.refit_every + paper.learning.select_samples + paper.learning.certify_samples
     assert review / paper.learning.sample_rate <= 5000
     assert load_models()["resnet152-cifar100"].note and "re-made split" in load_models()["resnet152-cifar100"].note
+    # quick builds its own, smaller bundles (its 30 minutes include them); the default builds are cpu-defaults'
+    assert not quick.build.defaults and "--train-limit" in quick.build.args
+    defaults, learning = load_preset("cpu-defaults"), load_preset("learning")
+    assert defaults.build.defaults and defaults.requests == 0 and {r.target for r in defaults.rows} == {0.97, 0.99}
+    assert len(learning.rows) == 80 and {r.online for r in learning.rows} == {False, True}
+    assert {r.workload_name for r in learning.rows} == {"iid", "zipf", "bursty", "repeat", "drift"}
+    review = learning.learning.refit_every + learning.learning.select_samples + learning.learning.certify_samples
+    assert review / learning.learning.sample_rate <= learning.requests  # a learning row sees a review
+
+
+def test_a_presets_build_options_become_flags_and_a_folder_of_its_own(tmp_path):
+    from experiments.sweep.spec import Build
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "data" / "cifar10-jpg.tar.gz").write_bytes(b"")
+    spec = load_models()["resnet18-cifar10"]
+    quick = load_preset("quick")
+    ours = Bundles(shared, tmp_path / "work", 0.97, False, "sweep", quick.build, "quick")
+    out = tmp_path / "work" / "resnet18-cifar10-cpu-quick"
+    (out / "manifest.yaml").parent.mkdir(parents=True)
+    (out / "manifest.yaml").write_text("")  # found: reused, not built
+    assert ours._base(spec, "cpu", shared / "data" / "cifar10-jpg.tar.gz").path == out
+    plain = Bundles(shared, tmp_path / "work", 0.97, False, "sweep", Build(), "cpu-defaults")
+    assert plain.suffix == "" and ours.suffix == "-quick"
+    from experiments.sweep.bundles import _build_args
+    args = _build_args(spec, Path("c.pt"), Path("d"), 0.97, "cpu", Path("o"), quick.build)
+    assert args[args.index("--train-limit") + 1] == "10000" and args[args.index("--variants") + 1] == "linear,mlp,fc"
+    assert args[-2:] == ["--out", "o"]
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -358,6 +386,8 @@ def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
     (lambda p: p["sweeps"][0].update(targets=[1.2]), r"in \(0, 1\)"),
     (lambda p: p.update(learning={"refit_every": 0}), "refit_every must be an integer >= 1"),
     (lambda p: p.update(learning={"rate": 0.3}), "unknown keys rate"),
+    (lambda p: p.update(build={"train_limits": 5}), "unknown keys train_limits"),
+    (lambda p: p.update(build={"variants": "fc"}), "variants must be a non-empty list"),
 ])
 def test_a_bad_preset_is_refused_with_what_is_wrong(sweep_file, tmp_path, edit, message):
     spec = yaml.safe_load(sweep_file.read_text())

@@ -1,7 +1,8 @@
 """The bundle each row needs: reused when it exists, otherwise made with the `gati` commands a user would type.
 
 Per model and device one bundle is built with `gati build`'s defaults (plus the model, the data and the preset's
-build target; never hand-picked flags); every other target is `gati calibrate` of it (re-planned and re-certified
+build target; never hand-picked flags), unless the preset names build options of its own (`build:`, stated in its
+description and in every command it records; those bundles get folders of their own); every other target is `gati calibrate` of it (re-planned and re-certified
 from the stored calibration scores, as the README's step 3 does). A model whose YAML entry names an existing
 bundle reuses it, re-planned for another device with `gati plan`. A missing checkpoint is trained with `gati
 train-base` where a GPU is present. Every command runs as a subprocess (the CLI's defaults, exactly) and is
@@ -18,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.sweep.spec import ModelSpec, SweepError
+from experiments.sweep.spec import Build, ModelSpec, SweepError
 from gati.bundle import read_manifest
 from gati.errors import GatiError
 
@@ -41,9 +42,13 @@ class Unavailable:
 class Bundles:
     """Finds or makes the bundle of every (model, device, target), under one work folder."""
 
-    def __init__(self, shared: Path, work: Path, build_target: float, cuda: bool, sweep_command: str):
+    def __init__(self, shared: Path, work: Path, build_target: float, cuda: bool, sweep_command: str,
+                 build: Build = Build(), preset: str = ""):
         self.shared, self.work, self.build_target = shared, work, build_target
         self.cuda, self.sweep_command = cuda, sweep_command
+        self.build = build
+        # a preset's own build options make bundles of its own: they must never stand in for a default build
+        self.suffix = "" if build.defaults else f"-{preset}"
 
     def get(self, spec: ModelSpec, device: str, target: float) -> Ready | Unavailable:
         if device.startswith("cuda") and not self.cuda:
@@ -58,7 +63,7 @@ class Bundles:
         if abs(read_manifest(base.path).target - target) < 1e-9:
             ready = base
         else:
-            out = self.work / f"{spec.name}-{device}-t{target:g}"
+            out = self.work / f"{spec.name}-{device}{self.suffix}-t{target:g}"
             command = ["calibrate", "--bundle", str(base.path), "--target", f"{target:g}", "--out", str(out)]
             ready = self._made(out, [command], base.commands)
         check_bundle(ready.path, spec, target)
@@ -69,13 +74,13 @@ class Bundles:
 
     def _base(self, spec: ModelSpec, device: str, data: Path) -> Ready | Unavailable:
         """The model's bundle at the build target, profiled and planned on `device`."""
-        out = self.work / f"{spec.name}-{device}"
+        out = self.work / f"{spec.name}-{device}{self.suffix}"
         if spec.bundle:
             given = (REPO / spec.bundle).resolve()
             if not (given / "manifest.yaml").is_file():
                 return Unavailable(f"the bundle {spec.bundle} named for {spec.name} does not exist",
                                    _display(_build_args(spec, self.shared_path(spec.checkpoint), data,
-                                                        self.build_target, device, given)))
+                                                        self.build_target, device, given, self.build)))
             if read_manifest(given).profile.device.split(":")[0] == device:
                 return Ready(given, (f"(given: {show(given)})",))
             return self._made(out, [["plan", "--bundle", str(given), "--device", device, "--out", str(out)]],
@@ -92,7 +97,7 @@ class Bundles:
                 return Unavailable(f"no checkpoint for {spec.title} and no GPU to train one (`gati train-base` "
                                    "prints its estimate for this CPU: far too long)", _display(train) + "  # on a GPU")
             steps.append(train)
-        steps.append(_build_args(spec, checkpoint, data, self.build_target, device, out))
+        steps.append(_build_args(spec, checkpoint, data, self.build_target, device, out, self.build))
         return self._made(out, steps, ())
 
     def _checkpoint(self, spec: ModelSpec) -> Path:
@@ -115,11 +120,12 @@ class Bundles:
         return Ready(out, commands)
 
 
-def _build_args(spec: ModelSpec, checkpoint: Path, data: Path, target: float, device: str, out: Path) -> list[str]:
+def _build_args(spec: ModelSpec, checkpoint: Path, data: Path, target: float, device: str, out: Path,
+                build: Build = Build()) -> list[str]:
     model = ["--arch", spec.arch] if spec.arch else ["--model-module", spec.model_module or "",
                                                       "--cuts", ",".join(spec.cuts)]
     return ["build", *model, "--checkpoint", str(checkpoint), "--dataset", spec.dataset, "--data-dir", str(data),
-            "--target", f"{target:g}", "--device", device, "--out", str(out)]
+            "--target", f"{target:g}", "--device", device, *build.args, "--out", str(out)]
 
 
 def run_gati(args: list[str], log: Path) -> None:

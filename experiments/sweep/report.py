@@ -100,15 +100,18 @@ def _method(preset: Preset) -> list[str]:
         "the unsplit model and the GATI engine in one process, alternating which runs first on every request, each "
         "timed from the preprocessed tensor to its label; with learning on, the engine learns while it serves "
         "(`gati eval --online`: neighbour tier, refits re-certified on the traffic, fallback on the live bound), "
-        "in the background as a server does. Cluster rows (learning off) send every request's pixels to a local "
+        "in the background as a server does. Cluster rows send every request's pixels to a local "
         "cluster (deploy/local.yaml's services as processes on free ports, `hop_delay_ms` injected per hop) and "
         "run the unsplit model on the same pixels in the sweep's process, alternating likewise, preprocessing "
-        "inside both. *speed-up*: ratio of mean latencies, base over GATI. *agreement*: answers equal to the "
-        "unsplit model's. *live lower bound*: the anytime-valid bound of `gati.learning.guarantee` after the last "
+        "inside both; frozen, the cluster serves the bundle's caches (no refits, no online tier), learning, a "
+        "cluster of its own refits and certifies as the preset's learning says, with the online tier. "
+        "*speed-up*: ratio of mean latencies, base over GATI. *agreement*: answers equal to the unsplit model's. "
+        "*live lower bound*: the anytime-valid bound of `gati.learning.guarantee` after the last "
         f"request, from hits sampled by a seeded coin at p = {preset.sample_rate:g} (learning on: the learner's own "
         "coin and bound, which steer its fallback). *certified*: the bundle's claim (agreement >= target) and the "
-        "nominal Clopper-Pearson estimate at its chosen vector. Bundles: `gati build` defaults at "
-        f"{preset.build_target:g}, other targets by `gati calibrate` (commands below).",
+        "nominal Clopper-Pearson estimate at its chosen vector. Bundles: `gati build` "
+        + ("defaults" if preset.build.defaults else f"with `{' '.join(preset.build.args)}`")
+        + f" at {preset.build_target:g}, other targets by `gati calibrate` (commands below).",
     ]
 
 

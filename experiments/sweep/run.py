@@ -74,7 +74,8 @@ class _Measurer:
 
     def __init__(self, cfg: SweepRun):
         self.cfg = cfg
-        self.bundles = Bundles(cfg.shared, cfg.work, cfg.preset.build_target, torch.cuda.is_available(), cfg.command)
+        self.bundles = Bundles(cfg.shared, cfg.work, cfg.preset.build_target, torch.cuda.is_available(), cfg.command,
+                               cfg.preset.build, cfg.preset.name)
         self.inputs = _Inputs(cfg.preset, self.bundles.shared_path)
         self._clusters = ExitStack()
         self._cluster: tuple[tuple[Path, str, float | None], str] | None = None

@@ -16,6 +16,7 @@ The file (experiments/presets/sweep.yaml) names the models once and the presets 
         description: ...
         requests: 1000                          # per row; 0 = the whole test:eval half
         learning: {sample_rate: 0.4, refit_every: 300}   # online rows' learner (optional; see Learning)
+        build: {train_limit: 10000, variants: [linear, mlp, fc]}   # optional: `gati build` flags (see Build)
         sweeps:                                 # each a product; rows are the union, duplicates once
           - models: [resnet18-cifar10]
             devices: [cpu]
@@ -103,6 +104,22 @@ class Learning:
     certify_samples: int = OnlineConfig.certify_samples
 
 
+BUILD_FLAGS = {"train_limit": "--train-limit", "variants": "--variants", "augment": "--augment",
+               "calib_limit": "--calib-limit", "memory_mb": "--memory-mb", "batch_size": "--batch-size"}
+
+
+@dataclass(frozen=True)
+class Build:
+    """`gati build` options a preset sets for its bundles (none: the command's defaults). A preset that sets any
+    builds its bundles in folders of its own (`<model>-<device>-<preset>`), so that they never stand in for a
+    default build, and every result names the flags in its build command."""
+    args: tuple[str, ...] = ()        # the flags, as typed after `gati build`
+
+    @property
+    def defaults(self) -> bool:
+        return not self.args
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -116,6 +133,7 @@ class Preset:
     build_target: float = 0.97         # the target bundles are built at; other targets are re-calibrated
     headline_target: float = 0.97      # the paper's Table 6 target: the headline table and figures 1, 4, 5
     learning: Learning = Learning()    # online rows' learner
+    build: Build = Build()             # its bundles' `gati build` options (default: none)
 
 
 def load_models(path: Path = DEFAULT_FILE) -> dict[str, ModelSpec]:
@@ -173,7 +191,7 @@ def _model(name: str, raw: Any) -> ModelSpec:
 
 def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
     _known(raw, {"description", "requests", "seed", "sample_rate", "window", "build_target", "headline_target",
-                 "learning", "sweeps"}, f"presets.{name}")
+                 "learning", "build", "sweeps"}, f"presets.{name}")
     requests, seed = _int(raw.get("requests", 0), "requests", 0), _int(raw.get("seed", 0), "seed", 0)
     sweeps = raw.get("sweeps")
     if not isinstance(sweeps, list) or not sweeps:
@@ -190,7 +208,29 @@ def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
                   window=_int(raw.get("window", 200), "window", 1),
                   build_target=_fraction(raw.get("build_target", 0.97), "build_target"),
                   headline_target=_fraction(raw.get("headline_target", 0.97), "headline_target"),
-                  learning=_learning(raw.get("learning") or {}, f"presets.{name}.learning"))
+                  learning=_learning(raw.get("learning") or {}, f"presets.{name}.learning"),
+                  build=_build(raw.get("build") or {}, f"presets.{name}.build"))
+
+
+def _build(raw: Any, where: str) -> Build:
+    raw = _mapping(raw, where)
+    _known(raw, set(BUILD_FLAGS), where)
+    args: list[str] = []
+    for key, flag in BUILD_FLAGS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key == "variants":
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise SweepError(f"{where}.variants must be a non-empty list of cache variants")
+            value = ",".join(value)
+        elif key == "memory_mb":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise SweepError(f"{where}.memory_mb must be a positive number, got {value!r}")
+        else:
+            value = _int(value, f"{where}.{key}", 0 if key in ("train_limit", "augment") else 1)
+        args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return Build(tuple(args))
 
 
 def _learning(raw: Any, where: str) -> Learning:
