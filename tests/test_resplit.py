@@ -17,9 +17,12 @@ def test_the_certificate_holds_on_most_resplits_and_the_report_adds_up():
     entries = synthetic_scores(N, seed=3)
     report = resplit_validation(entries, labels(), COSTS, "sync", 0.97, look_alpha(1), n_splits=12, seed=1)
     agreement = np.array([o.agreement for o in report.outcomes])
+    population = np.array([o.population_agreement for o in report.outcomes])
     assert report.n_splits == len(report.outcomes) == 12 and report.n_images == N
-    assert report.violations == int((agreement < 0.97).sum())
+    assert report.violations == int((population < 0.97).sum()) and report.unseen_below_target == int((agreement < 0.97).sum())
     assert report.violations <= 1  # alpha is 0.03: a procedure that skipped certification fails this
+    # the population (certify part and unseen half) holds the unseen half: its agreement lies between the halves'
+    assert all(abs(o.population_agreement - o.agreement) < 0.05 for o in report.outcomes)
     assert report.violation_rate <= report.violation_rate_upper <= 1
     assert report.agreement_min == pytest.approx(agreement.min())
     assert report.hit_rate_mean > 0.3  # the cascade does answer early

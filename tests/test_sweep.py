@@ -350,6 +350,7 @@ def test_the_shipped_presets_cover_the_paper_and_fit_the_quick_budget():
     assert load_models()["resnet152-cifar100"].note and "re-made split" in load_models()["resnet152-cifar100"].note
     # quick builds its own, smaller bundles (its 30 minutes include them); the default builds are cpu-defaults'
     assert not quick.build.defaults and "--train-limit" in quick.build.args
+    assert all(r.key.endswith("|build " + " ".join(quick.build.args)) for r in quick.rows)  # never a default build's
     defaults, learning = load_preset("cpu-defaults"), load_preset("learning")
     assert defaults.build.defaults and defaults.requests == 0 and {r.target for r in defaults.rows} == {0.97, 0.99}
     assert len(learning.rows) == 80 and {r.online for r in learning.rows} == {False, True}

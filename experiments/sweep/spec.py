@@ -80,12 +80,14 @@ class Row:
     deployment: str                    # in-process or cluster
     hop_delay_ms: float | None         # cluster rows: the delay injected per network hop
     online: bool                       # online learning while serving
+    build: str = ""                    # the preset's `gati build` flags ("": the defaults)
 
     @property
     def key(self) -> str:
         where = self.deployment if self.hop_delay_ms is None else f"{self.deployment}@{self.hop_delay_ms:g}ms"
-        return "|".join([self.model, self.device, f"{self.target:g}", self.workload, where,
-                         "online" if self.online else "frozen"])
+        parts = [self.model, self.device, f"{self.target:g}", self.workload, where, "online" if self.online else "frozen"]
+        # a row measured on a bundle built otherwise is another row: its result must not be taken for this one's
+        return "|".join(parts + ([f"build {self.build}"] if self.build else []))
 
     @property
     def workload_name(self) -> str:
@@ -196,10 +198,11 @@ def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
     sweeps = raw.get("sweeps")
     if not isinstance(sweeps, list) or not sweeps:
         raise SweepError(f"presets.{name}.sweeps must be a non-empty list")
+    build = _build(raw.get("build") or {}, f"presets.{name}.build")
     rows: dict[str, Row] = {}
     for i, sweep in enumerate(sweeps):
         for row in _rows(_mapping(sweep, f"presets.{name}.sweeps[{i}]"), models, requests, seed,
-                         f"presets.{name}.sweeps[{i}]"):
+                         f"presets.{name}.sweeps[{i}]", " ".join(build.args)):
             rows.setdefault(row.key, row)
     used = {models[r.model].name: models[r.model] for r in rows.values()}
     return Preset(name=name, description=str(raw.get("description", "")), models=used,
@@ -208,8 +211,7 @@ def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
                   window=_int(raw.get("window", 200), "window", 1),
                   build_target=_fraction(raw.get("build_target", 0.97), "build_target"),
                   headline_target=_fraction(raw.get("headline_target", 0.97), "headline_target"),
-                  learning=_learning(raw.get("learning") or {}, f"presets.{name}.learning"),
-                  build=_build(raw.get("build") or {}, f"presets.{name}.build"))
+                  learning=_learning(raw.get("learning") or {}, f"presets.{name}.learning"), build=build)
 
 
 def _build(raw: Any, where: str) -> Build:
@@ -242,7 +244,7 @@ def _learning(raw: Any, where: str) -> Learning:
                        for key in ("refit_every", "select_samples", "certify_samples") if key in raw})
 
 
-def _rows(raw: dict, models: dict[str, ModelSpec], requests: int, seed: int, where: str) -> list[Row]:
+def _rows(raw: dict, models: dict[str, ModelSpec], requests: int, seed: int, where: str, build: str) -> list[Row]:
     _known(raw, {"models", "devices", "targets", "workloads", "deployments", "hop_delays_ms", "online"}, where)
     names = _list(raw, "models", where)
     unknown = [m for m in names if m not in models]
@@ -260,7 +262,7 @@ def _rows(raw: dict, models: dict[str, ModelSpec], requests: int, seed: int, whe
     online = [bool(o) for o in _list(raw, "online", where, [False])]
     placements = [(d, None) for d in deployments if d == IN_PROCESS]
     placements += [(CLUSTER, delay) for delay in delays if CLUSTER in deployments]
-    return [Row(model, device, target, workload, deployment, delay, learn)
+    return [Row(model, device, target, workload, deployment, delay, learn, build)
             for model, device, target, workload, (deployment, delay), learn
             in itertools.product(names, devices, targets, workloads, placements, online)]
 
