@@ -42,8 +42,10 @@ def replay_in_process(bundle: Bundle, data: Dataset, stream: Stream, online: boo
                       progress: bool = False, background: bool = True, learning: Learning = Learning()) -> Records:
     """`evaluate` on `stream` (generated over `data`), frozen or learning (`online`, as `learning` says; its coin
     `learning.sample_rate`, else `sample_rate`); its records as columns.
-    `background=False`: the learner learns between requests (repeatable; the timings then miss its cost)."""
+    `background=False` (or `learning.between_requests`): the learner learns between requests (repeatable; the
+    timings then miss its cost)."""
     sample_rate = (learning.sample_rate or sample_rate) if online else sample_rate
+    background = background and not learning.between_requests
     config = OnlineConfig(sample_rate=sample_rate, coin_seed=seed, background=background,
                           refit_every=learning.refit_every, select_samples=learning.select_samples,
                           certify_samples=learning.certify_samples) if online else None

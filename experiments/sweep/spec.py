@@ -104,6 +104,11 @@ class Learning:
     refit_every: int = OnlineConfig.refit_every          # unset: the learner's own defaults
     select_samples: int = OnlineConfig.select_samples
     certify_samples: int = OnlineConfig.certify_samples
+    # in process: the learner works between requests, outside the timed path (`gati eval --online --deterministic`),
+    # instead of beside them at a lower priority (gati.learning.background): a replay keeps the cores busy, so a
+    # niced learner would barely learn within a row; what learning costs beside serving is measured apart
+    # (experiments/learning_cost.py)
+    between_requests: bool = False
 
 
 BUILD_FLAGS = {"train_limit": "--train-limit", "variants": "--variants", "augment": "--augment",
@@ -237,9 +242,12 @@ def _build(raw: Any, where: str) -> Build:
 
 def _learning(raw: Any, where: str) -> Learning:
     raw = _mapping(raw, where)
-    _known(raw, {"sample_rate", "refit_every", "select_samples", "certify_samples"}, where)
-    rate = raw.get("sample_rate")
+    _known(raw, {"sample_rate", "refit_every", "select_samples", "certify_samples", "between_requests"}, where)
+    rate, between = raw.get("sample_rate"), raw.get("between_requests", False)
+    if not isinstance(between, bool):
+        raise SweepError(f"{where}.between_requests must be true or false, got {between!r}")
     return Learning(sample_rate=None if rate is None else _fraction(rate, f"{where}.sample_rate"),
+                    between_requests=between,
                     **{key: _int(raw[key], f"{where}.{key}", 1)
                        for key in ("refit_every", "select_samples", "certify_samples") if key in raw})
 

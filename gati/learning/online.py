@@ -49,6 +49,7 @@ from torch import Tensor
 from gati.bundle import Bundle
 from gati.cache import Cache
 from gati.errors import GatiError
+from gati.learning.background import BACKGROUND_NICE, as_background
 from gati.learning.guarantee import (
     AgreementSnapshot,
     FallbackController,
@@ -96,6 +97,9 @@ class OnlineConfig:
     certify_samples: int = 1000
     headroom: int = 3  # the fallback controller's (gati.learning.guarantee)
     background: bool = True  # False: learning runs in settle(), in order (deterministic)
+    # the learning threads' niceness above serving's, with one OpenMP thread each (gati.learning.background): they use
+    # the cores serving leaves idle; 0: the same priority (learning keeps pace, and slows serving)
+    background_nice: int = BACKGROUND_NICE
     coin_seed: int | None = None  # None: from the OS
     fit_seed: int = 0
     save_every: int = 500  # samples between saves to the state directory
@@ -112,6 +116,9 @@ class OnlineConfig:
                 raise GatiError(f"{name} must be an integer >= 1, got {value!r}")
         if self.refit_seconds is not None and not self.refit_seconds > 0:
             raise GatiError(f"refit_seconds must be > 0, got {self.refit_seconds}")
+        nice = self.background_nice
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise GatiError(f"background_nice must be an integer in 0..19, got {nice!r}")
 
 
 @dataclass(frozen=True)
@@ -353,6 +360,7 @@ class OnlineEngine:
 
     def _work_loop(self) -> None:
         assert self._work is not None
+        as_background(self.config.background_nice)
         while True:
             job = self._work.get()
             try:
@@ -367,6 +375,7 @@ class OnlineEngine:
     # ---- refitting and review -------------------------------------------------------------------------------
 
     def _refit_loop(self) -> None:
+        as_background(self.config.background_nice)
         while not self._closed.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()

@@ -168,10 +168,12 @@ def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> S
 
 class Every:
     """Runs `task` in a daemon thread every `interval_s` seconds (first at once) until `stop()`; the thread
-    sleeps on an event between runs, and a failed run is logged and retried at the next one."""
+    sleeps on an event between runs, and a failed run is logged and retried at the next one. `setup` runs once in
+    the thread first (e.g. gati.learning.background.as_background)."""
 
-    def __init__(self, name: str, interval_s: float, task: Callable[[], None]):
-        self.name, self.interval_s, self.task = name, interval_s, task
+    def __init__(self, name: str, interval_s: float, task: Callable[[], None],
+                 setup: Callable[[], None] | None = None):
+        self.name, self.interval_s, self.task, self.setup = name, interval_s, task, setup
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -185,6 +187,8 @@ class Every:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        if self.setup is not None:
+            self.setup()
         while not self._stop.is_set():
             try:
                 self.task()

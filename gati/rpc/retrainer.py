@@ -45,6 +45,7 @@ import torch
 from gati.bundle import BundleInfo
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
+from gati.learning.background import as_background
 from gati.learning.neighbours import TierConfig
 from gati.learning.state import atomic_npz, load_npz
 from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, no_early_exits, plan_layout
@@ -162,8 +163,8 @@ class RetrainerHandler(ServiceBase):
         """The background threads: resync with the predictors, automatic refits, and snapshots of the samples with
         a state directory."""
         self._periodic = [Every("retrainer-resync", self.cfg.resync_s, self.resync)]
-        if self.auto is not None:
-            self._periodic.append(Every("retrainer-refit", REFIT_POLL_S, self._auto_step))
+        if self.auto is not None:  # refits fit on the cores serving leaves idle (the retrainer may share a host)
+            self._periodic.append(Every("retrainer-refit", REFIT_POLL_S, self._auto_step, setup=as_background))
         if self.samples_dir is not None:
             self._periodic.append(Every("retrainer-snapshot", self.cfg.snapshot_s, self.snapshot))
         for p in self._periodic:
