@@ -209,3 +209,40 @@ def test_the_online_tier_is_a_slot_certified_with_the_cascade_and_deployed_besid
         decision.tier_threshold
     off = no_early_exits(Serving(decision.caches, decision.thresholds, decision.tier_threshold), "asked", {})
     assert off.tier_threshold == math.inf and all(t == math.inf for t in off.thresholds.values())
+
+
+def test_a_live_fallback_steps_down_the_ladder_and_a_review_climbs_back_what_it_recertifies():
+    """The cluster falls back as the in-process learner does: one certified vector at a time, then no early exits;
+    a review re-tests the ladder on fresh samples and climbs as far as it passes."""
+    from gati.rpc.autorefit import CLIMBED, step_down
+    good = fitted(300, 5)
+    ladder = ((0.999,), (0.99,), (0.9,))
+    serving = Serving({0: good}, {0: 0.9}, levels=ladder, rung=3)
+    one = step_down(serving, SLOTS, "asked", {})
+    assert one.outcome == FALLBACK and (one.thresholds, one.rung, one.levels) == ({0: 0.99}, 2, ladder)
+    two = step_down(Serving({0: good}, one.thresholds, levels=ladder, rung=2), SLOTS, "asked", {})
+    assert two.thresholds == {0: 0.999} and two.rung == 1
+    none = step_down(Serving({0: good}, two.thresholds, levels=ladder, rung=1), SLOTS, "asked", {})
+    assert none.thresholds == {0: math.inf} and none.rung == 0 and none.levels == ladder
+    assert step_down(Serving({0: good}, none.thresholds, levels=ladder, rung=0), SLOTS, "asked", {}) is None
+    # without a known ladder the served vector is the only rung: the next step is no early exits
+    assert step_down(Serving({0: good}, {0: 0.9}), SLOTS, "asked", {}).thresholds == {0: math.inf}
+
+    # fallen to rung 1, a review whose re-test passes the whole ladder (and finds nothing faster) climbs to its top
+    cluster = Cluster(Serving({0: good}, {0: 0.999}, levels=ladder, rung=1),
+                      refit=lambda configs, fit, seed: {0: fitted(300, 9, shuffle=True)})
+    original = cluster._deploy
+
+    def deploy(decision):
+        original(decision)
+        cluster.serving = Serving(decision.caches, decision.thresholds, decision.tier_threshold,
+                                  decision.levels or cluster.serving.levels, decision.rung)
+        return True
+
+    cluster.auto.deploy = deploy
+    outcomes = cluster.traffic(800)
+    assert len(outcomes) == 1 and outcomes[0].decision is not None
+    decision = outcomes[0].decision
+    assert decision.outcome in (CLIMBED, DEPLOYED) and decision.rung > 1 and decision.caches[0] is good
+    if decision.outcome == CLIMBED:
+        assert decision.thresholds == {0: ladder[decision.rung - 1][0]} and decision.levels == ladder

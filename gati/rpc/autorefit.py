@@ -20,25 +20,29 @@ The rule is the in-process learner's (gati/learning/online.py), through the same
 3. The faster trial that certified early exits beyond the serving vector, and is faster than it on those samples
    by the bundle's latency model, goes live: every cut's cache and threshold is pushed to its predictor as the
    cut's next version. A candidate that fails, or is slower, is never pushed.
-4. Falling back to no early exits (every threshold infinite: the base model answers) happens on evidence that
-   agreement is below the target, never on a re-test that merely could not prove it above (with 500 fresh
-   samples at a 0.97 target a cascade that agrees 98% of the time fails its re-test about half the time, and
-   falling back on that halved the cluster's hit rate):
-   - at once, when the aggregator's anytime-valid live bound is about to fall below the target
-     (gati/rpc/live.py, the in-process learner's rule): the retrainer's `fallback` RPC (`no_early_exits`);
-   - at a review, when nothing certified and the serving cascade's agreement on the fresh samples is below the
-     target with confidence 1 - alpha/2 (its one-sided Clopper-Pearson upper bound is below it).
-   After a fallback the next review's re-tuning climbs back only as far as it certifies.
+4. Falling back happens on evidence that agreement is below the target, never on a re-test that merely could not
+   prove it above (with 500 fresh samples at a 0.97 target a cascade that agrees 98% of the time fails its re-test
+   about half the time, and falling back on that halved the cluster's hit rate):
+   - one rung down the serving version's ladder of certified vectors (`step_down`, the in-process learner's
+     rule), each time the aggregator's anytime-valid live bound is about to fall below the target
+     (gati/rpc/live.py): the retrainer's `fallback` RPC. Rung 0 is no early exits. A single step straight to no
+     early exits made one early cluster of wrong answers (6 in the first 100 requests of an i.i.d. stream) cost a
+     learning cluster 90% of its hits until the next review;
+   - straight to no early exits (`no_early_exits`) at a review, when nothing certified and the serving cascade's
+     agreement on the fresh samples is below the target with confidence 1 - alpha/2 (its one-sided
+     Clopper-Pearson upper bound is below it).
+   After a fallback the next review climbs back only as far as it certifies: a rung of the ladder re-tested on
+   fresh samples, or a new version.
 
 With an online neighbour tier (the config's `tier`, kept by the index service: gati/rpc/tier.py) the cascade has
 one more slot, the tier at its cut (before that cut's cache), exactly as in process: each joint sample carries the
 tier's verdict on it from before it was stored, the reviews certify the tier's threshold with the caches', and a
 deploy pushes it to the index service after the caches.
 
-What differs from the in-process learner: the cluster serves one threshold vector (the one deployed is the trial's
-last certified vector), its fallback is one step (to no early exits, not down a ladder of certified levels), and a
-deploy is one push per predictor (and one to the index for the tier), so requests served during it (milliseconds)
-may meet new caches at some cuts and old ones at others, a mix no review certified.
+What differs from the in-process learner: the ladder is kept by the retrainer in memory (a restarted retrainer
+knows only the vector served, its one rung), and a deploy is one push per predictor (and one to the index for the
+tier), so requests served during it (milliseconds) may meet new caches at some cuts and old ones at others, a mix
+no review certified.
 """
 from __future__ import annotations
 
@@ -92,14 +96,24 @@ class AutoRefitConfig:
 
 @dataclass(frozen=True)
 class Serving:
-    """The cascade served now: each plan cut's cache and threshold, and the online tier's threshold."""
+    """The cascade served now: each plan cut's cache and threshold, the online tier's threshold, and the ladder of
+    the version's certified vectors it stands on."""
     caches: dict[int, Cache]
     thresholds: dict[int, float]
     tier_threshold: float = math.inf   # inf: no tier, or one that answers nothing
+    levels: tuple[tuple[float, ...], ...] = ()  # certified vectors over the slots, conservative first; (): the served
+    rung: int = 1                      # levels[rung - 1] is served; 0: no early exits
 
     def vector(self, slots: list[Slot]) -> list[float]:
         """The served thresholds as a vector over `slots`."""
         return [self.tier_threshold if s.name == TIER else self.thresholds[s.cut] for s in slots]
+
+    def ladder(self, slots: list[Slot]) -> tuple[list[list[float]], int]:
+        """(the certified vectors, the rung served): the served vector alone when no ladder is known."""
+        if self.levels:
+            return [list(v) for v in self.levels], self.rung
+        vector = self.vector(slots)
+        return ([vector], 1) if any(math.isfinite(t) for t in vector) else ([], 0)
 
 
 def split_vector(slots: list[Slot], vector) -> tuple[dict[int, float], float]:
@@ -109,20 +123,22 @@ def split_vector(slots: list[Slot], vector) -> tuple[dict[int, float], float]:
     return caches, tier[0] if tier else math.inf
 
 
-DEPLOYED, FALLBACK = "deployed", "fallback"
+DEPLOYED, FALLBACK, CLIMBED = "deployed", "fallback", "climbed"
 
 
 @dataclass(frozen=True)
 class Decision:
     """A cascade to push: every cut's cache and threshold (and the tier's), and what is written beside each cut's
     version."""
-    outcome: str                  # DEPLOYED (a certified trial) or FALLBACK (no early exits)
+    outcome: str                  # DEPLOYED (a certified trial), FALLBACK (down the ladder) or CLIMBED (up it)
     caches: dict[int, Cache]
     thresholds: dict[int, float]
     record: dict[str, float]      # the certificate, or why it fell back
     lower_bound: float            # the certified bound on agreement (0: a fallback certifies nothing new)
     summary: str
     tier_threshold: float = math.inf
+    levels: tuple[tuple[float, ...], ...] = ()  # the ladder it stands on (over the slots); (): unchanged
+    rung: int = 0                 # the rung it serves (0: no early exits)
 
 
 @dataclass(frozen=True)
@@ -142,12 +158,24 @@ class _Candidate:
 
 
 def no_early_exits(serving: Serving, summary: str, record: dict[str, float]) -> Decision | None:
-    """The serving caches with every threshold infinite (the base model answers every request); None when that is
-    what is served already."""
+    """The serving caches with every threshold infinite (the base model answers every request): rung 0 of the same
+    ladder; None when that is what is served already."""
     if not any(math.isfinite(t) for t in [*serving.thresholds.values(), serving.tier_threshold]):
         return None
     return Decision(FALLBACK, serving.caches, {cut: math.inf for cut in serving.thresholds},
-                    {"fallback": 1.0, **record}, 0.0, summary)
+                    {"fallback": 1.0, **record}, 0.0, summary, math.inf, serving.levels, 0)
+
+
+def step_down(serving: Serving, slots: list[Slot], summary: str, record: dict[str, float]) -> Decision | None:
+    """One rung down the serving version's ladder (rung 0: no early exits); None on rung 0 already."""
+    levels, rung = serving.ladder(slots)
+    if rung <= 0:
+        return None
+    if rung == 1:
+        return no_early_exits(serving, summary, {**record, "rung": 0.0})
+    thresholds, tier = split_vector(slots, levels[rung - 2])
+    return Decision(FALLBACK, serving.caches, thresholds, {"fallback": 1.0, "rung": float(rung - 1), **record}, 0.0,
+                    f"{summary} (rung {rung - 1} of {len(levels)})", tier, tuple(map(tuple, levels)), rung - 1)
 
 
 def plan_layout(info: BundleInfo, cuts: set[int], tier: tuple[int, float] | None = None) -> tuple[list[Slot], Costs]:
@@ -250,9 +278,9 @@ class AutoRefit:
                         self.cfg.certify_samples)
             return None
         serving = self.serving()
-        vector = serving.vector(self.slots)
-        found = review(self.slots, (serving.caches, [vector]), candidate.caches, candidate.select, fresh, self.costs,
-                       self.cfg.target, self.cfg.alpha, retune=True, serving=1)
+        levels, rung = serving.ladder(self.slots)
+        found = review(self.slots, (serving.caches, levels), candidate.caches, candidate.select, fresh, self.costs,
+                       self.cfg.target, self.cfg.alpha, retune=True, serving=rung)
         decision = self._decide(found, serving)
         pushed = decision is not None and self.deploy(decision)
         log.info("review of %d fresh joint samples (fitted on %d): %s%s", len(fresh), candidate.fitted_on,
@@ -264,7 +292,9 @@ class AutoRefit:
     def _decide(self, found: Review, serving: Serving) -> Decision | None:
         """What goes live: the certified trial; else, when the serving cascade's agreement on the fresh samples is
         below the target with confidence 1 - alpha/2, no early exits (the base model answers until a later review
-        certifies thresholds again); else nothing changes."""
+        certifies thresholds again); else, after a fallback, the highest rung the re-test passed above the one
+        served; else nothing changes."""
+        levels, rung = serving.ladder(self.slots)
         if found.deployed is not None:
             trial, r = found.deployed, found.deployed.result
             thresholds, tier_threshold = split_vector(self.slots, r.thresholds)
@@ -273,12 +303,21 @@ class AutoRefit:
                       "wrong_hits": float(r.wrong_hits), "expected_ms": trial.expected_ms,
                       "serving_ms": found.incumbent_ms, "made_by_" + trial.name: 1.0}
             tier = "" if not any(s.name == TIER for s in self.slots) else f", tier threshold {tier_threshold:.4f}"
+            ladder = tuple(tuple(v) for v in found.levels)
             return Decision(DEPLOYED, trial.caches, thresholds, record, r.lower_bound,
                             f"deployed {trial.name}: agreement >= {self.cfg.target} (lower bound {r.lower_bound:.4f} "
-                            f"on {r.n} fresh samples), hit rate {r.hit_rate:.3f}{tier}", tier_threshold)
+                            f"on {r.n} fresh samples), hit rate {r.hit_rate:.3f}{tier}", tier_threshold, ladder,
+                            len(ladder))
         upper = agreement_upper_bound(found.fresh, found.incumbent_wrong, found.alpha)
         if upper >= self.cfg.target:
-            return None
+            climb = found.incumbent_levels_passed  # re-tested on fresh samples: the ladder's rungs up to it hold
+            if climb <= rung or not any(map(math.isfinite, levels[climb - 1])):
+                return None
+            thresholds, tier_threshold = split_vector(self.slots, levels[climb - 1])
+            retest = found.trials[0].result
+            return Decision(CLIMBED, serving.caches, thresholds, {"climbed_to": float(climb), "n": float(found.fresh)},
+                            retest.lower_bound, f"climbed from rung {rung} to {climb} of {len(levels)}, re-certified on "
+                                 f"{found.fresh} fresh samples", tier_threshold, tuple(map(tuple, levels)), climb)
         n = found.fresh
         agreement = 1.0 - found.incumbent_wrong / max(n, 1)
         record = {"target": self.cfg.target, "alpha": found.alpha, "n": float(n),

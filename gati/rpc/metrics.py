@@ -277,10 +277,11 @@ class RetrainerMetrics(ServiceMetrics):
         self.joint = self.counter("gati_retrainer_joint_samples", "Sampled requests whose features at every planned "
                                   "cut arrived together: what automatic refits fit on and re-certify with")
         self.reviews = self.counter("gati_retrainer_reviews", "Automatic re-certifications of the whole cascade by "
-                                    "outcome (deployed; fallback: the serving cascade's agreement is below the "
-                                    "target, no early exits; kept: nothing changes; deploy_failed)", ["outcome"])
-        self.live_fallbacks = self.counter("gati_retrainer_live_fallbacks", "Falls back to no early exits asked by "
-                                           "the aggregator's live bound, by result (pushed, deploy_failed)",
-                                           ["result"])
+                                    "outcome (deployed; climbed: back up the ladder after a fallback; fallback: the "
+                                    "serving cascade's agreement is below the target, no early exits; kept: nothing "
+                                    "changes; deploy_failed)", ["outcome"])
+        self.live_fallbacks = self.counter("gati_retrainer_live_fallbacks", "Steps down the ladder of certified "
+                                           "vectors asked by the aggregator's live bound, by result (pushed, "
+                                           "deploy_failed)", ["result"])
         self.review_bound = self.gauge("gati_retrainer_review_lower_bound", "The last review's certified lower "
                                        "bound on end-to-end agreement, at the vector deployed or re-tested")

@@ -46,9 +46,9 @@ from gati.bundle import BundleInfo
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
 from gati.learning.background import as_background
-from gati.learning.neighbours import TierConfig
+from gati.learning.neighbours import TIER, TierConfig
 from gati.learning.state import atomic_npz, load_npz
-from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, no_early_exits, plan_layout
+from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, plan_layout, step_down
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
 from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
@@ -152,11 +152,15 @@ class RetrainerHandler(ServiceBase):
             self.metrics.held.labels(st.cut_name).set(len(st.samples))
         if tier is not None:
             self._resume_tier(tier)
+        self.slots, costs = ([], None) if info is None else \
+            plan_layout(info, set(cuts), None if tier is None else (tier.config.cut, tier.lookup_ms))
+        # The serving version's certified vectors over the slots (conservative first) and the rung served: the
+        # live fallback steps down them. At start, the bundle's levels when its chosen vector is what is served.
+        self._levels, self._rung = self._bundle_ladder(info)
         auto = None if info is None else AutoRefitConfig.of(cfg, info.manifest.target)
         self.auto = None
         if auto is not None:
-            slots, costs = plan_layout(info, set(cuts), None if tier is None else (tier.config.cut, tier.lookup_ms))
-            self.auto = AutoRefit(auto, slots, costs, {c: st.samples for c, st in cuts.items()}, self._serving,
+            self.auto = AutoRefit(auto, self.slots, costs, {c: st.samples for c, st in cuts.items()}, self._serving,
                                   self._deploy_cascade, tier=None if tier is None else tier.verdicts)
 
     def start(self) -> RetrainerHandler:
@@ -254,11 +258,13 @@ class RetrainerHandler(ServiceBase):
                 return self._gate_and_deploy(st, candidate, feats, labels, 0)
 
     def fallback(self, reason: str) -> None:
-        """The aggregator's live bound is about to fall below the target: no early exits, at once, until a review
-        certifies thresholds again (gati/rpc/autorefit.py). Already serving none: nothing to do."""
+        """The aggregator's live bound is about to fall below the target: one rung down the serving version's
+        certified vectors, at once (rung 0: no early exits); only a review climbs back (gati/rpc/autorefit.py).
+        Already serving none: nothing to do."""
         reason = str(reason)[:500]
         with self._cascade:
-            decision = no_early_exits(self._serving(), f"live fallback from the aggregator: {reason}", {"live": 1.0})
+            decision = step_down(self._serving(), self.slots, f"live fallback from the aggregator: {reason}",
+                                 {"live": 1.0})
             if decision is None:
                 log.info("live fallback asked (%s): no early exits are served already", reason)
                 return
@@ -403,6 +409,7 @@ class RetrainerHandler(ServiceBase):
                     "behind); adopted it, the next deploy is version %d", st.cut_name, st.predictor.name, served,
                     st.version, served + 1)
         st.cache, st.version, st.blob, st.threshold = cache, served, blob, threshold
+        self._levels, self._rung = (), 1  # a version this retrainer did not certify: its own vector is its ladder
         self._persist(st, {})
 
     def _persist(self, st: CutState, certificate: dict[str, float]) -> None:
@@ -432,7 +439,24 @@ class RetrainerHandler(ServiceBase):
 
     def _serving(self) -> Serving:
         return Serving({c: st.cache for c, st in self.cuts.items()}, {c: st.threshold for c, st in self.cuts.items()},
-                       math.inf if self.tier is None else self.tier.threshold)
+                       math.inf if self.tier is None else self.tier.threshold, self._levels, self._rung)
+
+    def _bundle_ladder(self, info: BundleInfo | None) -> tuple[tuple[tuple[float, ...], ...], int]:
+        """The bundle's certified levels over the slots (the tier at infinity) and the top rung, when what is served
+        is the bundle's chosen vector; otherwise none known (a resumed version: its own vector is its only rung)."""
+        if info is None or not self.slots:
+            return (), 1
+        served = [st.threshold for _, st in sorted(self.cuts.items())]
+        chosen = [e.threshold for e in info.plan.entries if e.cut in self.cuts]
+        tier_off = self.tier is None or math.isinf(self.tier.threshold)
+        if served != chosen or not tier_off:
+            return (), 1
+        by_cut = [e.cut for e in info.plan.entries if e.cut in self.cuts]
+        levels = []
+        for level in info.plan.levels[1:]:
+            thresholds = dict(zip(by_cut, (t for e, t in zip(info.plan.entries, level) if e.cut in self.cuts)))
+            levels.append(tuple(math.inf if s.name == TIER else thresholds[s.cut] for s in self.slots))
+        return tuple(levels), len(levels)
 
     def _deploy_cascade(self, decision: Decision) -> bool:
         """Push a cascade, one cut after another in cut order; True when every cut took it."""
@@ -459,6 +483,10 @@ class RetrainerHandler(ServiceBase):
         if self.tier is not None and decision.tier_threshold != self.tier.threshold \
                 and not self._push_tier(decision.tier_threshold):
             return False
+        if decision.levels:  # the ladder the cascade now stands on
+            self._levels, self._rung = decision.levels, decision.rung
+        else:
+            self._levels, self._rung = (), 1 if any(math.isfinite(t) for t in decision.thresholds.values()) else 0
         log.info("cascade %s: %s", decision.outcome, decision.summary)
         return True
 
@@ -502,6 +530,7 @@ class RetrainerHandler(ServiceBase):
             result.message = f"validated but not deployed: {getattr(e, 'message', None) or e}"
             return result
         st.cache, st.version, st.blob = candidate, version, blob
+        self._levels, self._rung = (), 1  # the ladder was certified for the caches this one replaced
         self._persist(st, {"candidate_agreement": new.agreement, "deployed_agreement": old.agreement,
                            "candidate_hit_rate": new.hit_rate, "deployed_hit_rate": old.hit_rate,
                            "holdout_samples": float(len(labels)), "train_samples": float(n_train)})
