@@ -194,7 +194,8 @@ class _RequestSource:
         self.acts[cut] = act
         tier, threshold = self.online.tier, self.serving.tier_threshold
         verdict = Verdict(cut, -1, 0.0, False)  # nothing answers here at this rung: a miss, never a missing verdict
-        if tier is not None and cut == tier.config.cut and (self.coin or math.isfinite(threshold)):
+        # A tier that does not serve at this rung is judged off the request path (`_learn_from`), for the sample
+        if tier is not None and cut == tier.config.cut and math.isfinite(threshold):
             self.tier_vector = tier.vector(act)
             self.tier_verdict = tier.judge(self.tier_vector, threshold)
             verdict = Verdict.judge(cut, self.tier_verdict.label, self.tier_verdict.confidence, threshold)
@@ -329,10 +330,16 @@ class OnlineEngine:
             features = {cut: self.bundle.caches[cut].reduce(source.acts[cut]).reshape(-1).float().cpu().numpy().astype(np.float16)
                         for cut in self.plan_cuts}
             logits_np = logits.float().cpu().numpy()
-        self.samples.add(Sample(request, coin, features, logits_np, source.tier_verdict))
+        vector = None
         if self.tier is not None:
             vector = source.tier_vector if source.tier_vector is not None else \
                 self.tier.vector(source.acts[self.tier.config.cut])
+            if coin and source.tier_vector is None:
+                # The tier did not serve this request: what it would have said, from every request before this one
+                # (the queue runs in order), is what a review certifies the tier's rule on
+                source.tier_verdict = self.tier.judge(vector, math.inf)
+        self.samples.add(Sample(request, coin, features, logits_np, source.tier_verdict))
+        if self.tier is not None and vector is not None:
             self.tier.add(vector, int(np.argmax(logits_np)))
         if self.state is not None and self.samples.added - self._saved_at >= self.config.save_every:
             self._save()
