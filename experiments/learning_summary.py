@@ -1,7 +1,8 @@
 """What the learning grid's rows say about the guarantee, beyond the sweep's table: per row, from its per-request
 records, the worst window of `--window` requests, whether the live lower bound ever rose above the agreement
 realised so far, and (learning rows in process) when the learner fell back and climbed again, in requests after
-each phase of the stream began (a `drift` stream's phases: detection and recovery).
+each phase of the stream began (a `drift` stream's phases: detection and recovery), and what the last deployed
+version served: its share answered by the neighbour tier, speed-up and agreement from its first request on.
 
     python experiments/learning_summary.py docs/results/sweep/learning.jsonl > docs/results/learning/grid-summary.txt
 
@@ -64,7 +65,10 @@ def learner(r: RowResult, rec: Records) -> str:
                 f"{int(c.get('aggregator.live_fallbacks', 0))}, aggregator's bound "
                 f"{c.get('aggregator.live_agreement_lower_bound_ratio', float('nan')):.4f}")
     versions = sorted(set(rec.version.tolist()))
-    parts = [f"versions {versions}", f"tier answers {int(np.char.startswith(rec.exit_name.astype(str), 'tier:').sum())}"]
+    by_tier = np.char.startswith(rec.exit_name.astype(str), "tier:")
+    parts = [f"versions {versions}", f"tier answers {int(by_tier.sum())}"]
+    if versions[-1] > 0:
+        parts.append(since_deployed(rec, by_tier))
     level = rec.fallback_level
     if (level != UNKNOWN).all() and len(level):
         drops = np.flatnonzero(np.diff(level) < 0) + 1
@@ -75,6 +79,17 @@ def learner(r: RowResult, rec: Records) -> str:
         if len(starts):
             parts.append(f"phases began at {starts.tolist()}")
     return "; ".join(parts)
+
+
+def since_deployed(rec: Records, by_tier: np.ndarray) -> str:
+    """From the first request the last deployed version served: what a longer run would settle at (a row's
+    totals mix in the requests served while the first review was still collecting its samples)."""
+    first = int(np.flatnonzero(rec.version == rec.version.max())[0])
+    after = slice(first, None)
+    speedup = rec.ms_base[after].mean() / rec.ms_gati[after].mean()
+    agree = float((rec.answer[after] == rec.base_label[after]).mean())
+    return (f"from request {first} (version {int(rec.version.max())}): {len(rec) - first} requests, "
+            f"{by_tier[after].mean():.1%} by the tier, speed-up {speedup:.2f}x, agreement {agree:.4f}")
 
 
 if __name__ == "__main__":
