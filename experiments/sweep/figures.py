@@ -284,17 +284,19 @@ def caches(rows: list[RowResult], models: dict[str, ModelSpec]) -> Figure | None
 
 def hop_delay(rows: list[RowResult], models: dict[str, ModelSpec]) -> Figure | None:
     clustered = pick(rows, deployment=CLUSTER, workload_name="iid", online=False)
-    groups = sorted({(r.row.model, r.row.device, r.row.target) for r in clustered})
+    # one line per bundle: a results file keeps rows of earlier builds beside the preset's own
+    groups = sorted({(r.row.model, r.row.device, r.row.target, r.row.build) for r in clustered})
     if not groups:
         return None
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
-    for i, (model, device, target) in enumerate(groups):
-        points = sorted(pick(clustered, model=model, device=device, target=target), key=lambda r: r.row.hop_delay_ms)
-        title = f"{models[model].title} at {target:g} ({device})"
+    for i, (model, device, target, build) in enumerate(groups):
+        points = sorted(pick(clustered, model=model, device=device, target=target, build=build),
+                        key=lambda r: r.row.hop_delay_ms)
+        title = f"{models[model].title} at {target:g} ({device}{', ' + build if build else ''})"
         ax.plot([r.row.hop_delay_ms for r in points], [r.summary.p50_ms_gati for r in points], "o-", color=f"C{i}",
                 label=f"{title}: cluster")
-        local = _one(baseline(rows, model=model, device=device, target=target))
+        local = _one(baseline(rows, model=model, device=device, target=target, build=build))
         if local is not None:
             ax.axhline(local.summary.p50_ms_gati, color=f"C{i}", linestyle="--", label=f"{title}: in process")
             ax.axhline(local.summary.p50_ms_base, color=f"C{i}", linestyle=":", label=f"{title}: unsplit model")

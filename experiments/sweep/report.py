@@ -265,16 +265,19 @@ class HopPoint:
 
 
 def hop_points_from_sweep(rows: list[RowResult]) -> tuple[list[HopPoint], RowResult] | None:
-    """The cluster rows of the (model, device, target) with the most hop delays, and their in-process row."""
+    """The cluster rows of the preset and (model, device, target) with the most hop delays, and their in-process
+    row from the same preset and build (one results file, one set of bundles: presets build theirs differently, and
+    a results file keeps rows of earlier builds)."""
     clustered = pick(rows, deployment=CLUSTER, workload_name="iid", online=False)
     groups: dict[tuple, list[RowResult]] = {}
     for r in clustered:
-        groups.setdefault((r.row.model, r.row.device, r.row.target), []).append(r)
+        groups.setdefault((r.preset, r.row.build, r.row.model, r.row.device, r.row.target), []).append(r)
     groups = {k: v for k, v in groups.items() if len({r.row.hop_delay_ms for r in v}) >= 2}
     if not groups:
         return None
-    (model, device, target), points = max(groups.items(), key=lambda kv: len(kv[1]))
-    local = baseline(rows, model=model, device=device, target=target)
+    (preset, build, model, device, target), points = max(groups.items(), key=lambda kv: len(kv[1]))
+    local = baseline([r for r in rows if r.preset == preset and r.row.build == build], model=model, device=device,
+                     target=target)
     out = [_hop_point(r, r.row.hop_delay_ms) for r in sorted(points, key=lambda r: r.row.hop_delay_ms)]
     return ([_hop_point(local[0], None)] if local else []) + out, points[0]
 
