@@ -275,7 +275,9 @@ def hop_points_from_sweep(rows: list[RowResult]) -> tuple[list[HopPoint], RowRes
     groups = {k: v for k, v in groups.items() if len({r.row.hop_delay_ms for r in v}) >= 2}
     if not groups:
         return None
-    (preset, build, model, device, target), points = max(groups.items(), key=lambda kv: len(kv[1]))
+    # the most delays; among equals the latest measured (a results file keeps earlier builds' rows)
+    (preset, build, model, device, target), points = max(
+        groups.items(), key=lambda kv: (len(kv[1]), max(r.finished for r in kv[1])))
     local = baseline([r for r in rows if r.preset == preset and r.row.build == build], model=model, device=device,
                      target=target)
     out = [_hop_point(r, r.row.hop_delay_ms) for r in sorted(points, key=lambda r: r.row.hop_delay_ms)]
