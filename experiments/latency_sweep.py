@@ -10,7 +10,8 @@ online learning, as the preset in experiments/presets/sweep.yaml lists them (`--
 Per row it builds or reuses the bundle (`gati build` defaults; other targets by `gati calibrate`; under
 `--work`), replays the workload through the unsplit model and GATI side by side (in process: `gati eval`'s
 replay, frozen or learning online), and appends one JSON line to docs/results/sweep/PRESET.jsonl: the row, its
-bundle's promise and profile, the environment, a summary and every request's record. Finished rows are not
+bundle's promise and profile, the environment and a summary; every request's record goes to a gzipped file per
+row under `--work`/records (data: kept out of git; figures 4 and 5 need them). Finished rows are not
 measured again unless `--force`; a row that cannot run is recorded as skipped with its reason and the command
 that would make it possible. Then it draws the figures (docs/figures/PRESET/*.png) and rewrites the generated
 blocks of docs/results.md, README.md and docs/aws.md.
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from experiments.sweep.report import Docs, not_run, publish  # noqa: E402
-from experiments.sweep.results import DONE, ResultsFile  # noqa: E402
+from experiments.sweep.results import DONE, ResultsFile, records_folder  # noqa: E402
 from experiments.sweep.run import SweepRun, run_sweep  # noqa: E402
 from experiments.sweep.spec import DEFAULT_FILE, load_models, load_preset  # noqa: E402
 from gati.errors import GatiError  # noqa: E402
@@ -67,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         if not a.report_only:
             run_sweep(SweepRun(preset, a.shared.resolve(), a.work.resolve(), results, command, a.force,
                                progress=not a.quiet))
-        latest = ResultsFile(results).latest()
+        records = records_folder(a.work.resolve())
+        latest = ResultsFile(results, records).latest()
         rows = [latest[r.key] for r in preset.rows if r.key in latest]
-        everything = [r for f in sorted(docs.sweep_results.glob("*.jsonl")) for r in ResultsFile(f).latest().values()]
+        everything = [r for f in sorted(docs.sweep_results.glob("*.jsonl"))
+                      for r in ResultsFile(f, records).latest().values()]
         publish(preset, rows, everything, {**load_models(DEFAULT_FILE), **preset.models}, docs, results, command)
     except GatiError as e:
         print(f"latency_sweep: error: {e}", file=sys.stderr)

@@ -19,15 +19,23 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from experiments.sweep.results import DONE, UNKNOWN, Records, ResultsFile, RowResult  # noqa: E402
+from experiments.sweep.results import DONE, UNKNOWN, Records, ResultsFile, RowResult, records_folder  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     p.add_argument("results", type=Path, help="a latency-sweep results file (JSON lines)")
     p.add_argument("--window", type=int, default=1000, help="requests per window (default: 1000)")
+    p.add_argument("--work", type=Path, default=REPO / "bundles" / "sweep",
+                   help="the sweep's work folder, which holds the rows' per-request records (default: bundles/sweep)")
     a = p.parse_args()
-    rows = sorted((r for r in ResultsFile(a.results).latest().values() if r.status == DONE),
+    latest = ResultsFile(a.results, records_folder(a.work)).latest().values()
+    missing = [r.key for r in latest if r.status == DONE and r.records is None]
+    if missing:
+        print(f"learning_summary: the per-request records of {len(missing)} rows are not under {a.work}: run the "
+              "sweep's preset there first", file=sys.stderr)
+        return 1
+    rows = sorted((r for r in latest if r.status == DONE),
                   key=lambda r: (r.row.model, r.row.target, r.row.deployment, r.row.workload_name, r.row.online))
     print(f"# {a.results}: {len(rows)} rows; windows of {a.window} requests")
     print(f"# {'model':17s} {'target':6s} {'workload':8s} {'deployment':11s} {'learning':8s} {'agreement':>9s} "

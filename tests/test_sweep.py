@@ -6,6 +6,7 @@ matplotlib objects (titles, axis labels, series and their data), never as pixels
 """
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from experiments.sweep.cluster import Refits, cluster_config
 from experiments.sweep.figures import draw_all
 from experiments.sweep.replay import live_lower_bound, replay_in_process
 from experiments.sweep.report import marker, replace_block
-from experiments.sweep.results import DONE, FAILED, SKIPPED, UNKNOWN, Records, ResultsFile, Summary
+from experiments.sweep.results import DONE, FAILED, SKIPPED, UNKNOWN, Records, ResultsFile, Summary, records_folder
 from experiments.sweep.spec import (
     CLUSTER,
     IN_PROCESS,
@@ -79,7 +80,23 @@ def swept(sweep_file, tmp_path_factory):
 
 
 def rows_of(swept) -> dict:
-    return ResultsFile(swept["results"]).latest()
+    return ResultsFile(swept["results"], records_folder(swept["root"] / "work")).latest()
+
+
+def records_of(swept, line: str) -> dict:
+    """One results line's per-request records, from the gzipped file it names under the work folder."""
+    name = json.loads(line)["records_file"]
+    return json.loads(gzip.decompress((records_folder(swept["root"] / "work") / name).read_bytes()))
+
+
+def test_the_lines_hold_no_per_request_records_which_stay_in_the_work_folder(swept):
+    lines = [json.loads(line) for line in swept["lines"]]
+    done = [d for d in lines if d["status"] == DONE]
+    assert done and all(d["records"] is None and d["records_file"] for d in done)
+    bare = ResultsFile(swept["results"]).latest()  # a fresh clone: the lines without the work folder
+    assert all(r.records is None and r.summary is not None for r in bare.values() if r.status == DONE)
+    full = rows_of(swept)
+    assert all(len(full[k].records) == full[k].summary.requests for k, r in bare.items() if r.status == DONE)
 
 
 def test_every_row_is_measured_or_skipped_with_its_reason_and_command(swept):
@@ -166,9 +183,9 @@ def test_a_second_run_resumes_and_force_measures_again(swept, sweep_file):
     for extra, lines in (([], 1), ([], 1), (["--force"], 2)):
         assert latency_sweep.main(argv + extra) == 0
         assert len(results.read_text().splitlines()) == lines
-    first, second = (json.loads(line) for line in results.read_text().splitlines())
-    assert first["key"] == second["key"] == "tiny|cpu|0.9|iid:n=48,seed=0|in-process|frozen"
-    assert first["records"]["answer"] == second["records"]["answer"]  # the same stream, measured again
+    first, second = results.read_text().splitlines()
+    assert json.loads(first)["key"] == json.loads(second)["key"] == "tiny|cpu|0.9|iid:n=48,seed=0|in-process|frozen"
+    assert records_of(swept, first)["answer"] == records_of(swept, second)["answer"]  # the same stream, again
 
 
 def test_the_docs_blocks_are_generated_from_the_json(swept):

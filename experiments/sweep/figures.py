@@ -45,6 +45,11 @@ def pick(rows: list[RowResult], **where) -> list[RowResult]:
     return [r for r in rows if r.summary is not None and matches(r)]
 
 
+def with_records(rows: list[RowResult]) -> list[RowResult]:
+    """The rows whose per-request records are here (they live outside git, under the sweep's work folder)."""
+    return [r for r in rows if r.records is not None]
+
+
 def baseline(rows: list[RowResult], **where) -> list[RowResult]:
     """Rows measured as `gati eval` measures: i.i.d. traffic, in process, frozen caches."""
     return pick(rows, workload_name="iid", deployment=IN_PROCESS, online=False, **where)
@@ -59,10 +64,10 @@ def draw_all(rows: list[RowResult], models: dict[str, ModelSpec], target: float,
         ("fig3-exits", "Where requests exit: share answered at each cut, per model and target",
          lambda: exits(rows, models), "no i.i.d. in-process rows"),
         ("fig4-latency-cdf", f"Latency CDFs at target {target:g}: unsplit model, GATI in process and in the cluster",
-         lambda: latency_cdf(rows, models, target), "no i.i.d. rows at the headline target"),
+         lambda: latency_cdf(rows, models, target), "no i.i.d. rows at the headline target with their per-request records here"),
         ("fig5-over-time", "Rolling speed-up and agreement over time on the locality workloads, with the live "
                            "lower bound", lambda: over_time(rows, models, target, window),
-         "no locality-workload rows at the headline target"),
+         "no locality-workload rows at the headline target with their per-request records here"),
         ("fig6-caches", "Lookup cost and memory per cache variant and cut", lambda: caches(rows, models),
          "no rows with a bundle"),
         ("fig7-hop-delay", "Cluster placement: median latency as the per-hop network delay grows",
@@ -175,6 +180,7 @@ def exits(rows: list[RowResult], models: dict[str, ModelSpec]) -> Figure | None:
 # --- 4 ------------------------------------------------------------------------------------------------------------
 
 def latency_cdf(rows: list[RowResult], models: dict[str, ModelSpec], target: float) -> Figure | None:
+    rows = with_records(rows)
     chosen = pick(rows, workload_name="iid", online=False, target=target, device="cpu") \
         or pick(rows, workload_name="iid", online=False, target=target)
     names = [m for m in models if pick(chosen, model=m)]
@@ -206,7 +212,7 @@ def _cdf(ax: Axes, ms: np.ndarray, label: str, color: str) -> None:
 # --- 5 ------------------------------------------------------------------------------------------------------------
 
 def over_time(rows: list[RowResult], models: dict[str, ModelSpec], target: float, window: int) -> Figure | None:
-    chosen = [r for r in pick(rows, deployment=IN_PROCESS, target=target) if r.row.workload_name != "iid"]
+    chosen = [r for r in pick(with_records(rows), deployment=IN_PROCESS, target=target) if r.row.workload_name != "iid"]
     chosen = pick(chosen, device="cpu") or chosen
     workloads = sorted({r.row.workload_name for r in chosen})
     if not workloads:

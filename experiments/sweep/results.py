@@ -6,9 +6,11 @@ row, appended as rows finish; the latest line of a key is the row's state, so a 
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -188,6 +190,7 @@ class RowResult:
     bundle: BundleFacts | None = None
     summary: Summary | None = None
     records: Records | None = None
+    records_file: str = ""           # where `records` lie, under the results file's records folder (outside git)
     environment: dict = field(default_factory=dict)
     learned: dict = field(default_factory=dict)  # an online cluster row: the retrainer's counters, the live bound's
     seconds: float = 0.0
@@ -212,10 +215,15 @@ class RowResult:
 
 
 class ResultsFile:
-    """The JSON lines of one preset: appended row by row; the latest line of a key wins."""
+    """The JSON lines of one preset: appended row by row; the latest line of a key wins.
 
-    def __init__(self, path: Path):
-        self.path = path
+    Every request's record is data (megabytes per preset), so it does not go into the lines, which are kept in git:
+    with a `records` folder (the sweep's work folder, outside git) each line's records go to a gzipped JSON file
+    there, named in the line's `records_file`, and are read back from it. A line whose file is not here (a fresh
+    clone) reads with `records` None: its summary stands, the figures drawn from records are not drawn."""
+
+    def __init__(self, path: Path, records: Path | None = None):
+        self.path, self.records = path, records
 
     def latest(self) -> dict[str, RowResult]:
         if not self.path.is_file():
@@ -225,12 +233,31 @@ class ResultsFile:
             if line.strip():
                 result = RowResult.from_json(line)
                 rows[result.key] = result
-        return rows
+        return {key: self._with_records(r) for key, r in rows.items()}
 
     def append(self, result: RowResult) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if result.records is not None and self.records is not None:
+            name = f"{self.path.stem}/{hashlib.sha256((result.key + result.finished).encode()).hexdigest()[:20]}.json.gz"
+            target = self.records / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(gzip.compress(json.dumps(result.records.to_json(), separators=(",", ":")).encode()))
+            result = replace(result, records=None, records_file=name)
         with open(self.path, "a") as out:
             out.write(result.to_json() + "\n")
+
+    def _with_records(self, result: RowResult) -> RowResult:
+        if result.records is not None or not result.records_file or self.records is None:
+            return result
+        source = self.records / result.records_file
+        if not source.is_file():
+            return result
+        return replace(result, records=Records.from_json(json.loads(gzip.decompress(source.read_bytes()))))
+
+
+def records_folder(work: Path) -> Path:
+    """Where a sweep with this work folder keeps its rows' per-request records."""
+    return work / "records"
 
 
 def done(results: Iterable[RowResult]) -> list[RowResult]:

@@ -26,6 +26,7 @@ from experiments.sweep.results import (
     SKIPPED,
     BundleFacts,
     ResultsFile,
+    records_folder,
     RowResult,
     Summary,
 )
@@ -50,7 +51,7 @@ class SweepRun:
 
 def run_sweep(cfg: SweepRun) -> list[RowResult]:
     """Measure every row that is not done yet; the latest result of every row of the preset."""
-    store = ResultsFile(cfg.results)
+    store = ResultsFile(cfg.results, records_folder(cfg.work))
     latest = store.latest()
     bar = tqdm(cfg.preset.rows, desc=f"sweep {cfg.preset.name}", unit="row", disable=not cfg.progress)
     with _Measurer(cfg) as measurer:
