@@ -339,7 +339,7 @@ class OnlineEngine:
                 # (the queue runs in order), is what a review certifies the tier's rule on
                 source.tier_verdict = self.tier.judge(vector, math.inf)
         self.samples.add(Sample(request, coin, features, logits_np, source.tier_verdict))
-        if self.tier is not None and vector is not None:
+        if vector is not None:  # learning with a tier
             self.tier.add(vector, int(np.argmax(logits_np)))
         if self.state is not None and self.samples.added - self._saved_at >= self.config.save_every:
             self._save()
