@@ -148,3 +148,11 @@ def test_the_ramped_search_takes_free_hits_before_spending_errors():
     for path, hits in ((ramped, 300), (one_shot, 0)):
         result = certify(worse, [t for _, t in path[1:]], target=0.97)
         assert simulate(worse, result.thresholds, cost)["hits"][1] == hits
+
+
+def test_every_exit_pays_the_requests_own_cost_in_either_mode():
+    entries = [Scores(0, "mlp", np.zeros(0), np.zeros(0, bool)), Scores(2, "mlp", np.zeros(0), np.zeros(0, bool))]
+    bare = Costs([1.0, 10.0, 10.0, 1.0], {(0, "mlp"): 0.05, (2, "mlp"): 0.05})
+    paid = Costs(bare.stage_ms, bare.lookup_ms, request_ms=0.3)
+    for mode in ("sync", "async"):
+        assert exit_costs(entries, paid, mode) == pytest.approx(exit_costs(entries, bare, mode) + 0.3)

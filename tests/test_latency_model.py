@@ -12,10 +12,14 @@ def test_modelled_exits_are_the_profiles_stages_and_lookups(tiny_bundle):
     p = m.profile
     assert list(modelled) == [e.cut_name for e in m.plan.entries] + [FINAL]
     first = m.plan.entries[0]
-    if m.plan.mode == "sync":  # a request that exits at the first cut pays the stages up to it and its lookup
+    assert p.request_ms > 0  # measured by the profile
+    if m.plan.mode == "sync":  # a request that exits at the first cut pays the stages up to it, its lookup, and
+        # what every request pays
         assert modelled[first.cut_name] == pytest.approx(sum(p.stage_ms[:first.cut + 1]) + p.lookup(first.cut,
-                                                                                                     first.variant))
-    assert modelled[FINAL] >= sum(p.stage_ms) - 1e-9  # the full model, and every lookup paid on the way
+                                                                                                     first.variant)
+                                                         + p.request_ms)
+    # the full model, every lookup paid on the way, and the request's own cost
+    assert modelled[FINAL] >= sum(p.stage_ms) + p.request_ms - 1e-9
 
 
 def test_a_replay_that_took_twice_the_model_shows_a_model_error_of_minus_half(tiny_bundle):

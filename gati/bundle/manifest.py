@@ -117,6 +117,9 @@ class Profile:
     lookup_ms: dict[str, float] = field(default_factory=dict)   # cache key -> ms a lookup adds
     overlap_ms: dict[str, float] = field(default_factory=dict)  # cache key -> ms added beside the next stage
     torch_version: str = ""
+    # what serving a request adds beyond its stages and lookups (the input check, the cascade loop, the head's
+    # confidence); 0.0 where it was not measured (CUDA graphs, bundles profiled before it was)
+    request_ms: float = 0.0
 
     def lookup(self, cut: int, variant: str) -> float:
         return self.lookup_ms[cache_key(cut, variant)]

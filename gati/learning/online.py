@@ -71,8 +71,8 @@ from gati.learning.refit import (
 from gati.learning.samples import Sample, SampleBook, SampleSet
 from gati.learning.state import StateDir, VersionRecord, Window
 from gati.pipeline.certify import Costs
-from gati.runtime.cascade import Answer, Done, Step, Verdict, run_cascade
-from gati.runtime.engine import Engine
+from gati.runtime.cascade import Answer, Done, Verdict, run_cascade
+from gati.runtime.engine import Engine, eager_steps
 from gati.runtime.verdicts import Lookup
 
 log = logging.getLogger("gati.learning.online")
@@ -249,12 +249,10 @@ class OnlineEngine:
         m, entries = bundle.manifest, bundle.plan.entries
         self.slots = order_slots([Slot(e.cut, e.variant) for e in entries]
                                  + ([Slot(self.tier.config.cut, TIER)] if self.tier is not None else []))
-        watched, names = {s.cut for s in self.slots}, bundle.staged.cuts
-        self.steps = [Step(stage, i + 1, i if i in watched else None, names[i] if i in watched else "")
-                      for i, stage in enumerate(self.engine.stages)]
+        self.steps = eager_steps(self.engine.stages, bundle.staged.cuts, {s.cut for s in self.slots})
         self.plan_cuts = [e.cut for e in entries]
         self.configs = {e.cut: bundle.caches[e.cut].config() for e in entries}
-        self.costs = Costs(m.profile.stage_ms, {(e.cut, e.variant): m.profile.lookup(e.cut, e.variant) for e in entries})
+        self.costs = Costs.of(m.profile, [(e.cut, e.variant) for e in entries])
         if self.tier is not None:
             self.costs.lookup_ms[(self.tier.config.cut, TIER)] = time_tier(self.tier)
 

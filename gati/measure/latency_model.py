@@ -53,8 +53,7 @@ def modelled_exit_ms(manifest: Manifest) -> dict[str, float]:
     """The latency model's cost of exiting at each planned cut, and at the end (`final`)."""
     p, plan = manifest.profile, manifest.plan
     keys = [(e.cut, e.variant) for e in plan.entries]
-    costs = Costs(p.stage_ms, {k: p.lookup(*k) for k in keys},
-                  {k: p.overlap(*k) for k in keys if p.overlap(*k) is not None})
+    costs = Costs.of(p, keys)
     placeholders = [Scores(cut, variant, np.zeros(0), np.zeros(0, dtype=bool)) for cut, variant in keys]
     cost = exit_costs(placeholders, costs, plan.mode)
     return {**{e.cut_name: float(c) for e, c in zip(plan.entries, cost)}, FINAL: float(cost[-1])}

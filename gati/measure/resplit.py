@@ -103,8 +103,7 @@ def resplit_inputs(bundle: Bundle, unseen: Dataset) -> ResplitInputs:
                       np.concatenate([old[(cut, variant)].correct, new[(cut, variant)].correct]))
                for cut, variant in keys]
     p = m.profile
-    costs = Costs(p.stage_ms, {key: p.lookup(*key) for key in keys},
-                  {key: p.overlap(*key) for key in keys if p.overlap(*key) is not None})
+    costs = Costs.of(p, keys)
     labels = np.concatenate([stored["labels"], np.asarray(unseen.labels)])
     return ResplitInputs(entries, labels, costs, m.plan.mode, float(m.target), float(m.certified.alpha))
 

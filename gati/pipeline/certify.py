@@ -30,11 +30,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gati.bundle.layout import CacheKey
+from gati.bundle.manifest import Profile
 from gati.data import halves
 
 ALPHA = 0.05  # the error budget of one certify part, spent over every look at it (look_alpha)
@@ -62,6 +64,16 @@ class Costs:
     # (cut, variant) -> what the lookup adds to the next stage when run beside it (async mode);
     # when not measured, the lookup's overrun of that stage
     overlap_ms: dict[CacheKey, float] = field(default_factory=dict)
+    # what every request pays besides stages and lookups, wherever it exits: without it a 3 ms mean looked
+    # 10% faster than measured (docs/results.md, "The latency model against a quiet replay")
+    request_ms: float = 0.0
+
+    @classmethod
+    def of(cls, profile: Profile, keys: Iterable[CacheKey]) -> "Costs":
+        """A bundle profile's costs of the caches `keys` ((cut, variant) pairs)."""
+        keys = list(keys)
+        return cls(list(profile.stage_ms), {k: profile.lookup(*k) for k in keys},
+                   {k: profile.overlap(*k) for k in keys if profile.overlap(*k) is not None}, profile.request_ms)
 
 
 @dataclass
@@ -94,10 +106,11 @@ def exit_costs(entries: list[Scores], costs: Costs, mode: str) -> np.ndarray:
     sync: a lookup runs before the next stage, so exiting at cut c costs the stages up to c plus
     every lookup so far. async: the lookup at cut c overlaps stage c+1 and is checked after it, so
     a hit is only seen one stage later, and a lookup costs what it adds to that stage (measured:
-    on a CPU whose cores the stage already uses, that can exceed the lookup itself).
+    on a CPU whose cores the stage already uses, that can exceed the lookup itself). Every exit
+    also pays the request's own cost (`Costs.request_ms`).
     """
     stage = np.asarray(costs.stage_ms, dtype=np.float64)
-    cum = np.cumsum(stage)
+    cum = np.cumsum(stage) + costs.request_ms
     lookups = np.array([costs.lookup_ms[(e.cut, e.variant)] for e in entries])
     if mode == "sync":
         paid = np.cumsum(lookups)

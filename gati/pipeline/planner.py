@@ -72,8 +72,7 @@ def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray,
     scores = {k: s for k, s in scores_from(arrays).items() if profile.times(*k)}
     if profile.device.startswith("cuda"):
         modes = ("sync",)  # the CUDA engine runs graphs; it has no async mode
-    costs = Costs(profile.stage_ms, {key: profile.lookup(*key) for key in scores},
-                  {key: profile.overlap(*key) for key in scores if profile.overlap(*key) is not None})
+    costs = Costs.of(profile, scores)
     margin = certification_margin(target, len(cert), alpha)
     problem = Problem({k: s.subset(select) for k, s in scores.items()}, costs, nbytes,
                       min(target + margin, 1.0), memory_mb * 2**20)

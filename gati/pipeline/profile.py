@@ -20,8 +20,10 @@ from gati.bundle.layout import CacheKey, cache_key
 from gati.bundle.manifest import Profile
 from gati.errors import GatiError
 from gati.models.split import StagedModel
+from gati.runtime.cascade import run_cascade
+from gati.runtime.engine import checked_input, eager_steps, logits_head
 from gati.runtime.graphs import Graphed, graphed_argmax, pin_float32_numerics
-from gati.runtime.verdicts import Lookup, judge_on_worker
+from gati.runtime.verdicts import InlineVerdicts, Lookup, judge_on_worker
 
 
 def device_name(device: str) -> str:
@@ -64,7 +66,9 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
                  repeats: int, warmup: int = 5) -> Profile:
     """Every cost from one interleaved loop, so that all of them see the same machine.
 
-    Each round runs the plain model, a clean staged pass (stage costs) and a pass that looks up one
+    Each round runs the plain model, a clean staged pass (stage costs), a request as the engine serves
+    it with no lookups (what it costs beyond the clean pass is every request's own cost: the input
+    check, the cascade loop, the head), and a pass that looks up one
     variant per cut and times it together with the stage after it; then come the same lookup passes
     with the lookup beside that stage on a worker thread (async). A lookup's cost is what it adds to
     the clean stage: its own time plus the weights it evicts from the CPU caches. Timed in a tight
@@ -76,6 +80,8 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
     stages = list(staged.stages)
     by_cut, rounds = _rotation(caches)
     base: list[float] = []
+    request_t: list[float] = []
+    bare = _bare_request(staged, x)
     stage_t: dict[int, list[float]] = defaultdict(list)
     sync_t: dict[CacheKey, list[float]] = defaultdict(list)
     beside_t: dict[CacheKey, list[float]] = defaultdict(list)
@@ -85,9 +91,11 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
             keep = rep >= warmup * rounds
             base_ms = _timed(model, x)[1]
             clean = _clean_pass(stages, x)
+            request_ms = _timed(bare)[1]
             looked = _lookup_pass(stages, caches, by_cut, rep % rounds, x, None)
             if keep:
                 base.append(base_ms)
+                request_t.append(request_ms - sum(clean))
                 _extend(stage_t, enumerate(clean))
                 _extend(sync_t, looked.items())
         # async last, in a loop of its own: once the worker thread has run torch ops, its idle
@@ -104,7 +112,14 @@ def _profile_cpu(model: nn.Module, staged: StagedModel, caches: dict, x: torch.T
                 for (cut, variant), v in table.items()}
 
     return Profile("cpu", device_name("cpu"), torch.get_num_threads(), statistics.median(base), stage_ms,
-                   added(sync_t), added(beside_t), torch.__version__)
+                   added(sync_t), added(beside_t), torch.__version__, max(0.0, statistics.median(request_t)))
+
+
+def _bare_request(staged: StagedModel, x: torch.Tensor) -> Callable[[], object]:
+    """A request as the eager engine serves it at a level with no lookups (`gati.runtime.engine`)."""
+    steps = eager_steps(staged.stages, staged.cuts, planned=())
+    source, shape = InlineVerdicts({}), tuple(x.shape[1:])
+    return lambda: run_cascade(checked_input(x, shape, x.device), steps, source, 0, logits_head).answer
 
 
 def _clean_pass(stages: list[nn.Module], x: torch.Tensor) -> list[float]:

@@ -183,7 +183,7 @@ def plan_layout(info: BundleInfo, cuts: set[int], tier: tuple[int, float] | None
     lookup's milliseconds) and the latency model's costs (the bundle's profile)."""
     entries = [e for e in info.plan.entries if e.cut in cuts]
     profile = info.manifest.profile
-    costs = Costs(profile.stage_ms, {(e.cut, e.variant): profile.lookup(e.cut, e.variant) for e in entries})
+    costs = Costs.of(profile, [(e.cut, e.variant) for e in entries])
     slots = [Slot(e.cut, e.variant) for e in entries]
     if tier is not None:
         slots.append(Slot(tier[0], TIER))

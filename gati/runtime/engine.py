@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -80,16 +80,14 @@ class Engine:
         threshold is infinite at a level is not looked up there: level 0 runs the stages and nothing else."""
         if self.mode == "async":
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="gati-lookup")
-        cuts = bundle.staged.cuts
         levels = []
         for index, vector in enumerate(vectors):
             planned = {e.cut: Lookup(bundle.caches[e.cut], t) for e, t in zip(bundle.plan.entries, vector)
                        if e.cut < len(self.stages) - 1 and math.isfinite(t)}
-            steps = [Step(stage, i + 1, i if i in planned else None, cuts[i] if i in planned else "")
-                     for i, stage in enumerate(self.stages)]
+            steps = eager_steps(self.stages, bundle.staged.cuts, planned)
             source = ThreadVerdicts(planned, self._pool) if self._pool is not None else InlineVerdicts(planned)
             levels.append(Level(index, tuple(vector), steps, source))
-        self.head = _logits_head
+        self.head = logits_head
         return levels
 
     def _graph(self, bundle: Bundle, vectors: list[list[float]]) -> list[Level]:
@@ -133,22 +131,9 @@ class Engine:
     def validate(self, x: torch.Tensor) -> torch.Tensor:
         """A single preprocessed image as 1 x C x H x W float32 on the engine's device (on the CUDA
         graph path: checked for shape and dtype only, and left where it is)."""
-        if not isinstance(x, torch.Tensor):
-            raise InvalidInput(f"expected a torch.Tensor, got {type(x).__name__}")
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        expected = (1, *self.bundle.input_shape)
-        if tuple(x.shape) != expected:
-            raise InvalidInput(f"expected one image of shape {expected} (or {expected[1:]}), "
-                               f"got {tuple(x.shape)}")
-        if not x.dtype.is_floating_point:
-            raise InvalidInput(f"expected a floating-point tensor (preprocessed image), got {x.dtype}")
         if self._graphs is not None:
-            return x  # copied and converted straight into the first graph's input; NaN checked there
-        x = x.to(self.device, torch.float32)
-        if not torch.isfinite(x).all():
-            raise InvalidInput("input contains NaN or infinite values")
-        return x
+            return checked_shape(x, self.bundle.input_shape)  # copied into the first graph's input; NaN checked there
+        return checked_input(x, self.bundle.input_shape, self.device)
 
     def predict_base(self, x: torch.Tensor) -> int:
         """The baseline: the unsplit model, same dtype, device and threads as the stages."""
@@ -173,6 +158,35 @@ class Engine:
             self._pool.shutdown(wait=True)
 
 
-def _logits_head(logits: torch.Tensor) -> tuple[int, float]:
+def eager_steps(stages: Sequence[torch.nn.Module], cut_names: Sequence[str], planned: Collection[int]) -> list[Step]:
+    """One step per stage; the stages after which a lookup is asked are those in `planned`."""
+    return [Step(stage, i + 1, i if i in planned else None, cut_names[i] if i in planned else "")
+            for i, stage in enumerate(stages)]
+
+
+def checked_shape(x: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+    """A single preprocessed image as 1 x C x H x W, of a floating-point dtype; else `InvalidInput`."""
+    if not isinstance(x, torch.Tensor):
+        raise InvalidInput(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    expected = (1, *input_shape)
+    if tuple(x.shape) != expected:
+        raise InvalidInput(f"expected one image of shape {expected} (or {expected[1:]}), got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise InvalidInput(f"expected a floating-point tensor (preprocessed image), got {x.dtype}")
+    return x
+
+
+def checked_input(x: torch.Tensor, input_shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """`checked_shape`, as float32 on `device`, with finite values only."""
+    x = checked_shape(x, input_shape).to(device, torch.float32)
+    if not torch.isfinite(x).all():
+        raise InvalidInput("input contains NaN or infinite values")
+    return x
+
+
+def logits_head(logits: torch.Tensor) -> tuple[int, float]:
+    """The eager engine's answer from the last stage's logits: the label and its softmax confidence."""
     label, conf = confidence_and_label(logits)
     return int(label.item()), float(conf.item())
