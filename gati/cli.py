@@ -274,8 +274,8 @@ gati build --arch resnet18 --checkpoint ../shared/models/cifar10_resnet18.pt \\
     b.add_argument("--device", default="cpu", help="where to extract, fit and profile: cpu, cuda, cuda:N")
     b.add_argument("--variants", help="comma-separated cache variants to consider (default: all: "
                                       "linear,mlp,fc,convfc,knn)")
-    b.add_argument("--train-limit", type=int, default=20000,
-                   help="class-balanced training images used to fit caches (0: all)")
+    b.add_argument("--train-limit", type=int, default=0,
+                   help="class-balanced training images used to fit caches (default 0: all)")
     b.add_argument("--augment", type=non_negative_int, default=0,
                    help="shifted and flipped copies of each training image the caches also learn the base "
                         "model's answers on (spectrograms: shifted in time)")

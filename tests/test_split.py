@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +48,19 @@ def test_unknown_and_misordered_cuts_are_rejected():
         split_model(model, ["nope"])
     with pytest.raises(GatiError, match="forward order"):
         split_model(model, ["block2", "block1"])
+
+
+def test_features_spilled_to_files_equal_those_kept_in_memory(tmp_path):
+    from gati.data import Dataset
+    from gati.pipeline.extract import extract
+    from gati.preprocess import Preprocess
+    torch.manual_seed(0)
+    staged = split_model(TinyNet(4).eval(), CUTS)
+    images = torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8).numpy()
+    data = Dataset("tiny", "train", images, np.arange(10) % 4, [str(i) for i in range(10)], ["a", "b", "c", "d"])
+    pre = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (32, 32))
+    wanted = {0: {"linear": "gap"}, 1: {"fc": "gap", "convfc": "pool4"}}
+    kept, logits = extract(staged, data, pre, wanted, "cpu", 3, "train")
+    spilled, spilled_logits = extract(staged, data, pre, wanted, "cpu", 3, "train", spill=tmp_path)
+    assert kept.keys() == spilled.keys() and len(list(tmp_path.iterdir())) == len(kept)
+    assert all(torch.equal(kept[k], spilled[k]) for k in kept) and torch.equal(logits, spilled_logits)
