@@ -3,6 +3,7 @@ to every request, and an online run reports its live bound and what its learner 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from gati.cli import EXIT_FAILURE, main
 from gati.data import load_split
 from gati.learning.online import OnlineConfig
 from gati.measure.environment import read_records
-from gati.measure.evaluate import evaluate, worst_window
+from gati.measure.evaluate import evaluate, format_table, stale_profile, worst_window
 from gati.measure.workloads import Iid, Repeat, Trace
 
 RECORD_FIELDS = {"i", "source", "phase", "truth", "base", "answer", "exit", "stages", "ms_base", "ms_gati", "hit",
@@ -42,6 +43,18 @@ def test_the_default_replays_the_split_in_the_order_eval_always_used(bundle, spl
     assert not result.online and result.live_lower_bound is None and all(r["lower"] is None for r in rows)
 
 
+def test_a_frozen_replay_says_what_the_latency_model_expected_and_when_the_profile_is_stale(bundle, split):
+    result = evaluate(bundle, split, seed=3, progress=False)
+    assert result.profiled_ms_base == bundle.manifest.profile.base_ms and result.modelled_speedup > 0
+    assert "latency model:" in format_table(result)
+    slow = replace(result, mean_ms_base=result.profiled_ms_base * 1.2)
+    steady = replace(result, mean_ms_base=result.profiled_ms_base * 1.01)
+    assert stale_profile(slow) and not stale_profile(steady)
+    assert "gati plan --bundle" in format_table(slow) and "gati plan" not in format_table(steady)
+    other = "async" if bundle.plan.mode == "sync" else "sync"  # the model prices the plan's own mode only
+    assert evaluate(bundle, split, seed=3, progress=False, mode=other).modelled_speedup is None
+
+
 def test_an_online_run_is_repeatable_and_reports_its_bound_and_learner(bundle, split, tmp_path):
     config = OnlineConfig(sample_rate=0.3, background=False, coin_seed=0, refit_every=40, select_samples=20,
                           certify_samples=40, target=0.9)
@@ -58,6 +71,7 @@ def test_an_online_run_is_repeatable_and_reports_its_bound_and_learner(bundle, s
     assert rows[-1]["lower"] == pytest.approx(result.live_lower_bound)
     assert any(r["sampled"] for r in rows) and {r["version"] for r in rows} >= {0}
     assert result.workload.startswith("repeat:n=400") and "repeat an earlier image" in result.locality
+    assert result.modelled_speedup is None  # the tier's exits are not the plan's: the build's model does not price them
 
 
 def test_a_trace_has_no_true_labels(bundle, split, tmp_path):

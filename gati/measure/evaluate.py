@@ -56,11 +56,14 @@ from gati.errors import GatiError
 from gati.learning.guarantee import FALLBACK, RECERTIFIED, RECOVERED, Transition
 from gati.learning.online import OnlineConfig, OnlineEngine
 from gati.measure.environment import records_header
+from gati.measure.latency_model import check_model
 from gati.measure.workloads import UNKNOWN_LABEL, Iid, Stream, Trace, Workload, parse_workload
 from gati.runtime.engine import Engine
 
 WARMUP = 20
 WINDOW = 1000  # requests in the sliding window whose worst agreement is reported
+# the unsplit model's replayed time off the profile's by more than this: the latency model is stale for the machine
+STALE_PROFILE = 0.05
 MS_DECIMALS = 4  # milliseconds in the records file: to 0.1 microsecond
 
 
@@ -134,6 +137,10 @@ class EvalResult:
     deployed_by: dict[str, int] = field(default_factory=dict)  # versions by what made them: retune, refit
     final_level: int | None = None
     final_version: int = 0
+    # frozen, in the plan's mode: the speed-up the bundle's latency model expects at this replay's own exits, and
+    # the unsplit model's time in the bundle's profile (None otherwise)
+    modelled_speedup: float | None = None
+    profiled_ms_base: float | None = None
     records: list[RequestRecord] = field(default_factory=list, repr=False)  # every request, in stream order
 
     def to_dict(self) -> dict:
@@ -299,6 +306,10 @@ def _summarise(bundle: Bundle, data: Dataset, stream: Stream, workload: Workload
         threads=torch.get_num_threads(), split=data.split, seed=seed, bundle=str(bundle.path),
         workload=workload.spec(), locality=stream.locality(base_lbl.astype(np.int64)).describe(),
         worst_window_agreement=worst_window(agree), final_level=served[-1].level, final_version=served[-1].version)
+    if learner is None and mode == bundle.plan.mode:  # the model prices the plan's own mode and exits
+        model = check_model(bundle.manifest, np.array([s.exit_name for s in served], dtype=object),
+                            np.asarray(gati_ms), np.asarray(base_ms))
+        result.modelled_speedup, result.profiled_ms_base = model.modelled_speedup, model.modelled_base_ms
     if learner is not None and lower is not None:
         _add_online(result, learner, agree, lower, stream.phases)
     return result
@@ -347,6 +358,11 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def stale_profile(r: EvalResult) -> bool:
+    """Did the unsplit model run more than STALE_PROFILE off the time the bundle's profile holds?"""
+    return r.profiled_ms_base is not None and abs(r.mean_ms_base / r.profiled_ms_base - 1.0) > STALE_PROFILE
+
+
 def format_table(r: EvalResult) -> str:
     accuracy = (f"{'accuracy':14}{r.base_acc:>10.4f}{r.gati_acc:>10.4f}" if r.base_acc is not None
                 else "accuracy      (true labels unknown: a trace)")
@@ -363,6 +379,13 @@ def format_table(r: EvalResult) -> str:
         f"worst {WINDOW}-request window: agreement {r.worst_window_agreement:.4f}",
         "hits per cut: " + ", ".join(f"{k}={v}" for k, v in r.hits_per_layer.items()),
     ]
+    if r.modelled_speedup is not None and r.profiled_ms_base is not None:
+        lines.append(f"latency model: {r.modelled_speedup:.2f}x expected at these exits (profile: unsplit model "
+                     f"{r.profiled_ms_base:.3f} ms)")
+        if stale_profile(r):
+            lines.append(f"  the unsplit model ran {r.mean_ms_base / r.profiled_ms_base - 1:+.0%} off its profiled "
+                         f"time: the machine is not as profiled; `gati plan --bundle {r.bundle} --device {r.device}` "
+                         "profiles it again")
     if r.online:
         lines += [
             f"online: coin p={r.sample_rate}, live lower bound {r.live_lower_bound:.4f} (point estimate "
