@@ -18,9 +18,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from experiments.sweep.results import DONE, ResultsFile, records_folder  # noqa: E402
+from experiments.sweep.results import finished_with_records  # noqa: E402
 from gati.bundle import read_bundle  # noqa: E402
 from gati.bundle.manifest import Manifest  # noqa: E402
+from gati.errors import GatiError  # noqa: E402
 from gati.measure.environment import read_records  # noqa: E402
 from gati.measure.latency_model import check_model  # noqa: E402
 
@@ -42,12 +43,10 @@ def main() -> int:
         report(manifest, np.array([q["exit"] for q in requests], dtype=object),
                np.array([q["ms_gati"] for q in requests]), np.array([q["ms_base"] for q in requests]))
         return 0
-    rows = [r for r in ResultsFile(a.results, records_folder(a.work)).latest().values()
-            if r.status == DONE and r.row.deployment == "in-process"]
-    missing = [r.key for r in rows if r.records is None]
-    if missing:
-        print(f"latency_model: the per-request records of {len(missing)} rows are not under {a.work}: run the "
-              "sweep's preset there first", file=sys.stderr)
+    try:
+        rows = [r for r in finished_with_records(a.results, a.work) if r.row.deployment == "in-process"]
+    except GatiError as e:
+        print(f"latency_model: {e}", file=sys.stderr)
         return 1
     for row in rows:
         rec, r = row.records, row.row

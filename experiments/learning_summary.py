@@ -19,7 +19,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from experiments.sweep.results import DONE, UNKNOWN, Records, ResultsFile, RowResult, records_folder  # noqa: E402
+from experiments.sweep.results import UNKNOWN, Records, RowResult, finished_with_records  # noqa: E402
+from gati.errors import GatiError  # noqa: E402
 
 
 def main() -> int:
@@ -29,13 +30,12 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "bundles" / "sweep",
                    help="the sweep's work folder, which holds the rows' per-request records (default: bundles/sweep)")
     a = p.parse_args()
-    latest = ResultsFile(a.results, records_folder(a.work)).latest().values()
-    missing = [r.key for r in latest if r.status == DONE and r.records is None]
-    if missing:
-        print(f"learning_summary: the per-request records of {len(missing)} rows are not under {a.work}: run the "
-              "sweep's preset there first", file=sys.stderr)
+    try:
+        finished = finished_with_records(a.results, a.work)
+    except GatiError as e:
+        print(f"learning_summary: {e}", file=sys.stderr)
         return 1
-    rows = sorted((r for r in latest if r.status == DONE),
+    rows = sorted(finished,
                   key=lambda r: (r.row.model, r.row.target, r.row.deployment, r.row.workload_name, r.row.online))
     print(f"# {a.results}: {len(rows)} rows; windows of {a.window} requests")
     print(f"# {'model':17s} {'target':6s} {'workload':8s} {'deployment':11s} {'learning':8s} {'agreement':>9s} "

@@ -19,6 +19,7 @@ import numpy as np
 from experiments.sweep.spec import Row
 from gati.bundle.layout import cache_key
 from gati.bundle.manifest import Manifest
+from gati.errors import GatiError
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 UNKNOWN = -1                         # a label the data does not give (a trace), a count nobody measured
@@ -258,6 +259,17 @@ class ResultsFile:
 def records_folder(work: Path) -> Path:
     """Where a sweep with this work folder keeps its rows' per-request records."""
     return work / "records"
+
+
+def finished_with_records(results: Path, work: Path) -> list[RowResult]:
+    """The finished rows of a results file, each with its per-request records from the sweep's work folder;
+    GatiError when some are not there (a fresh clone: the preset has not run there)."""
+    rows = done(ResultsFile(results, records_folder(work)).latest().values())
+    missing = sum(r.records is None for r in rows)
+    if missing:
+        raise GatiError(f"the per-request records of {missing} rows of {results} are not under {work}: run the "
+                        "sweep's preset there first")
+    return rows
 
 
 def done(results: Iterable[RowResult]) -> list[RowResult]:

@@ -64,8 +64,8 @@ class Costs:
     # (cut, variant) -> what the lookup adds to the next stage when run beside it (async mode);
     # when not measured, the lookup's overrun of that stage
     overlap_ms: dict[CacheKey, float] = field(default_factory=dict)
-    # what every request pays besides stages and lookups, wherever it exits: without it a 3 ms mean looked
-    # 10% faster than measured (docs/results.md, "The latency model against a quiet replay")
+    # what every request pays besides stages and lookups, wherever it exits: without it the model expected 2.5-4%
+    # more speed-up than replays measured (docs/results.md, "The latency model against a quiet replay")
     request_ms: float = 0.0
 
     @classmethod

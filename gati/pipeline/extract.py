@@ -97,10 +97,9 @@ def _fill(out: dict, key, rows: slice, value: torch.Tensor, dtype: torch.dtype, 
         if spill is None:
             out[key] = torch.empty(shape, dtype=dtype)
         else:
-            name = "-".join(map(str, key)) if isinstance(key, tuple) else str(key)
-            mapped = np.memmap(spill / f"{name}.bin", dtype=torch.empty(0, dtype=dtype).numpy().dtype, mode="w+",
-                               shape=shape)
-            out[key] = torch.from_numpy(mapped)
+            cut, reducer = key
+            numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+            out[key] = torch.from_numpy(np.memmap(spill / f"{cut}-{reducer}.bin", numpy_dtype, "w+", shape=shape))
     out[key][rows] = value.to("cpu", dtype)
 
 
