@@ -77,6 +77,9 @@ def learner(r: RowResult, rec: Records) -> str:
     parts = [f"versions {versions}", f"tier answers {int(by_tier.sum())}"]
     if versions[-1] > 0:
         parts.append(since_deployed(rec, by_tier))
+        parts.append(per_version(rec, by_tier))
+    if r.learned.get("deployed_by"):  # recorded since the sweep kept the learner's counters
+        parts.append(f"made by {r.learned['deployed_by']} in {r.learned['reviews']} reviews")
     level = rec.fallback_level
     if (level != UNKNOWN).all() and len(level):
         drops = np.flatnonzero(np.diff(level) < 0) + 1
@@ -98,6 +101,22 @@ def since_deployed(rec: Records, by_tier: np.ndarray) -> str:
     agree = float((rec.answer[after] == rec.base_label[after]).mean())
     return (f"from request {first} (version {int(rec.version.max())}): {len(rec) - first} requests, "
             f"{by_tier[after].mean():.1%} by the tier, speed-up {speedup:.2f}x, agreement {agree:.4f}")
+
+
+def per_version(rec: Records, by_tier: np.ndarray) -> str:
+    """Each version's own stretch of the stream (versions serve one after another): its first request, requests,
+    share answered by the tier, requests answered by a cache, speed-up and agreement. Stretches are different
+    traffic, not a comparison."""
+    by_cache = ~by_tier & (rec.exit_name.astype(str) != "final")
+    parts = []
+    for version in sorted(set(rec.version.tolist())):
+        rows = rec.version == version
+        speedup = rec.ms_base[rows].mean() / rec.ms_gati[rows].mean()
+        agree = float((rec.answer[rows] == rec.base_label[rows]).mean())
+        parts.append(f"{version} from {int(np.flatnonzero(rows)[0])}: {int(rows.sum())} requests, "
+                     f"{by_tier[rows].mean():.1%} by the tier, {int(by_cache[rows].sum())} by a cache, "
+                     f"{speedup:.2f}x, {agree:.4f}")
+    return "per version: " + " | ".join(parts)
 
 
 if __name__ == "__main__":

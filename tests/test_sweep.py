@@ -149,7 +149,7 @@ def test_the_in_process_adapter_is_evaluate_on_the_same_stream(tiny_bundle, tiny
     bundle = load_bundle(tiny_bundle)
     split = load_split("imagefolder", tiny_data[0], "test:eval")
     stream = parse_workload("bursty:n=40,seed=2,mean_run=5").generate(split)
-    records = replay_in_process(bundle, split, stream, online, 0.3, seed=1, background=False)
+    records, learned = replay_in_process(bundle, split, stream, online, 0.3, seed=1, background=False)
     config = OnlineConfig(sample_rate=0.3, coin_seed=1, background=False) if online else None
     result = evaluate(bundle, split, progress=False, workload=parse_workload(stream.workload), online=config)
     summary = Summary.of(records, 8)
@@ -160,6 +160,10 @@ def test_the_in_process_adapter_is_evaluate_on_the_same_stream(tiny_bundle, tiny
         assert records.live_lower_bound.tolist() == [r.lower for r in result.records]
         assert summary.live_lower_bound == result.live_lower_bound
         assert records.fallback_level.tolist() == [r.level for r in result.records]
+        assert learned == {"reviews": result.reviews, "versions_deployed": result.versions_deployed,
+                           "deployed_by": result.deployed_by}
+    else:
+        assert learned == {}
 
 
 def test_other_targets_are_calibrated_from_the_built_bundle_with_the_gati_command(swept, tiny_bundle):

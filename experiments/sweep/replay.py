@@ -39,9 +39,11 @@ ALPHA = 0.05
 
 
 def replay_in_process(bundle: Bundle, data: Dataset, stream: Stream, online: bool, sample_rate: float, seed: int,
-                      progress: bool = False, background: bool = True, learning: Learning = Learning()) -> Records:
+                      progress: bool = False, background: bool = True, learning: Learning = Learning()
+                      ) -> tuple[Records, dict]:
     """`evaluate` on `stream` (generated over `data`), frozen or learning (`online`, as `learning` says; its coin
-    `learning.sample_rate`, else `sample_rate`); its records as columns.
+    `learning.sample_rate`, else `sample_rate`); its records as columns, and what a learning row's learner did
+    (reviews, versions deployed and the trial that made each: `gati.learning.refit`; empty when frozen).
     `background=False` (or `learning.between_requests`): the learner learns between requests (repeatable; the
     timings then miss its cost)."""
     sample_rate = (learning.sample_rate or sample_rate) if online else sample_rate
@@ -50,7 +52,9 @@ def replay_in_process(bundle: Bundle, data: Dataset, stream: Stream, online: boo
                           refit_every=learning.refit_every, select_samples=learning.select_samples,
                           certify_samples=learning.certify_samples) if online else None
     result = evaluate(bundle, data, seed=seed, progress=progress, online=config, stream=stream)
-    return evaluated_records(result.records, online, sample_rate, seed)
+    learned = {"reviews": result.reviews, "versions_deployed": result.versions_deployed,
+               "deployed_by": dict(result.deployed_by)} if online else {}
+    return evaluated_records(result.records, online, sample_rate, seed), learned
 
 
 def evaluated_records(records: list[RequestRecord], online: bool, sample_rate: float, seed: int) -> Records:

@@ -193,7 +193,7 @@ class RowResult:
     records: Records | None = None
     records_file: str = ""           # where `records` lie, under the results file's records folder (outside git)
     environment: dict = field(default_factory=dict)
-    learned: dict = field(default_factory=dict)  # an online cluster row: the retrainer's counters, the live bound's
+    learned: dict = field(default_factory=dict)  # an online row: its learner's (or cluster retrainer's) counters
     seconds: float = 0.0
     finished: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

@@ -110,8 +110,8 @@ class _Measurer:
         stream = self.inputs.stream(row, bundle)
         if row.deployment == IN_PROCESS:
             self._stop_cluster()  # idle service processes must not share the cores with an in-process measurement
-            records = replay_in_process(bundle, self.inputs.split(row), stream, row.online, p.sample_rate, p.seed,
-                                        self.cfg.progress, learning=p.learning)
+            records, result.learned = replay_in_process(bundle, self.inputs.split(row), stream, row.online,
+                                                        p.sample_rate, p.seed, self.cfg.progress, learning=p.learning)
         elif row.online:  # a cluster of its own: what one row learned must not serve the next
             self._stop_cluster()
             rate = p.learning.sample_rate or p.sample_rate
