@@ -1,8 +1,8 @@
 """What the learning grid's rows say about the guarantee, beyond the sweep's table: per row, from its per-request
 records, the worst window of `--window` requests, whether the live lower bound ever rose above the agreement
 realised so far, and (learning rows in process) when the learner fell back and climbed again, in requests after
-each phase of the stream began (a `drift` stream's phases: detection and recovery), and what the last deployed
-version served: its share answered by the neighbour tier, speed-up and agreement from its first request on.
+each phase of the stream began (a `drift` stream's phases: detection and recovery), and what each version served
+in its stretch of the stream: its share answered by the neighbour tier and by caches, speed-up and agreement.
 
     python experiments/learning_summary.py docs/results/sweep/learning.jsonl > docs/results/learning/grid-summary.txt
 
@@ -76,7 +76,6 @@ def learner(r: RowResult, rec: Records) -> str:
     by_tier = np.char.startswith(rec.exit_name.astype(str), "tier:")
     parts = [f"versions {versions}", f"tier answers {int(by_tier.sum())}"]
     if versions[-1] > 0:
-        parts.append(since_deployed(rec, by_tier))
         parts.append(per_version(rec, by_tier))
     if r.learned.get("deployed_by"):  # recorded since the sweep kept the learner's counters
         parts.append(f"made by {r.learned['deployed_by']} in {r.learned['reviews']} reviews")
@@ -92,21 +91,11 @@ def learner(r: RowResult, rec: Records) -> str:
     return "; ".join(parts)
 
 
-def since_deployed(rec: Records, by_tier: np.ndarray) -> str:
-    """From the first request the last deployed version served: what a longer run would settle at (a row's
-    totals mix in the requests served while the first review was still collecting its samples)."""
-    first = int(np.flatnonzero(rec.version == rec.version.max())[0])
-    after = slice(first, None)
-    speedup = rec.ms_base[after].mean() / rec.ms_gati[after].mean()
-    agree = float((rec.answer[after] == rec.base_label[after]).mean())
-    return (f"from request {first} (version {int(rec.version.max())}): {len(rec) - first} requests, "
-            f"{by_tier[after].mean():.1%} by the tier, speed-up {speedup:.2f}x, agreement {agree:.4f}")
-
-
 def per_version(rec: Records, by_tier: np.ndarray) -> str:
     """Each version's own stretch of the stream (versions serve one after another): its first request, requests,
     share answered by the tier, requests answered by a cache, speed-up and agreement. Stretches are different
-    traffic, not a comparison."""
+    traffic, not a comparison; the last is what a longer run would settle at (a row's totals mix in the requests
+    served while the first review was still collecting its samples)."""
     by_cache = ~by_tier & (rec.exit_name.astype(str) != "final")
     parts = []
     for version in sorted(set(rec.version.tolist())):
