@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from gati.bundle import load_bundle
+from gati.bundle import read_bundle
 from gati.bundle.layout import CacheKey
 from gati.pipeline.certify import Costs, Scores, calibrate, exit_costs, look_alpha, simulate, split_select_certify
 
@@ -55,10 +55,9 @@ def main() -> None:
     p.add_argument("bundles", nargs="+")
     a = p.parse_args()
     for path in a.bundles:
-        bundle = load_bundle(path)
-        m = bundle.manifest
-        z = np.load(f"{path}/calibration.npz")
-        ids = open(f"{path}/calibration_ids.txt").read().split()
+        info = read_bundle(path)
+        m = info.manifest
+        z, ids = info.calibration()
         select, cert = split_select_certify(z["labels"], ids)
         keys: list[CacheKey] = [(e.cut, e.variant) for e in m.plan.entries]
         costs = Costs.of(m.profile, keys)

@@ -32,18 +32,18 @@ BUDGETS = (0.0025, 0.005, 0.01)
 
 
 @dataclass(frozen=True)
-class Costs:
+class TierCosts:
     tier: float  # a tier answer's latency over the unsplit model's mean
     miss: float  # a request that runs to the end, likewise
     source: str
 
 
-def profile_costs(bundle) -> Costs:
+def profile_costs(bundle) -> TierCosts:
     p = bundle.manifest.profile
-    return Costs((p.stage_ms[0] + p.request_ms) / p.base_ms, 1.0, "profile: stem + request / unsplit, miss = 1")
+    return TierCosts((p.stage_ms[0] + p.request_ms) / p.base_ms, 1.0, "profile: stem + request / unsplit, miss = 1")
 
 
-def measured_costs(path: str) -> Costs:
+def measured_costs(path: str) -> TierCosts:
     records = json.load(gzip.open(path, "rt"))
     exits = np.asarray(records["exit"])
     names = records["exit_names"]
@@ -51,7 +51,7 @@ def measured_costs(path: str) -> Costs:
     tier = [i for i, name in enumerate(names) if name.startswith("tier:")]
     if not tier:
         raise SystemExit(f"{path}: no tier exit in {names}")
-    return Costs(gati_ms[exits == tier[0]].mean() / base_ms, gati_ms[exits == names.index("final")].mean() / base_ms,
+    return TierCosts(gati_ms[exits == tier[0]].mean() / base_ms, gati_ms[exits == names.index("final")].mean() / base_ms,
                  f"measured: {path.rsplit('/', 1)[-1]}")
 
 
@@ -63,7 +63,7 @@ def base_answers(bundle, images: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(answers)
 
 
-def show(reach: Reach, costs: list[Costs]) -> str:
+def show(reach: Reach, costs: list[TierCosts]) -> str:
     bounds = "  ".join(f"{speedup_bound(reach.answered, c.tier, c.miss):>6.2f}x" for c in costs)
     return f"  {reach.rule:<28} answered {reach.answered:>6.1%}  wrong {reach.wrong:>6.2%}  bound {bounds}"
 
