@@ -121,8 +121,8 @@ def resplit_validation(entries: list[Scores], labels: np.ndarray, costs: Costs, 
 
 def _one_split(entries: list[Scores], labels: np.ndarray, costs: Costs, mode: str, target: float, alpha: float,
                rng: np.random.Generator) -> SplitOutcome:
-    calib, rest = _random_halves(labels, rng)
-    select, cert = _random_halves(labels[calib], rng)  # indices into `calib`
+    calib, rest = random_halves(labels, rng)
+    select, cert = random_halves(labels[calib], rng)  # indices into `calib`
     thresholds, certified = calibrate([e.subset(calib) for e in entries], costs, mode, target, select, cert, alpha)
     right, hit = _served(entries, np.asarray(thresholds))  # every scored image, served at these thresholds
     population = np.setdiff1d(np.arange(len(labels)), calib[select])
@@ -144,7 +144,7 @@ def _served(entries: list[Scores], thresholds: np.ndarray) -> tuple[np.ndarray, 
     return right, exit_at < len(entries)
 
 
-def _random_halves(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_halves(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The project's splitting rule (`gati.data.halves`: class by class, alternate rows) over a random order."""
     order = rng.permutation(len(labels))
     first, second = halves(labels[order])

@@ -62,12 +62,16 @@ class Planned:
 
 def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray, profile: Profile,
               nbytes: dict[CacheKey, int], cuts: list[str], target: float, context: CertifyContext,
-              memory_mb: float = float("inf"), modes: tuple[str, ...] = MODES) -> Planned:
-    """Optimise the plan on the select part, then calibrate and certify its thresholds."""
+              memory_mb: float = float("inf"), modes: tuple[str, ...] = MODES,
+              halves: tuple[np.ndarray, np.ndarray] | None = None) -> Planned:
+    """Optimise the plan on the select part, then calibrate and certify its thresholds.
+
+    `halves`: (select, certify) indices to use instead of the salted split of `ids` (which every bundle's
+    certificate rests on); experiments/plan_resplits.py draws random ones to see how typical that split is."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"target must be in (0, 1), got {target}")
     alpha = look_alpha(context.look)
-    select, cert = split_select_certify(np.asarray(labels), ids)
+    select, cert = halves if halves is not None else split_select_certify(np.asarray(labels), ids)
     # only caches the profile could time on this device are candidates (kNN has no CUDA graph)
     scores = {k: s for k, s in scores_from(arrays).items() if profile.times(*k)}
     if profile.device.startswith("cuda"):
