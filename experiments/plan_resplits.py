@@ -9,20 +9,60 @@ prints, per split, the speed-up the plan expected on select and what the certifi
 the procedure loses to noise on either half: the winner's curse of choosing a plan by its errors on select, and
 the fixed-sequence test stopping at the first unlucky vector. It says how typical one bundle's fixed split is.
 
+It also takes each split's procedure apart along the threshold path it certified: the vector the plan's
+expectation rests on (the last whose wrong answers on select fit the optimizer's aim, target plus the certification
+margin) and its wrong answers on the certify half, and the most aggressive vector of the path that the certify half
+would pass on its own (no stop at the first failure), beside the vector certified.
+
     python experiments/plan_resplits.py --bundle bundles/sweep/vgg16-speechcommands-cpu-t0.99 --target 0.99 \\
         --look 2 --splits 40
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import numpy as np
 
 from gati.bundle import read_bundle
 from gati.measure.resplit import random_halves
-from gati.pipeline.certify import Costs, exit_costs, simulate
-from gati.pipeline.planner import CertifyContext, make_plan
+from gati.pipeline.certify import Costs, agreement_lower_bound, exit_costs, look_alpha, max_wrong_for, simulate
+from gati.pipeline.planner import CertifyContext, Planned, certification_margin, make_plan
 from gati.pipeline.score import scores_from
+
+
+@dataclass
+class AlongPath:
+    """One split's threshold path, replayed on both halves; speed-ups on the certify half, modelled over every cache
+    the optimizer chose (the caches the path was built over, some of which the plan then drops)."""
+    length: int                      # vectors in the certified sequence
+    expected_index: int              # the last vector whose wrong answers on select fit the optimizer's aim
+    expected_wrong_select: int
+    expected_wrong_certify: int
+    expected_speedup_certify: float
+    certified_index: int             # -1: none passed
+    certified_speedup: float
+    hindsight_index: int             # the last vector the certify half passes on its own; -1: none
+    hindsight_speedup: float
+
+
+def along_path(planned: Planned, scores, profile, select, cert, target: float, look: int) -> AlongPath:
+    """Each vector of the plan's threshold sequence replayed on both halves (modelled with `profile`)."""
+    keys, sequence = planned.keys, planned.calibration.sequence
+    cost = exit_costs([scores[k] for k in keys], Costs.of(profile, keys), planned.plan.mode)
+    alpha = look_alpha(look)
+    aim = max_wrong_for(min(target + certification_margin(target, len(cert), alpha), 1.0), len(select))
+    on_select = [simulate([scores[k].subset(select) for k in keys], t, cost) for t in sequence]
+    on_cert = [simulate([scores[k].subset(cert) for k in keys], t, cost) for t in sequence]
+    expected = max([i for i, r in enumerate(on_select) if r["wrong"] <= aim], default=0)
+    passes = [i for i, r in enumerate(on_cert) if agreement_lower_bound(len(cert), r["wrong"], alpha) >= target]
+    hindsight = max(passes, default=-1)
+    certified = len(planned.calibration.passed) - 1
+
+    def speedup(i: int) -> float:
+        return profile.base_ms / on_cert[i]["latency_ms"] if i >= 0 else 1.0
+    return AlongPath(len(sequence), expected, on_select[expected]["wrong"], on_cert[expected]["wrong"], speedup(expected),
+                     certified, speedup(certified), hindsight, speedup(hindsight))
 
 
 def main() -> None:
@@ -40,7 +80,7 @@ def main() -> None:
     nbytes = {(c.cut, c.variant): c.nbytes for c in m.caches}
     context = CertifyContext("resplit", a.look, m.dataset, m.calibration.split, m.certified.scored_on, m.profile.device)
     rng = np.random.default_rng(a.seed)
-    expected, certified = [], []
+    expected, certified, undercount, sequence_cost = [], [], [], []
     print(f"{a.bundle}: target {a.target}, look {a.look}, {len(ids)} calibration images")
     for split in range(a.splits):
         select, cert = random_halves(arrays["labels"], rng)
@@ -56,9 +96,20 @@ def main() -> None:
         print(f"split {split:>3}: {len(keys)} exits served; expected on select {expected[-1]:.2f}x at "
               f"{planned.expected.hit_rate:.1%} hits; certified {certified[-1]:.2f}x at {c.hit_rate:.1%} hits, "
               f"agreement {c.agreement:.4f} ({c.vectors_tested} vectors tested)", flush=True)
+        path = along_path(planned, scores, m.profile, select, cert, a.target, a.look)
+        undercount.append(path.expected_wrong_certify / max(path.expected_wrong_select, 1))
+        sequence_cost.append(path.hindsight_speedup / path.certified_speedup)
+        print(f"           path: the expected vector ({path.expected_index + 1} of {path.length}) made "
+              f"{path.expected_wrong_select} wrong on select, {path.expected_wrong_certify} on certify "
+              f"({path.expected_speedup_certify:.2f}x there); certified vector {path.certified_index + 1}; the most "
+              f"aggressive that certify passes on its own: {path.hindsight_index + 1} ({path.hindsight_speedup:.2f}x)",
+              flush=True)
     q = np.percentile(certified, [5, 50, 95])
     print(f"expected on select: median {np.median(expected):.2f}x; certified: median {q[1]:.2f}x, "
           f"5th-95th percentile {q[0]:.2f}-{q[2]:.2f}x, min {min(certified):.2f}x, max {max(certified):.2f}x")
+    print(f"the expected vector's wrong answers, certify over select: median {np.median(undercount):.2f}x "
+          f"({min(undercount):.2f}-{max(undercount):.2f}); what stopping at the first failure cost: median "
+          f"{np.median(sequence_cost) - 1:.1%}, at most {max(sequence_cost) - 1:.1%}")
 
 
 if __name__ == "__main__":

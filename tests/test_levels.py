@@ -25,6 +25,7 @@ def test_certify_keeps_every_vector_that_passed_in_sequence_order():
     assert [v[0] for v in result.passed] == [v[0] for v in sequence[:len(result.passed)]]
     assert 0 < len(result.passed) < len(sequence) and result.tested == len(result.passed) + 1
     assert np.array_equal(result.passed[-1], result.thresholds)
+    assert [v[0] for v in result.sequence] == [v[0] for v in sequence]  # kept whole, tested or not
     for v in result.passed:  # each one's Clopper-Pearson bound cleared the target
         wrong = int((~entries[0].correct[exit_index(entries, v) == 0]).sum())
         assert agreement_lower_bound(n, wrong) >= 0.97

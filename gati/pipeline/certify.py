@@ -90,6 +90,7 @@ class Certified:
     # every vector that passed, in sequence order (the last is `thresholds`): fixed-sequence testing
     # certifies all of them at once, at the same level
     passed: list[np.ndarray] = field(default_factory=list)
+    sequence: list[np.ndarray] = field(default_factory=list)  # the whole sequence, tested or not (`passed` begins it)
 
 
 def look_alpha(look: int, alpha: float = ALPHA) -> float:
@@ -308,7 +309,7 @@ def certify(entries: list[Scores], sequence: list[np.ndarray], target: float,
     # the hit rate's bound only at the chosen vector: each one costs an exact binomial sum over the misses
     hit_bound = agreement_lower_bound(n, n - hits, alpha) if hits else 0.0
     return Certified(thresholds, alpha, bound, 1.0 - wrong / n if n else 1.0, hits / n if n else 0.0, hit_bound,
-                     n, wrong, tested, passed)
+                     n, wrong, tested, passed, list(sequence))
 
 
 # Chosen once, when the procedure (budget levels, move sizes, training-set size) was frozen: none of

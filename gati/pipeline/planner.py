@@ -58,6 +58,10 @@ class Planned:
     certified: Certificate
     expected: Expected
     look: Look
+    # how it was reached: the optimizer's caches in cut order (the plan drops those no certified vector uses) and
+    # the certification over their threshold sequence, for experiments that take the procedure apart
+    keys: list[CacheKey]
+    calibration: Certified
 
 
 def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray, profile: Profile,
@@ -90,7 +94,7 @@ def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray,
     expected = Expected(choice.latency_ms, profile.base_ms, choice.hit_rate, choice.agreement)
     look = Look(context.command, float(target), alpha, bool(plan.entries),
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    return Planned(plan, certified, expected, look)
+    return Planned(plan, certified, expected, look, list(choice.keys), result)
 
 
 def spread_levels(passed: list[np.ndarray], levels: int = LEVELS) -> list[np.ndarray]:
