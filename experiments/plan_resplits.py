@@ -72,16 +72,21 @@ def main() -> None:
     p.add_argument("--look", type=int, default=1, help="the look whose alpha to test at (the bundle's own: its ledger)")
     p.add_argument("--splits", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--profile-of", help="model latencies with this bundle's profile instead (the same model and "
+                                        "cache variants): two bundles' scores then compare on equal costs")
     a = p.parse_args()
     info = read_bundle(a.bundle)
     m = info.manifest
+    if a.profile_of:
+        m.profile = read_bundle(a.profile_of).manifest.profile
     arrays, ids = info.calibration()
     scores = scores_from(arrays)
     nbytes = {(c.cut, c.variant): c.nbytes for c in m.caches}
     context = CertifyContext("resplit", a.look, m.dataset, m.calibration.split, m.certified.scored_on, m.profile.device)
     rng = np.random.default_rng(a.seed)
     expected, certified, undercount, sequence_cost = [], [], [], []
-    print(f"{a.bundle}: target {a.target}, look {a.look}, {len(ids)} calibration images")
+    print(f"{a.bundle}: target {a.target}, look {a.look}, {len(ids)} calibration images"
+          + (f"; latencies from {a.profile_of}'s profile" if a.profile_of else ""))
     for split in range(a.splits):
         select, cert = random_halves(arrays["labels"], rng)
         planned = make_plan(arrays, ids, arrays["labels"], m.profile, nbytes, m.cuts, a.target, context,

@@ -18,20 +18,13 @@ import argparse
 import torch
 
 from gati.bundle import load_bundle
-from gati.cache import Cache, make_cache
+from gati.cache import make_cache
 from gati.data import load_split, select_ids
+from gati.measure.coverage import answered_within
 from gati.pipeline.augment import augmented
 from gati.pipeline.extract import extract, extraction_batch
 
-WRONG = (10, 25, 50, 100)
-
-
-def coverage(cache: Cache, feats: torch.Tensor, base: torch.Tensor) -> list[int]:
-    """For each W: how many requests the cache answers, most confident first, before its W+1-th wrong one."""
-    label, conf = cache.predict(feats.float())
-    order = torch.argsort(conf, descending=True)
-    wrong = torch.cumsum((label[order] != base[order]).int(), 0)
-    return [int((wrong <= w).sum()) for w in WRONG]
+WRONG = (10, 25, 50, 100)  # the columns of this experiment's recorded outputs
 
 
 def main() -> None:
@@ -69,7 +62,7 @@ def main() -> None:
             feats = train_feats[(cut, key)]
             shipped = bundle.info.load_cache(cut, variant)
             print(f"cut {cut} {m.cuts[cut]} {variant}")
-            print(f"  bundle ({m.train.n} images): {coverage(shipped, calib_feats[(cut, key)], base)}")
+            print(f"  bundle ({m.train.n} images): {answered_within(shipped, calib_feats[(cut, key)], base, WRONG)}")
             fits = [(name, feats[chosen], train_logits[chosen]) for name, chosen in sets]
             fits += [(f"{name} + {a.augment} augmented cop{'y' if a.augment == 1 else 'ies'}",
                       torch.cat([feats[chosen], extra[name][0][(cut, key)]]),
@@ -77,7 +70,7 @@ def main() -> None:
             for name, x, y in fits:
                 cache = make_cache(variant, shapes[cut], m.num_classes)
                 cache.fit(x.float(), y, seed=m.train.seed)
-                print(f"  {name}: {coverage(cache, calib_feats[(cut, key)], base)}", flush=True)
+                print(f"  {name}: {answered_within(cache, calib_feats[(cut, key)], base, WRONG)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,16 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def _build(a: argparse.Namespace) -> None:
     from gati.bundle import read_manifest
-    from gati.cache import VARIANTS
+    from gati.cache import VARIANTS, hparams_for
     from gati.pipeline.build import BuildConfig, build
     from gati.pipeline.planner import plan_report
+    variants = _list(a.variants) or list(VARIANTS)
     cfg = BuildConfig(checkpoint=Path(a.checkpoint), dataset=a.dataset, data_dir=Path(a.data_dir), out=Path(a.out),
                       arch=a.arch, model_module=a.model_module, cuts=_list(a.cuts), num_classes=a.num_classes,
-                      target=a.target, device=a.device, variants=_list(a.variants) or list(VARIANTS),
+                      target=a.target, device=a.device, variants=variants,
                       train_limit=a.train_limit or None, augment=a.augment, calib_limit=a.calib_limit,
                       memory_mb=a.memory_mb, batch_size=a.batch_size, seed=a.seed, force=a.force,
-                      preprocess=_preprocess(a))
+                      preprocess=_preprocess(a), cache_hparams=hparams_for(variants, a.cache_param))
     out = build(cfg)
     print(plan_report(read_manifest(out)))
     print(f"bundle written to {out}")
@@ -276,6 +277,10 @@ gati build --arch resnet18 --checkpoint ../shared/models/cifar10_resnet18.pt \\
                                       "linear,mlp,fc,convfc,knn)")
     b.add_argument("--train-limit", type=int, default=0,
                    help="class-balanced training images used to fit caches (default 0: all)")
+    b.add_argument("--cache-param", action="append", default=[], metavar="[VARIANT.]NAME=VALUE",
+                   help="a cache hyper-parameter, for every variant that has it or for one (repeatable), e.g. "
+                        "temperature=1 or mlp.hidden=512 (each variant's Params in gati/cache/; the bundle's cache configs "
+                        "record them)")
     b.add_argument("--augment", type=non_negative_int, default=0,
                    help="shifted and flipped copies of each training image the caches also learn the base "
                         "model's answers on (spectrograms: shifted in time)")

@@ -11,6 +11,7 @@ import torch
 
 from gati.cache import (
     REDUCERS,
+    hparams_for,
     VARIANTS,
     FaissIndex,
     KnnCache,
@@ -20,7 +21,9 @@ from gati.cache import (
     make_reducer,
     reduced_shape,
 )
+from gati.cache.train import DistillSettings
 from gati.errors import BundleError, GatiError, InvalidInput
+from gati.measure.coverage import answered_within
 
 SHAPE = (16, 8, 8)
 CLASSES = 10
@@ -195,6 +198,8 @@ def test_config_holds_variant_shape_classes_and_hparams():
         "lr": config["lr"],
         "weight_decay": config["weight_decay"],
         "bf16": 0,
+        "temperature": config["temperature"],
+        "hard_weight": config["hard_weight"],
         "hidden": 32,
         "dropout": config["dropout"],
     }
@@ -250,7 +255,8 @@ def test_unknown_variant_lists_the_known_ones():
 
 
 @pytest.mark.parametrize(
-    "hparams", [{"epochs": 0}, {"lr": -1.0}, {"hidden": 8}, {"epochs": 2.5}, {"weight_decay": "x"}]
+    "hparams", [{"epochs": 0}, {"lr": -1.0}, {"hidden": 8}, {"epochs": 2.5}, {"weight_decay": "x"},
+                {"temperature": 0.0}, {"hard_weight": -1.0}]
 )
 def test_bad_hyper_parameters_are_rejected(hparams):
     with pytest.raises(GatiError):
@@ -454,3 +460,34 @@ def test_bf16_storage_halves_memory_and_keeps_the_answers(variant, easy, held_ou
 def test_with_params_refuses_what_a_variant_does_not_have(easy):
     with pytest.raises(GatiError, match="bf16"):
         easy["knn"][0].with_params(bf16=1)
+
+
+def test_the_distillation_settings_come_from_the_caches_hyper_parameters():
+    """A build's `cache_hparams` (and a refit's, from the cache's saved config) reach the loss the head is fitted
+    with: the temperature and the hard term's weight are the variant's, not the loop's."""
+    cache = make_cache("mlp", SHAPE, CLASSES, temperature=3.0, hard_weight=0.0)
+    settings = DistillSettings.of(cache.hparams)
+    assert (settings.temperature, settings.hard_weight) == (3.0, 0.0)
+    assert cache.config()["temperature"] == 3.0
+
+
+def test_answered_within_counts_requests_before_the_next_wrong_answer():
+    cache = make_cache("linear", SHAPE, CLASSES)
+    acts, logits = problem(400, EASY_NOISE, seed=0)
+    cache.fit(cache.reduce(acts), logits, seed=0)
+    feats, base = cache.reduce(acts), logits.argmax(1)
+    label, conf = cache.predict(feats)
+    order = torch.argsort(conf, descending=True)
+    wrong_at = [i for i in order.tolist() if label[i] != base[i]]  # requests in confidence order that it gets wrong
+    first_wrong = order.tolist().index(wrong_at[0]) if wrong_at else len(order)
+    assert answered_within(cache, feats, base, (0, 10**6)) == [first_wrong, len(order)]
+
+
+def test_cache_hyper_parameters_from_the_command_line_reach_the_variants_that_have_them():
+    assert hparams_for(["linear", "mlp", "knn"], ["temperature=1", "mlp.hidden=64", "lr=0.5"]) == {
+        "linear": {"temperature": 1, "lr": 0.5}, "mlp": {"temperature": 1, "hidden": 64, "lr": 0.5}}
+    for variants, bad, match in [(["knn"], "hidden=8", "knn.*'hidden'"), (["mlp"], "convfc.epochs=3", "not among"),
+                                 (["mlp"], "temperature", "NAME=VALUE"), (["mlp"], "temperature=warm", "number")]:
+        with pytest.raises(GatiError, match=match):
+            hparams_for(variants, [bad])
+

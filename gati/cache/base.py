@@ -253,6 +253,35 @@ def make_cache(variant: str, in_shape: tuple[int, int, int], num_classes: int, *
     return VARIANTS[variant](tuple(in_shape), num_classes, **hparams)
 
 
+def hparams_for(variants: list[str], settings: list[str]) -> dict[str, dict[str, int | float]]:
+    """Per variant, the hyper-parameters that `settings` give: "NAME=VALUE" sets NAME in every variant of `variants`
+    whose Params has it, "VARIANT.NAME=VALUE" in that variant only. A setting no variant takes is an error, so a
+    typo never builds silently with the defaults."""
+    out: dict[str, dict[str, int | float]] = {}
+    for text in settings:
+        name, sep, value = text.partition("=")
+        variant, _, field = name.rpartition(".")
+        if not sep or not field or not value:
+            raise GatiError(f"a cache hyper-parameter is NAME=VALUE or VARIANT.NAME=VALUE, got {text!r}")
+        try:
+            number: int | float = int(value)
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                raise GatiError(f"cache hyper-parameter {name} must be a number, got {value!r}") from None
+        if variant and variant not in variants:
+            raise GatiError(f"{text!r}: {variant!r} is not among the variants built ({', '.join(variants)})")
+        takers = [v for v in ([variant] if variant else variants)
+                  if v in VARIANTS and field in {f.name for f in dataclasses.fields(VARIANTS[v].Params)}]
+        if not takers:
+            raise GatiError(f"no cache variant among {', '.join([variant] if variant else variants)} has a "
+                            f"hyper-parameter {field!r}")
+        for v in takers:
+            out.setdefault(v, {})[field] = number
+    return out
+
+
 def load_cache(path: Path) -> Cache:
     """The cache `Cache.save` wrote to `path`; BundleError naming the path if missing or corrupt."""
     path = Path(path)

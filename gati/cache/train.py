@@ -28,9 +28,14 @@ class HeadParams(Params):
     # mostly waits for its weights from DRAM (fp32 4096x256: 157 us cold, bf16: 97 us here). Fitting
     # stays float32; calibration scores the bf16 head, so thresholds hold for what is served.
     bf16: int = 0
+    # the distillation loss (`distillation_loss`): softening of both logits, and the weight of the hard term
+    temperature: float = 2.0
+    hard_weight: float = 0.5
 
     def check(self) -> None:
         require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        require(self.hard_weight >= 0, f"hard_weight must be >= 0, got {self.hard_weight}")
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         require(self.bf16 in (0, 1), f"bf16 must be 0 or 1, got {self.bf16}")
@@ -47,7 +52,8 @@ class DistillSettings:
 
     @classmethod
     def of(cls, params: HeadParams) -> DistillSettings:
-        return cls(epochs=params.epochs, lr=params.lr, weight_decay=params.weight_decay)
+        return cls(epochs=params.epochs, lr=params.lr, weight_decay=params.weight_decay,
+                   temperature=params.temperature, hard_weight=params.hard_weight)
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, temperature: float, hard_weight: float) -> Tensor:
