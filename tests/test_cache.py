@@ -491,3 +491,14 @@ def test_cache_hyper_parameters_from_the_command_line_reach_the_variants_that_ha
         with pytest.raises(GatiError, match=match):
             hparams_for(variants, [bad])
 
+
+def test_a_cache_saved_before_the_temperature_was_a_setting_refits_at_the_temperature_it_was_fitted_at(tmp_path):
+    cache, _ = fitted("mlp", EASY_NOISE)
+    path = tmp_path / "c.pt"
+    cache.save(path)
+    assert load_cache(path).hparams.temperature == cache.hparams.temperature  # saved with it: kept
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]["temperature"]
+    torch.save(blob, path)
+    assert load_cache(path).hparams.temperature == 2.0  # saved without it: fitted at the old 2.0
+

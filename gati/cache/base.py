@@ -282,6 +282,18 @@ def hparams_for(variants: list[str], settings: list[str]) -> dict[str, dict[str,
     return out
 
 
+# Caches saved before the distillation temperature was a hyper-parameter were all fitted at 2.0; a refit of one
+# (online learning, the retrainer) should distil as its first fit did, not at today's default.
+LEGACY_TEMPERATURE = 2.0
+
+
+def _with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    params = getattr(VARIANTS.get(config.get("variant")), "Params", None)
+    if params is None or "temperature" in config or "temperature" not in {f.name for f in dataclasses.fields(params)}:
+        return config
+    return {**config, "temperature": LEGACY_TEMPERATURE}
+
+
 def load_cache(path: Path) -> Cache:
     """The cache `Cache.save` wrote to `path`; BundleError naming the path if missing or corrupt."""
     path = Path(path)
@@ -297,7 +309,7 @@ def load_cache(path: Path) -> Cache:
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise BundleError(f"cache file {path} lacks its config or state")
     try:
-        cache = make_cache(**config)
+        cache = make_cache(**_with_legacy_defaults(config))
         cache._load_state(state)
     except (GatiError, TypeError) as exc:
         raise BundleError(f"cache file {path} does not hold a valid cache: {exc}") from exc
