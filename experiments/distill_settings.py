@@ -15,16 +15,10 @@ import time
 import numpy as np
 
 from gati.bundle import load_bundle
-from gati.cache import make_cache
+from gati.cache import hparams_for, make_cache
 from gati.data import load_split
 from gati.measure.coverage import WRONG, answered_within
 from gati.pipeline.extract import extract, extraction_batch
-
-
-def parse_setting(text: str) -> dict[str, float]:
-    """"temperature=1,hard_weight=1" -> {"temperature": 1.0, "hard_weight": 1.0} ("" -> the variant's defaults)."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item]
-    return {name: float(value) if "." in value or "e" in value else int(value) for name, value in pairs}
 
 
 def main() -> None:
@@ -33,7 +27,8 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--cuts", required=True, help="comma-separated cut indices")
     p.add_argument("--variant", required=True)
-    p.add_argument("--setting", action="append", required=True, help="name=value[,name=value] (repeat)")
+    p.add_argument("--setting", action="append", required=True,
+                   help="name=value[,name=value] (repeat; as gati build's --cache-param; '' is the defaults)")
     p.add_argument("--seeds", default="0", help="comma-separated offsets to the bundle's training seed")
     a = p.parse_args()
     bundle = load_bundle(a.bundle)
@@ -57,7 +52,8 @@ def main() -> None:
             runs = []
             for seed in seeds:
                 started = time.time()
-                cache = make_cache(a.variant, shapes[cut], m.num_classes, **parse_setting(text))
+                hparams = hparams_for([a.variant], [item for item in text.split(",") if item]).get(a.variant, {})
+                cache = make_cache(a.variant, shapes[cut], m.num_classes, **hparams)
                 cache.fit(train_feats[(cut, key)].float(), train_logits, seed=m.train.seed + seed)
                 runs.append(answered_within(cache, calib_feats[(cut, key)], base))
                 print(f"  {text or 'defaults'} seed +{seed}: {runs[-1]} ({time.time() - started:.0f} s)", flush=True)

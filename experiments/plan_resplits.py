@@ -26,8 +26,8 @@ import numpy as np
 
 from gati.bundle import read_bundle
 from gati.measure.resplit import random_halves
-from gati.pipeline.certify import Costs, agreement_lower_bound, exit_costs, look_alpha, max_wrong_for, simulate
-from gati.pipeline.planner import CertifyContext, Planned, certification_margin, make_plan
+from gati.pipeline.certify import Costs, agreement_lower_bound, exit_costs, max_wrong_for, simulate
+from gati.pipeline.planner import CertifyContext, Planned, make_plan
 from gati.pipeline.score import scores_from
 
 
@@ -46,12 +46,11 @@ class AlongPath:
     hindsight_speedup: float
 
 
-def along_path(planned: Planned, scores, profile, select, cert, target: float, look: int) -> AlongPath:
+def along_path(planned: Planned, scores, profile, select, cert, target: float) -> AlongPath:
     """Each vector of the plan's threshold sequence replayed on both halves (modelled with `profile`)."""
-    keys, sequence = planned.keys, planned.calibration.sequence
+    keys, sequence, alpha = planned.keys, planned.calibration.sequence, planned.calibration.alpha
     cost = exit_costs([scores[k] for k in keys], Costs.of(profile, keys), planned.plan.mode)
-    alpha = look_alpha(look)
-    aim = max_wrong_for(min(target + certification_margin(target, len(cert), alpha), 1.0), len(select))
+    aim = max_wrong_for(min(target + planned.certified.select_margin, 1.0), len(select))  # what the optimizer aimed at
     on_select = [simulate([scores[k].subset(select) for k in keys], t, cost) for t in sequence]
     on_cert = [simulate([scores[k].subset(cert) for k in keys], t, cost) for t in sequence]
     expected = max([i for i, r in enumerate(on_select) if r["wrong"] <= aim], default=0)
@@ -101,7 +100,7 @@ def main() -> None:
         print(f"split {split:>3}: {len(keys)} exits served; expected on select {expected[-1]:.2f}x at "
               f"{planned.expected.hit_rate:.1%} hits; certified {certified[-1]:.2f}x at {c.hit_rate:.1%} hits, "
               f"agreement {c.agreement:.4f} ({c.vectors_tested} vectors tested)", flush=True)
-        path = along_path(planned, scores, m.profile, select, cert, a.target, a.look)
+        path = along_path(planned, scores, m.profile, select, cert, a.target)
         undercount.append(path.expected_wrong_certify / max(path.expected_wrong_select, 1))
         sequence_cost.append(path.hindsight_speedup / path.certified_speedup)
         print(f"           path: the expected vector ({path.expected_index + 1} of {path.length}) made "

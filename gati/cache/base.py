@@ -272,8 +272,7 @@ def hparams_for(variants: list[str], settings: list[str]) -> dict[str, dict[str,
                 raise GatiError(f"cache hyper-parameter {name} must be a number, got {value!r}") from None
         if variant and variant not in variants:
             raise GatiError(f"{text!r}: {variant!r} is not among the variants built ({', '.join(variants)})")
-        takers = [v for v in ([variant] if variant else variants)
-                  if v in VARIANTS and field in {f.name for f in dataclasses.fields(VARIANTS[v].Params)}]
+        takers = [v for v in ([variant] if variant else variants) if field in _param_names(v)]
         if not takers:
             raise GatiError(f"no cache variant among {', '.join([variant] if variant else variants)} has a "
                             f"hyper-parameter {field!r}")
@@ -288,10 +287,14 @@ LEGACY_TEMPERATURE = 2.0
 
 
 def _with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    params = getattr(VARIANTS.get(config.get("variant")), "Params", None)
-    if params is None or "temperature" in config or "temperature" not in {f.name for f in dataclasses.fields(params)}:
+    if "temperature" in config or "temperature" not in _param_names(config.get("variant")):
         return config
     return {**config, "temperature": LEGACY_TEMPERATURE}
+
+
+def _param_names(variant: Any) -> set[str]:
+    """The hyper-parameters a variant takes (none for an unknown one)."""
+    return {f.name for f in dataclasses.fields(VARIANTS[variant].Params)} if variant in VARIANTS else set()
 
 
 def load_cache(path: Path) -> Cache:

@@ -48,9 +48,9 @@ class DistillSettings:
     epochs: int
     lr: float
     weight_decay: float
+    temperature: float
+    hard_weight: float  # weight of cross-entropy on the teacher's argmax
     batch_size: int = 256
-    temperature: float = 1.0
-    hard_weight: float = 0.5  # weight of cross-entropy on the teacher's argmax
 
     @classmethod
     def of(cls, params: HeadParams) -> DistillSettings:
