@@ -228,6 +228,18 @@ def test_fc_pools_less_for_wide_activations():
     assert VARIANTS["fc"].reducer_for((512, 4, 4)) == "pool2"
 
 
+def test_convfc_width_follows_the_input_unless_given(tmp_path):
+    # input x output channels stay at 64 x 256, clamped to 64..256 output channels
+    assert [make_cache("convfc", (c, 8, 8), CLASSES).hparams.channels for c in (3, 64, 128, 256, 1024)] == \
+        [256, 256, 128, 64, 64]
+    assert make_cache("convfc", (64, 8, 8), CLASSES, channels=32).hparams.channels == 32
+    # the resolved width is what the saved config names, so a bundle loads with the width it was fitted at
+    cache = make_cache("convfc", (64, 8, 8), CLASSES, epochs=1)
+    cache.fit(torch.randn(32, 64, 8, 8), torch.randn(32, CLASSES))
+    cache.save(tmp_path / "c.pt")
+    assert load_cache(tmp_path / "c.pt").hparams.channels == 256
+
+
 def test_corrupt_or_missing_file_is_a_bundle_error(easy, tmp_path):
     path = tmp_path / "cache.pt"
     easy["mlp"][0].save(path)
