@@ -35,6 +35,9 @@ def main() -> None:
     m = bundle.manifest
     cuts, seeds = [int(c) for c in a.cuts.split(",")], [int(s) for s in a.seeds.split(",")]
     shapes = {c: tuple(m.cut_shapes[c]) for c in cuts}
+    # parsed before the minutes of extraction, so a mistyped setting fails at once
+    settings = {text: hparams_for([a.variant], [item for item in text.split(",") if item]).get(a.variant, {})
+                for text in a.setting}
     wanted = {c: {a.variant: make_cache(a.variant, shapes[c], m.num_classes).reducer_key} for c in cuts}
     batch = extraction_batch("cpu")
     calib = load_split(m.dataset, a.data_dir, m.calibration.split)
@@ -48,11 +51,10 @@ def main() -> None:
         key = wanted[cut][a.variant]
         shipped = bundle.info.load_cache(cut, a.variant)
         print(f"cut {cut} {m.cuts[cut]} {a.variant}: bundle {answered_within(shipped, calib_feats[(cut, key)], base)}")
-        for text in a.setting:
+        for text, hparams in settings.items():
             runs = []
             for seed in seeds:
                 started = time.time()
-                hparams = hparams_for([a.variant], [item for item in text.split(",") if item]).get(a.variant, {})
                 cache = make_cache(a.variant, shapes[cut], m.num_classes, **hparams)
                 cache.fit(train_feats[(cut, key)].float(), train_logits, seed=m.train.seed + seed)
                 runs.append(answered_within(cache, calib_feats[(cut, key)], base))

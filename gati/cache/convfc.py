@@ -14,10 +14,11 @@ from gati.cache.base import Cache, check_state, confidence_and_label, require
 from gati.cache.train import DistillSettings, HeadParams, distill
 
 GRID = 2  # the conv output is average-pooled to GRID x GRID before the linear layer
-# A wider conv answers more requests at equal wrong answers (256 output channels instead of 64: +12-19% at
-# ResNet-18's layer1.0, +4-9% at layer2.0; docs/results.md, "Wider convolutional heads"), but fitting and lookups
-# cost input x output channels. By default that product is the same at every cut: 64 x 256, what the old
-# 64-channel head cost at a 256-channel input, so narrow early cuts get wide heads and wide cuts stay at 64.
+# A wider conv answers more requests at equal wrong answers (256 output channels instead of 64: +9-19% at
+# ResNet-18's layer1.0, +4-9% at layer2.0; docs/results.md, "Wider convolutional heads"), but its multiply-adds
+# grow with input x output channels. By default that product is the same at every cut, 64 x 256 (the old
+# 64-channel head's at a 256-channel input), so narrow early cuts get wide heads and wide cuts stay at 64. Fitting
+# still costs more at 256 output channels than the product says (the batch norm and pooling grow with the output).
 CONV_SIZE = 64 * 256
 MIN_CHANNELS, MAX_CHANNELS = 64, 256
 
