@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from gati.bundle import load_bundle
-from gati.cache import hparams_for, make_cache
+from gati.cache import hparams_of, make_cache
 from gati.data import load_split
 from gati.measure.coverage import WRONG, answered_within
 from gati.pipeline.extract import extract, extraction_batch
@@ -36,8 +36,7 @@ def main() -> None:
     cuts, seeds = [int(c) for c in a.cuts.split(",")], [int(s) for s in a.seeds.split(",")]
     shapes = {c: tuple(m.cut_shapes[c]) for c in cuts}
     # parsed before the minutes of extraction, so a mistyped setting fails at once
-    settings = {text: hparams_for([a.variant], [item for item in text.split(",") if item]).get(a.variant, {})
-                for text in a.setting}
+    settings = {text: hparams_of(a.variant, text) for text in a.setting}
     wanted = {c: {a.variant: make_cache(a.variant, shapes[c], m.num_classes).reducer_key} for c in cuts}
     batch = extraction_batch("cpu")
     calib = load_split(m.dataset, a.data_dir, m.calibration.split)

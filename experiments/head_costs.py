@@ -16,38 +16,30 @@ import time
 
 import torch
 
-from gati.cache import hparams_for, make_cache
-from gati.cache.train import DistillSettings, distillation_loss
+from gati.cache import hparams_of, make_cache
+from gati.cache.train import DistillSettings, agreement, distill_step
 
 
 def step_ms(cache, feats: torch.Tensor, teacher: torch.Tensor, steps: int) -> float:
-    """Milliseconds per AdamW step on batches of 256, after two warm-up steps."""
+    """Milliseconds per fitting step (`distill_step` on batches of the fit's size), after two warm-up steps."""
     model = cache._build().train()
     settings = DistillSettings.of(cache.hparams)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     batches = torch.arange(len(feats)).split(settings.batch_size)
-
-    def step(rows: torch.Tensor) -> None:
-        loss = distillation_loss(model(feats[rows]), teacher[rows], settings.temperature, settings.hard_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     for rows in batches[:2]:
-        step(rows)
+        distill_step(model, optimizer, feats[rows], teacher[rows], settings)
     started = time.perf_counter()
     for i in range(steps):
-        step(batches[2 + i % (len(batches) - 2)])
+        rows = batches[2 + i % (len(batches) - 2)]
+        distill_step(model, optimizer, feats[rows], teacher[rows], settings)
     return (time.perf_counter() - started) / steps * 1e3
 
 
-def score_seconds(cache, feats: torch.Tensor, batch: int) -> float:
-    """Seconds for an eval-mode pass of the head over all of `feats` in batches of `batch`."""
-    model = cache._build().eval()
+def score_seconds(cache, feats: torch.Tensor, teacher: torch.Tensor, batch: int) -> float:
+    """Seconds for the fit's train-agreement pass (`agreement`) over all of `feats` in batches of `batch`."""
+    model = cache._build()
     started = time.perf_counter()
-    with torch.inference_mode():
-        for rows in feats.split(batch):
-            model(rows)
+    agreement(model, feats, teacher.argmax(dim=1), batch)
     return time.perf_counter() - started
 
 
@@ -69,11 +61,10 @@ def main() -> None:
     print(f"{a.variant} at {in_shape}, {torch.get_num_threads()} threads; fitting step: batch 256; "
           f"scoring: {a.rows} rows")
     for text in a.setting or [""]:
-        hparams = hparams_for([a.variant], [item for item in text.split(",") if item]).get(a.variant, {})
-        cache = make_cache(a.variant, in_shape, a.classes, **hparams)
+        cache = make_cache(a.variant, in_shape, a.classes, **hparams_of(a.variant, text))
         feats = torch.randn(a.rows, *cache.feat_shape)
         teacher = torch.randn(a.rows, a.classes)
-        scores = ", ".join(f"batch {b}: {score_seconds(cache, feats, b):.2f} s" for b in batches)
+        scores = ", ".join(f"batch {b}: {score_seconds(cache, feats, teacher, b):.2f} s" for b in batches)
         print(f"  {text or 'defaults'} ({cache!r}): step {step_ms(cache, feats, teacher, a.steps):.1f} ms; "
               f"scoring {scores}", flush=True)
 

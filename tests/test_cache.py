@@ -12,6 +12,7 @@ import torch
 from gati.cache import (
     REDUCERS,
     hparams_for,
+    hparams_of,
     VARIANTS,
     FaissIndex,
     KnnCache,
@@ -502,6 +503,13 @@ def test_cache_hyper_parameters_from_the_command_line_reach_the_variants_that_ha
                                  (["mlp"], "temperature", "NAME=VALUE"), (["mlp"], "temperature=warm", "number")]:
         with pytest.raises(GatiError, match=match):
             hparams_for(variants, [bad])
+
+
+def test_one_comma_joined_setting_gives_one_variant_its_hyper_parameters():
+    assert hparams_of("convfc", "") == {}
+    assert hparams_of("convfc", "channels=128,epochs=8") == {"channels": 128, "epochs": 8}
+    with pytest.raises(GatiError, match="hidden"):
+        hparams_of("convfc", "hidden=8")
 
 
 def test_a_cache_saved_before_the_temperature_was_a_setting_refits_at_the_temperature_it_was_fitted_at(tmp_path):

@@ -1,6 +1,6 @@
 """Learned caches: map a cut's activation to (label, confidence). Importing this package registers every variant."""
 
-from gati.cache.base import VARIANTS, Cache, FitReport, hparams_for, load_cache, make_cache
+from gati.cache.base import VARIANTS, Cache, FitReport, hparams_for, hparams_of, load_cache, make_cache
 from gati.cache.reduce import REDUCERS, make_reducer, reduced_shape
 
 # Imported in this order so VARIANTS lists the variants from cheapest to dearest lookup.
@@ -23,6 +23,7 @@ __all__ = [
     "MlpCache",
     "NeighborIndex",
     "hparams_for",
+    "hparams_of",
     "load_cache",
     "make_cache",
     "make_reducer",

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from gati.cache.base import Params, require
 
 # Rows per forward pass when scoring a fitted head (its train agreement). A conv head's intermediate maps are large,
-# and small batches keep them in the CPU's caches: faster for 64- and 128-channel heads than 4,096 rows, no slower
-# for 256 (docs/results/build-time/head-costs.txt).
+# and small batches keep them in the CPU's caches: faster than 4,096 rows at 64, 128 and 256 output channels
+# (docs/results/build-time/head-costs.txt).
 EVAL_BATCH = 256
 
 
@@ -73,15 +73,24 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float, hard
     return temperature**2 * soft + hard_weight * hard
 
 
-def agreement(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
+def agreement(model: nn.Module, inputs: Tensor, labels: Tensor, batch: int = EVAL_BATCH) -> float:
     """Share of `inputs` where the (eval-mode) model's argmax equals `labels`."""
     model.eval()
     with torch.inference_mode():
         hits = sum(
             int((model(x).argmax(dim=1) == y).sum())
-            for x, y in zip(inputs.split(EVAL_BATCH), labels.split(EVAL_BATCH))
+            for x, y in zip(inputs.split(batch), labels.split(batch))
         )
     return hits / len(inputs)
+
+
+def distill_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Tensor, teacher_logits: Tensor,
+                 settings: DistillSettings) -> None:
+    """One optimizer step on one batch of the distillation loss."""
+    loss = distillation_loss(model(inputs), teacher_logits, settings.temperature, settings.hard_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def distill(
@@ -107,11 +116,6 @@ def distill(
         model.train()
         for _ in range(settings.epochs):
             for idx in torch.randperm(len(inputs), generator=shuffle).split(settings.batch_size):
-                loss = distillation_loss(
-                    model(inputs[idx]), teacher_logits[idx], settings.temperature, settings.hard_weight
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                distill_step(model, optimizer, inputs[idx], teacher_logits[idx], settings)
                 schedule.step()
     return model, agreement(model, inputs, teacher_logits.argmax(dim=1))
