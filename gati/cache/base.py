@@ -164,6 +164,12 @@ class Cache(abc.ABC):
         copy._fitted = True
         return copy
 
+    def draft(self) -> "Cache | None":
+        """A new, unfitted, cheaper-to-fit cache of the same kind, or None where this one is as cheap as its variant
+        gets. The build fits drafts first, plans with them, and refits at full size only the drafts the plan chose:
+        a draft must rank where its variant can answer, not match its full-size answers."""
+        return None
+
     def to(self, device: str | torch.device) -> "Cache":
         """Move the learned state to `device`, where lookups will run."""
         self._load_state({name: t.to(device) for name, t in self._state().items()})

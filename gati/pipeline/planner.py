@@ -17,12 +17,13 @@ from gati.bundle.manifest import Certificate, Expected, Look, Manifest, Profile
 from gati.pipeline.certify import (
     Certified,
     Costs,
+    Scores,
     agreement_lower_bound,
     calibrate,
     look_alpha,
     split_select_certify,
 )
-from gati.pipeline.optimizer import Problem, optimize
+from gati.pipeline.optimizer import Choice, Problem, optimize
 from gati.pipeline.score import scores_from
 from gati.runtime.plan import MODES, Plan, PlanEntry
 
@@ -64,17 +65,24 @@ class Planned:
     calibration: Certified
 
 
-def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray, profile: Profile,
-              nbytes: dict[CacheKey, int], cuts: list[str], target: float, context: CertifyContext,
-              memory_mb: float = float("inf"), modes: tuple[str, ...] = MODES,
-              halves: tuple[np.ndarray, np.ndarray] | None = None) -> Planned:
-    """Optimise the plan on the select part, then calibrate and certify its thresholds.
+@dataclass
+class Chosen:
+    """The optimizer's choice on the select part, and what calibrating it needs."""
+    choice: Choice
+    scores: dict[CacheKey, Scores]
+    costs: Costs
+    select: np.ndarray
+    certify: np.ndarray
+    margin: float
 
-    `halves`: (select, certify) indices to use instead of the salted split of `ids` (which every bundle's
-    certificate rests on); experiments/plan_resplits.py draws random ones to see how typical that split is."""
+
+def choose(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray, profile: Profile,
+           nbytes: dict[CacheKey, int], target: float, alpha: float, memory_mb: float = float("inf"),
+           modes: tuple[str, ...] = MODES, halves: tuple[np.ndarray, np.ndarray] | None = None) -> Chosen:
+    """The optimizer's plan on the select part. It reads no certify image's scores (only how many there are, for
+    the margin), so choosing spends no look: the build's draft pass uses it to decide what to fit at full size."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"target must be in (0, 1), got {target}")
-    alpha = look_alpha(context.look)
     select, cert = halves if halves is not None else split_select_certify(np.asarray(labels), ids)
     # only caches the profile could time on this device are candidates (kNN has no CUDA graph)
     scores = {k: s for k, s in scores_from(arrays).items() if profile.times(*k)}
@@ -84,13 +92,26 @@ def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray,
     margin = certification_margin(target, len(cert), alpha)
     problem = Problem({k: s.subset(select) for k, s in scores.items()}, costs, nbytes,
                       min(target + margin, 1.0), memory_mb * 2**20)
-    choice = optimize(problem, modes)
-    entries = [scores[k] for k in choice.keys]
-    thresholds, result = calibrate(entries, costs, choice.mode, target, select, cert, alpha)
+    return Chosen(optimize(problem, modes), scores, costs, select, cert, margin)
+
+
+def make_plan(arrays: dict[str, np.ndarray], ids: list[str], labels: np.ndarray, profile: Profile,
+              nbytes: dict[CacheKey, int], cuts: list[str], target: float, context: CertifyContext,
+              memory_mb: float = float("inf"), modes: tuple[str, ...] = MODES,
+              halves: tuple[np.ndarray, np.ndarray] | None = None) -> Planned:
+    """Optimise the plan on the select part, then calibrate and certify its thresholds.
+
+    `halves`: (select, certify) indices to use instead of the salted split of `ids` (which every bundle's
+    certificate rests on); experiments/plan_resplits.py draws random ones to see how typical that split is."""
+    alpha = look_alpha(context.look)
+    chosen = choose(arrays, ids, labels, profile, nbytes, target, alpha, memory_mb, modes, halves)
+    choice = chosen.choice
+    entries = [chosen.scores[k] for k in choice.keys]
+    thresholds, result = calibrate(entries, chosen.costs, choice.mode, target, chosen.select, chosen.certify, alpha)
     kept = [j for j, t in enumerate(thresholds) if np.isfinite(t)]
     plan = Plan([PlanEntry(choice.keys[j][0], cuts[choice.keys[j][0]], choice.keys[j][1], thresholds[j]) for j in kept],
                 choice.mode, [[float(v[j]) for j in kept] for v in spread_levels(result.passed)])
-    certified = _certificate(result, plan, target, context, len(select), margin)
+    certified = _certificate(result, plan, target, context, len(chosen.select), chosen.margin)
     expected = Expected(choice.latency_ms, profile.base_ms, choice.hit_rate, choice.agreement)
     look = Look(context.command, float(target), alpha, bool(plan.entries),
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
