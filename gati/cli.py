@@ -36,7 +36,7 @@ def _build(a: argparse.Namespace) -> None:
                       arch=a.arch, model_module=a.model_module, cuts=_list(a.cuts), num_classes=a.num_classes,
                       target=a.target, device=a.device, variants=variants,
                       train_limit=a.train_limit or None, augment=a.augment, calib_limit=a.calib_limit,
-                      memory_mb=a.memory_mb, batch_size=a.batch_size, seed=a.seed, force=a.force,
+                      memory_mb=a.memory_mb, batch_size=a.batch_size, seed=a.seed, force=a.force, drafts=a.drafts,
                       preprocess=_preprocess(a), cache_hparams=hparams_for(variants, a.cache_param))
     out = build(cfg)
     print(plan_report(read_manifest(out)))
@@ -284,6 +284,9 @@ gati build --arch resnet18 --checkpoint ../shared/models/cifar10_resnet18.pt \\
     b.add_argument("--augment", type=non_negative_int, default=0,
                    help="shifted and flipped copies of each training image the caches also learn the base "
                         "model's answers on (spectrograms: shifted in time)")
+    b.add_argument("--no-drafts", dest="drafts", action="store_false",
+                   help="fit every cache at full size; by default cheaper drafts are fitted first and only those "
+                        "the draft plan chooses are refitted at full size (wide conv heads: a third of the fitting)")
     b.add_argument("--calib-limit", type=positive_int, help="class-balanced subset of test:calib (default: all)")
     b.add_argument("--memory-mb", type=positive_float, default=float("inf"),
                    help="memory budget for the plan's caches")

@@ -3,6 +3,7 @@ teacher's logits are a fixed random linear map of the class (diagonal-heavy, so 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -239,6 +240,14 @@ def test_convfc_width_follows_the_input_unless_given(tmp_path):
     cache.fit(torch.randn(32, 64, 8, 8), torch.randn(32, CLASSES))
     cache.save(tmp_path / "c.pt")
     assert load_cache(tmp_path / "c.pt").hparams.channels == 256
+
+
+def test_only_a_wide_convfc_head_has_a_draft_the_narrowest_with_its_other_settings():
+    wide = make_cache("convfc", (64, 8, 8), CLASSES, epochs=3, lr=0.02)
+    draft = wide.draft()
+    assert draft.hparams == dataclasses.replace(wide.hparams, channels=64) and not draft._fitted
+    assert draft.draft() is None and make_cache("convfc", (256, 8, 8), CLASSES).draft() is None
+    assert all(make_cache(v, SHAPE, CLASSES).draft() is None for v in VARIANTS if v != "convfc")
 
 
 def test_corrupt_or_missing_file_is_a_bundle_error(easy, tmp_path):

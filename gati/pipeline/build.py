@@ -4,7 +4,9 @@
                  flipped copies of each image, if asked) and the calibration images, keeping each cut's activation
                  only in the reduced (pooled) forms the caches read; the training features in temporary files,
                  mapped into memory (TMPDIR: 10 GB for ResNet-18 on 50,000 images, 17 GB for ResNet-50)
-    2. fit       every (cut, variant) cache learns the base model's logits (distillation)
+    2. fit       every (cut, variant) cache learns the base model's logits (distillation); a cache that has a
+                 cheaper draft (a wide conv head) is fitted as the draft first, and at full size only if the plan
+                 the optimizer makes from the drafts (on the select part of the calibration images) exits there
     3. score     every cache answers the calibration images
     4. profile   stages and lookups timed on the serving device
     5. plan      the optimizer picks cuts and variants; calibration picks and certifies thresholds
@@ -12,12 +14,14 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,14 +46,14 @@ from gati.errors import GatiError
 from gati.models import build_model, default_cuts, load_checkpoint, sha256_file
 from gati.models.split import split_model
 from gati.pipeline.augment import augmented
-from gati.pipeline.certify import SELECT_CERTIFY_RULE
+from gati.pipeline.certify import SELECT_CERTIFY_RULE, look_alpha
 from gati.pipeline.extract import (
     activation_shapes,
     extract,
     extraction_batch,
     wanted_reducers,
 )
-from gati.pipeline.planner import CertifyContext, Planned, make_plan
+from gati.pipeline.planner import CertifyContext, Planned, choose, make_plan
 from gati.pipeline.profile import profile_model
 from gati.pipeline.score import calibration_arrays
 from gati.preprocess import Preprocess
@@ -82,6 +86,8 @@ class BuildConfig:
     force: bool = False
     cache_hparams: dict = field(default_factory=dict)  # variant -> hparams
     preprocess: Preprocess | None = None  # what the model was trained on; None: the data set's (preprocess_for)
+    # fit cheaper drafts first (Cache.draft) and at full size only those the draft plan chose (fit_with_drafts)
+    drafts: bool = True
 
 
 def build(cfg: BuildConfig) -> Path:
@@ -99,16 +105,26 @@ def build(cfg: BuildConfig) -> Path:
     wanted = wanted_reducers(act_shapes, cfg.variants, num_classes)
     log.info("extracting %d reduced activations at %d cuts", sum(map(len, wanted.values())), len(cuts))
     batch = cfg.batch_size or extraction_batch(cfg.device)
+    example = pre(calib.images[:1]).to(cfg.device)
     with tempfile.TemporaryDirectory(prefix="gati-features-") as spill:  # the training features, mapped from disk
         train_feats, train_logits = extract(staged, train, pre, wanted, cfg.device, batch, "train", Path(spill))
         calib_feats, calib_logits = extract(staged, calib, pre, wanted, cfg.device, batch, "calib")
-        caches = fit_caches(act_shapes, wanted, cfg, train_feats, train_logits, num_classes)
+        base_calib = calib_logits.argmax(1).numpy()
+
+        def chosen(caches: dict[CacheKey, Cache]) -> list[CacheKey]:  # what the optimizer picks from these caches
+            profile = profile_model(model, staged, caches, example, cfg.device)
+            arrays = calibration_arrays(caches, calib_feats, base_calib, calib.labels)
+            nbytes = {key: cache.nbytes() for key, cache in caches.items()}
+            return choose(arrays, calib.ids, calib.labels, profile, nbytes, cfg.target, look_alpha(1),
+                          cfg.memory_mb).choice.keys
+
+        caches = new_caches(act_shapes, wanted, cfg, num_classes)
+        fit = functools.partial(fit_caches, feats=train_feats, teacher=train_logits, seed=cfg.seed)
+        caches = fit_with_drafts(caches, fit, chosen) if cfg.drafts else fit(caches)
         del train_feats
-    base_calib = calib_logits.argmax(1).numpy()
     calibration = calibration_arrays(caches, calib_feats, base_calib, calib.labels)
     del calib_feats
 
-    example = pre(calib.images[:1]).to(cfg.device)
     profile = profile_model(model, staged, caches, example, cfg.device)
     nbytes = {key: cache.nbytes() for key, cache in caches.items()}
     context = CertifyContext("build", 1, cfg.dataset, cfg.calib_split, f"{cfg.device} float32", profile.device)
@@ -132,16 +148,39 @@ def _base_model(cfg: BuildConfig, num_classes: int, in_channels: int) -> tuple[n
     return model.to(cfg.device).eval(), list(cfg.cuts or default_cuts(cfg.arch))
 
 
-def fit_caches(act_shapes, wanted, cfg: BuildConfig, feats, teacher: torch.Tensor,
+def new_caches(act_shapes, wanted: dict[int, dict[str, str]], cfg: BuildConfig,
                num_classes: int) -> dict[CacheKey, Cache]:
-    caches = {}
-    jobs = [(cut, variant, key) for cut, vs in wanted.items() for variant, key in vs.items()]
-    for cut, variant, key in tqdm(jobs, desc="fit caches", unit="cache", leave=False):
-        cache = make_cache(variant, act_shapes[cut], num_classes, **cfg.cache_hparams.get(variant, {}))
-        report = cache.fit(feats[(cut, key)].float(), teacher, seed=cfg.seed)
+    """An unfitted cache for every (cut, variant) that the build considers, with the user's hyper-parameters."""
+    return {(cut, variant): make_cache(variant, act_shapes[cut], num_classes, **cfg.cache_hparams.get(variant, {}))
+            for cut, variants in wanted.items() for variant in variants}
+
+
+def fit_caches(caches: dict[CacheKey, Cache], feats, teacher: torch.Tensor, seed: int) -> dict[CacheKey, Cache]:
+    """Fit every cache on the training features of its cut and reducer (distillation from `teacher`)."""
+    for (cut, variant), cache in tqdm(caches.items(), desc="fit caches", unit="cache", leave=False):
+        report = cache.fit(feats[(cut, cache.reducer_key)].float(), teacher, seed=seed)
         log.info("cut %d %-6s train agreement %.3f (%.1fs)", cut, variant, report.train_agreement, report.seconds)
-        caches[(cut, variant)] = cache
     return caches
+
+
+def fit_with_drafts(caches: dict[CacheKey, Cache], fit: Callable[[dict[CacheKey, Cache]], dict[CacheKey, Cache]],
+                    chosen: Callable[[dict[CacheKey, Cache]], list[CacheKey]]) -> dict[CacheKey, Cache]:
+    """Fit a cheaper draft in place of each cache that has one, let the optimizer choose among them, then fit at
+    full size only the drafted caches it chose. The others stay drafts: still candidates, but cheap to have fitted
+    where no plan uses them. `fit` fits the caches it is given and returns them; `chosen` names the optimizer's
+    picks among fitted caches (it must not read the certify part: the final plan's look is the build's only one)."""
+    drafts = {key: draft for key, cache in caches.items() if (draft := cache.draft()) is not None}
+    first = fit({**caches, **drafts})
+    if not drafts:
+        return first
+    picks = chosen(first)
+    upgrade = {key: caches[key] for key in picks if key in drafts}
+    log.info("draft plan: %s; %d of its caches are drafts, refitted at full size", _names(picks), len(upgrade))
+    return {**first, **fit(upgrade)}
+
+
+def _names(keys) -> str:
+    return ", ".join(f"{cut}:{variant}" for cut, variant in keys) or "no early exits"
 
 
 def _manifest(cfg: BuildConfig, num_classes: int, cuts: list[str], act_shapes, train: Dataset, calib: Dataset,
