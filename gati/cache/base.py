@@ -287,10 +287,10 @@ def hparams_for(variants: list[str], settings: list[str]) -> dict[str, dict[str,
     return out
 
 
-
 def hparams_of(variant: str, setting: str) -> dict[str, int | float]:
     """The hyper-parameters of `variant` that one comma-joined setting gives ("NAME=VALUE[,NAME=VALUE]"; "": none)."""
     return hparams_for([variant], [item for item in setting.split(",") if item]).get(variant, {})
+
 
 # Caches saved before the distillation temperature was a hyper-parameter were all fitted at 2.0; a refit of one
 # (online learning, the retrainer) should distil as its first fit did, not at today's default.

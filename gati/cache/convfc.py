@@ -69,8 +69,8 @@ class ConvFcCache(Cache):
         # measured, for a third of the fitting time (docs/results.md, "Where a default build's time goes").
         if self.hparams.channels <= MIN_CHANNELS:
             return None
-        return ConvFcCache(self.in_shape, self.num_classes,
-                           **dataclasses.asdict(dataclasses.replace(self.hparams, channels=MIN_CHANNELS)))
+        hparams = {**dataclasses.asdict(self.hparams), "channels": MIN_CHANNELS}
+        return ConvFcCache(self.in_shape, self.num_classes, **hparams)
 
     def _build(self) -> nn.Sequential:
         channels = self.hparams.channels
