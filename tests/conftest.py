@@ -1,4 +1,5 @@
-"""Shared fixtures: the read-only shared material, one CPU thread, and a private data cache per test session."""
+"""Shared fixtures: the read-only shared material, the suite's torch threads, and a private data cache per test
+session."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.threads import SUITE_THREADS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _one_thread() -> None:
-    """The test machine's cores are shared; one thread keeps runs short and timings comparable."""
-    torch.set_num_threads(1)
+def _suite_threads() -> None:
+    torch.set_num_threads(SUITE_THREADS)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -32,14 +32,6 @@ CLASSES = 10
 EASY_NOISE, HARD_NOISE = 1.0, 8.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def problem(n: int, noise: float, seed: int, shape=SHAPE) -> tuple[torch.Tensor, torch.Tensor]:
     """(activations N x C x H x W, teacher logits N x CLASSES); the task itself is fixed, `seed` draws samples."""
     task = torch.Generator().manual_seed(1234)

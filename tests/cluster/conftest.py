@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from tests.cluster.helpers import Cluster, References
+from tests.threads import torch_threads
 
 
 def free_ports(n: int) -> list[int]:
@@ -40,25 +41,25 @@ def cluster_bundle(tiny_bundle: Path, tiny_data, tmp_path_factory: pytest.TempPa
     from gati.cache import load_cache
     from gati.data import load_split
     from gati.runtime.plan import Plan, PlanEntry
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("cluster-bundle") / "tiny3"
-    revise_bundle(tiny_bundle, read_manifest(tiny_bundle), out=out)
-    edit_cache_file(out / cache_file(0, "knn"), lambda blob: blob["config"].update(k=150))
-    base = load_bundle(out)
-    calib = load_split("imagefolder", tiny_data[0], "test:calib")
-    with torch.inference_mode():
-        acts, x = [], base.preprocess(calib.images)
-        for stage in base.staged.stages[:-1]:
-            x = stage(x)
-            acts.append(x)
-    entries, alive = [], torch.ones(len(calib.images), dtype=torch.bool)
-    for cut, variant, share in ((0, "knn", 0.3), (1, "linear", 0.3), (2, "mlp", 0.4)):
-        cache = load_cache(out / cache_file(cut, variant))
-        _, conf = cache(acts[cut])
-        threshold = float(np.quantile(conf[alive].numpy(), 1 - share))
-        alive &= conf < threshold
-        entries.append(PlanEntry(cut, base.staged.cuts[cut], variant, threshold))
-    revise_bundle(out, read_manifest(out).replace(plan=Plan(entries, "sync")))
+    with torch_threads(1):  # as the services run
+        out = tmp_path_factory.mktemp("cluster-bundle") / "tiny3"
+        revise_bundle(tiny_bundle, read_manifest(tiny_bundle), out=out)
+        edit_cache_file(out / cache_file(0, "knn"), lambda blob: blob["config"].update(k=150))
+        base = load_bundle(out)
+        calib = load_split("imagefolder", tiny_data[0], "test:calib")
+        with torch.inference_mode():
+            acts, x = [], base.preprocess(calib.images)
+            for stage in base.staged.stages[:-1]:
+                x = stage(x)
+                acts.append(x)
+        entries, alive = [], torch.ones(len(calib.images), dtype=torch.bool)
+        for cut, variant, share in ((0, "knn", 0.3), (1, "linear", 0.3), (2, "mlp", 0.4)):
+            cache = load_cache(out / cache_file(cut, variant))
+            _, conf = cache(acts[cut])
+            threshold = float(np.quantile(conf[alive].numpy(), 1 - share))
+            alive &= conf < threshold
+            entries.append(PlanEntry(cut, base.staged.cuts[cut], variant, threshold))
+        revise_bundle(out, read_manifest(out).replace(plan=Plan(entries, "sync")))
     return out
 
 
