@@ -28,6 +28,13 @@ def test_python_m_gati_prints_the_version():
     assert out.returncode == 0 and out.stdout.strip() == f"gati {__version__}"
 
 
+def test_commands_that_only_read_a_config_and_talk_to_services_do_not_import_torch():
+    # `gati --help`, deploy-local's status and stop, and the supervisor: importing torch costs seconds of CPU each
+    out = run("-c", "import sys, gati.cli, gati.rpc.launch, gati.rpc.supervise, gati.rpc.client; "
+                    "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))")
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
 def test_every_command_has_an_example_and_shows_its_defaults():
     commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert {"build", "calibrate", "plan", "compact", "eval", "train-base", "bench", "serve", "predict"} <= set(commands)

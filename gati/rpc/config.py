@@ -54,12 +54,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from gati.errors import GatiError
-from gati.learning.neighbours import TierConfig
+
+if TYPE_CHECKING:  # torch: imported only where a tier is configured, so that CLI commands and the supervisor start fast
+    from gati.learning.neighbours import TierConfig
 
 AUTO = "auto"
 ROLES = ("aggregator", "executor", "predictor", "index", "retrainer", "all")  # `gati serve --role`
@@ -389,6 +391,7 @@ def _tier(raw: Any, where: str) -> TierConfig | None:
     """`tier: {cut, reducer, capacity, k}` (gati.learning.neighbours.TierConfig; unnamed keys keep its defaults)."""
     if raw is None:
         return None
+    from gati.learning.neighbours import TierConfig
     ctx = f"{where}: tier"
     raw = _mapping(raw, ctx)
     fields = {f.name: f for f in dataclasses.fields(TierConfig)}
