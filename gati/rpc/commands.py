@@ -60,6 +60,12 @@ def _serve(a: argparse.Namespace) -> None:
     # gati.rpc.roles imports torch: only now, with the OpenMP environment set
     from gati.rpc.roles import serve
     serve(a.role, cfg, a.name, announce)
+    # Drained: every reply is written and the closers saved the state. Tearing the interpreter down (torch, FAISS,
+    # the bundle) would take another second or more of CPU per service, and nothing is left to run.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def openmp_environment(cfg: ClusterConfig, role: str, name: str | None) -> None:
