@@ -29,8 +29,10 @@ def test_python_m_gati_prints_the_version():
 
 
 def test_commands_that_only_read_a_config_and_talk_to_services_do_not_import_torch():
-    # `gati --help`, deploy-local's status and stop, and the supervisor: importing torch costs seconds of CPU each
-    out = run("-c", "import sys, gati.cli, gati.rpc.launch, gati.rpc.supervise, gati.rpc.client; "
+    # `gati --help`, deploy-local's status and stop, and the supervisor (the shipped config has a tier): importing
+    # torch costs seconds of CPU each
+    out = run("-c", "import sys, gati.cli, gati.rpc.launch, gati.rpc.supervise, gati.rpc.client, gati.rpc.config; "
+                    "assert gati.rpc.config.load_config('deploy/local.yaml').tier is not None; "
                     "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))")
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 

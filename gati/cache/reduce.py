@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gati.errors import GatiError, InvalidInput
-
-REDUCERS: tuple[str, ...] = ("gap", "gapmax", "pool2", "pool4", "pool8")
+from gati.reducer_names import REDUCERS
 
 
 def _check_4d(x: Tensor) -> None:

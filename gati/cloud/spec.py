@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import yaml
 
 from gati.errors import GatiError
+from gati.learning.tier_config import TierConfig
 
 AUTO = "auto"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")  # short: it ends up inside bucket and IAM names
@@ -286,7 +287,6 @@ def _cluster(value: Any) -> ClusterTuning:
         if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
             raise DeployError(f"cluster.timeouts_ms.{key}: a positive number, not {ms!r}")
     if raw.get("tier") is not None:
-        from gati.learning.neighbours import TierConfig  # torch, imported only when a tier is asked for
         try:
             TierConfig(**_mapping(raw["tier"], "cluster.tier"))
         except (GatiError, TypeError) as e:

@@ -43,28 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gati.cache.knn import _faiss, _OneThread
-from gati.cache.reduce import REDUCERS, make_reducer, reduced_shape
+from gati.cache.reduce import make_reducer, reduced_shape
 from gati.errors import GatiError, InvalidInput
+from gati.learning.tier_config import TierConfig
 
 TIER = "tier"  # the tier's name where a cache's variant would stand (costs, scores, records)
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    """Where the tier sits and how much it holds."""
-
-    cut: int = 0  # the cut (index into the bundle's cuts) whose activation it reads
-    reducer: str = "pool2"  # a gati.cache.reduce key: the stem pooled to 2x2 per channel (see the module doc)
-    capacity: int = 2048  # vectors held at most
-    k: int = 8  # neighbours each search reads
-
-    def __post_init__(self) -> None:
-        for name in ("cut", "capacity", "k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "cut" else 1):
-                raise GatiError(f"tier {name} must be an integer >= {0 if name == 'cut' else 1}, got {value!r}")
-        if self.reducer not in REDUCERS:
-            raise GatiError(f"tier reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
 
 
 @dataclass(frozen=True)

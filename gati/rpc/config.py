@@ -54,14 +54,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import yaml
 
 from gati.errors import GatiError
-
-if TYPE_CHECKING:  # torch: imported only where a tier is configured, so that CLI commands and the supervisor start fast
-    from gati.learning.neighbours import TierConfig
+from gati.learning.tier_config import TierConfig  # not neighbours.py: reading a config must not import torch
 
 AUTO = "auto"
 ROLES = ("aggregator", "executor", "predictor", "index", "retrainer", "all")  # `gati serve --role`
@@ -388,10 +386,9 @@ def _executors(services: dict, where: str) -> tuple[ExecutorConfig, ...]:
 
 
 def _tier(raw: Any, where: str) -> TierConfig | None:
-    """`tier: {cut, reducer, capacity, k}` (gati.learning.neighbours.TierConfig; unnamed keys keep its defaults)."""
+    """`tier: {cut, reducer, capacity, k}` (gati.learning.tier_config.TierConfig; unnamed keys keep its defaults)."""
     if raw is None:
         return None
-    from gati.learning.neighbours import TierConfig
     ctx = f"{where}: tier"
     raw = _mapping(raw, ctx)
     fields = {f.name: f for f in dataclasses.fields(TierConfig)}
