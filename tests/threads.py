@@ -6,8 +6,8 @@ from typing import Iterator
 
 import torch
 
-# CI has two cores. Two threads ran the ResNet-18 integration build, the cache fits and base training 30% faster
-# than one (docs/results.md, "Test suite"); more would contend with the services the cluster tests start.
+# CI has two cores. With two threads instead of one the integration, cache and base-training test files took 174 s
+# instead of 246 s (docs/results.md, "Test suite time"); more than two were not tried.
 SUITE_THREADS = min(2, torch.get_num_threads())
 
 

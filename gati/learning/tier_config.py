@@ -13,7 +13,7 @@ class TierConfig:
     """Where the tier sits and how much it holds."""
 
     cut: int = 0  # the cut (index into the bundle's cuts) whose activation it reads
-    reducer: str = "pool2"  # a gati.cache.reduce key: the stem pooled to 2x2 per channel (see gati/learning/neighbours.py)
+    reducer: str = "pool2"  # a reducer name: the stem pooled to 2x2 per channel (gati/learning/neighbours.py)
     capacity: int = 2048  # vectors held at most
     k: int = 8  # neighbours each search reads
 
