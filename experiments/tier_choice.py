@@ -20,7 +20,8 @@ import torch
 
 from gati.bundle import load_bundle
 from gati.data import load_split
-from gati.learning.neighbours import NeighbourTier, TierConfig
+from gati.learning.neighbours import NeighbourTier
+from gati.learning.tier_config import TierConfig
 from gati.measure.workloads import parse_workload
 
 BUDGETS = (0.002, 0.005, 0.01)

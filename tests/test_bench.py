@@ -76,7 +76,7 @@ def test_the_learner_serves_concurrent_clients_and_reports_what_it_learned(confi
     """With learning on, the in-process learner answers 4 clients at once while it learns beside them (its
     coin, shadow checks, tier and refits on its own threads); every answer comes back and the result says what the
     learner did."""
-    from gati.learning.neighbours import TierConfig
+    from gati.learning.tier_config import TierConfig
     from gati.learning.online import OnlineConfig
     online = OnlineConfig(sample_rate=0.5, refit_every=40, select_samples=10, certify_samples=30, target=0.9,
                           tier=TierConfig(capacity=64, k=4))

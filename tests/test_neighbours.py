@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gati.errors import GatiError, InvalidInput
-from gati.learning.neighbours import NeighbourTier, TierConfig, confidence
+from gati.learning.neighbours import NeighbourTier, confidence
+from gati.learning.tier_config import TierConfig
 
 pytest.importorskip("faiss")
 

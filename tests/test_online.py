@@ -19,10 +19,10 @@ import torch
 from gati.bundle import load_bundle
 from gati.data import load_split
 from gati.learning.guarantee import FALLBACK, RECERTIFIED
-from gati.learning.neighbours import TierConfig
 from gati.learning.online import OnlineConfig, OnlineEngine
 from gati.learning.refit import refit_caches
 from gati.learning.state import REVIEWS, StateDir
+from gati.learning.tier_config import TierConfig
 from gati.measure.perturb import corrupt
 from gati.measure.workloads import Iid, Repeat
 
@@ -139,7 +139,7 @@ import sys, numpy as np, torch
 torch.set_num_threads(1)
 from gati.bundle import load_bundle
 from gati.data import load_split
-from gati.learning.neighbours import TierConfig
+from gati.learning.tier_config import TierConfig
 from gati.learning.online import OnlineConfig, OnlineEngine
 from gati.measure.workloads import Repeat
 bundle = load_bundle(sys.argv[1])

@@ -56,7 +56,8 @@ from gati.learning.guarantee import (
     LiveAgreement,
     Transition,
 )
-from gati.learning.neighbours import EMPTY, TIER, NeighbourTier, TierConfig, TierVerdict, time_tier
+from gati.learning.neighbours import EMPTY, TIER, NeighbourTier, TierVerdict, time_tier
+from gati.learning.tier_config import TierConfig
 from gati.learning.refit import (
     REFIT,
     Review,

@@ -46,8 +46,9 @@ from gati.bundle import BundleInfo
 from gati.cache import Cache, make_cache
 from gati.errors import GatiError
 from gati.learning.background import as_background
-from gati.learning.neighbours import TIER, TierConfig
+from gati.learning.neighbours import TIER
 from gati.learning.state import atomic_npz, load_npz
+from gati.learning.tier_config import TierConfig
 from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, plan_layout, step_down
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig

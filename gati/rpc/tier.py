@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from gati.errors import GatiError, InvalidInput
-from gati.learning.neighbours import NeighbourTier, TierConfig
+from gati.learning.neighbours import NeighbourTier
 from gati.learning.state import atomic_npz, atomic_write, load_npz, remove_leftovers
+from gati.learning.tier_config import TierConfig
 from gati.rpc.gen.gati_idl.ttypes import Features, InvalidRequest, LookupReply, TierInfo, TierUpdate
 from gati.rpc.metrics import IndexMetrics
 from gati.rpc.tensors import from_tensor

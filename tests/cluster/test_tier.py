@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gati.learning.neighbours import TierConfig
+from gati.learning.tier_config import TierConfig
 from gati.rpc.config import ConfigError, parse_config
 from gati.rpc.executor import _TierFirst
 from gati.rpc.gen.gati_idl import NeighborIndex
