@@ -286,7 +286,8 @@ gati build --arch resnet18 --checkpoint ../shared/models/cifar10_resnet18.pt \\
                         "model's answers on (spectrograms: shifted in time)")
     b.add_argument("--no-drafts", dest="drafts", action="store_false",
                    help="fit every cache at full size; by default cheaper drafts are fitted first and only those "
-                        "the draft plan chooses are refitted at full size (wide conv heads: a third of the fitting)")
+                        "the draft plan chooses are refitted at full size (conv heads: narrower, or if narrow "
+                        "already fitted for 3 epochs)")
     b.add_argument("--calib-limit", type=positive_int, help="class-balanced subset of test:calib (default: all)")
     b.add_argument("--memory-mb", type=positive_float, default=float("inf"),
                    help="memory budget for the plan's caches")

@@ -23,6 +23,7 @@ from gati.cache import (
     make_reducer,
     reduced_shape,
 )
+from gati.cache.convfc import DRAFT_EPOCHS
 from gati.cache.train import DistillSettings
 from gati.errors import BundleError, GatiError, InvalidInput
 from gati.measure.coverage import answered_within
@@ -234,11 +235,14 @@ def test_convfc_width_follows_the_input_unless_given(tmp_path):
     assert load_cache(tmp_path / "c.pt").hparams.channels == 256
 
 
-def test_only_a_wide_convfc_head_has_a_draft_the_narrowest_with_its_other_settings():
-    wide = make_cache("convfc", (64, 8, 8), CLASSES, epochs=3, lr=0.02)
+def test_a_convfc_draft_is_the_narrowest_head_or_if_narrow_already_fitted_briefly():
+    wide = make_cache("convfc", (64, 8, 8), CLASSES, epochs=10, lr=0.02)
     draft = wide.draft()
     assert draft.hparams == dataclasses.replace(wide.hparams, channels=64) and not draft._fitted
-    assert draft.draft() is None and make_cache("convfc", (256, 8, 8), CLASSES).draft() is None
+    narrow = make_cache("convfc", (256, 8, 8), CLASSES)  # 64 channels already: only the epochs drop
+    assert narrow.draft().hparams == dataclasses.replace(narrow.hparams, epochs=DRAFT_EPOCHS)
+    assert narrow.draft().draft() is None  # as cheap as the variant gets
+    assert make_cache("convfc", (64, 8, 8), CLASSES, channels=64, epochs=2).draft() is None
     assert all(make_cache(v, SHAPE, CLASSES).draft() is None for v in VARIANTS if v != "convfc")
 
 
