@@ -5,8 +5,9 @@
                  only in the reduced (pooled) forms the caches read; the training features in temporary files,
                  mapped into memory (TMPDIR: 10 GB for ResNet-18 on 50,000 images, 17 GB for ResNet-50)
     2. fit       every (cut, variant) cache learns the base model's logits (distillation); a cache that has a
-                 cheaper draft (a conv head: narrower, or fitted briefly) is fitted as the draft first, and at full size only if the plan
-                 the optimizer makes from the drafts (on the select part of the calibration images) exits there
+                 cheaper draft (a conv head: narrower, or fitted briefly) is fitted as the draft first, and in full
+                 only if the plan the optimizer makes from the drafts (on the select part of the calibration
+                 images) exits there
     3. score     every cache answers the calibration images
     4. profile   stages and lookups timed on the serving device
     5. plan      the optimizer picks cuts and variants; calibration picks and certifies thresholds
