@@ -23,7 +23,7 @@ CONV_SIZE = 64 * 256
 MIN_CHANNELS, MAX_CHANNELS = 64, 256
 # A draft (what the build plans with before deciding what to fit in full) is the narrowest head; where the head is
 # that narrow already (at 256 input channels and more), it is fitted for 3 epochs instead. Either cuts the fit to
-# between a quarter and a half. Not both at once: 3-epoch drafts at ResNet-18's early cuts lost the plan its best
+# between a fifth and a half. Not both at once: 3-epoch drafts at ResNet-18's early cuts lost the plan its best
 # head there (1.90x against 2.07x measured, docs/results.md, "Cheaper drafts at layer3 and layer4").
 DRAFT_EPOCHS = 3
 
