@@ -63,7 +63,7 @@ class Model:
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"))
         request = Request(image=image) if isinstance(image, bytes) else Request(tensor=to_tensor(image))
-        return self._inputs.decode(request)
+        return torch.from_numpy(self._inputs.decode(request))
 
     def close(self) -> None:
         self.engine.close()

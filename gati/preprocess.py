@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from gati.errors import GatiError, InvalidInput
+
+if TYPE_CHECKING:
+    import torch
 
 RESIZE_MODES: tuple[str, ...] = ("bilinear",)
 # Manifests written before the size was recorded hold only mean and std: their models took 32 x 32 RGB.
@@ -68,21 +71,26 @@ class Preprocess:
         return (self.channels, *self.size)
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 N x H x W x C (C = 1 or 3, any H x W) -> float32 N x channels x size[0] x size[1]."""
+        """uint8 N x H x W x C (C = 1 or 3, any H x W) -> float32 N x channels x size[0] x size[1], as a tensor."""
+        import torch
+        return torch.from_numpy(self.array(images))
+
+    def array(self, images: np.ndarray) -> np.ndarray:
+        """The same as a numpy array. Numpy does the steps torch is not needed for, so that the front door (which
+        only checks inputs and forwards them) never imports torch unless an input must be resized."""
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
                 or images.shape[-1] not in (1, 3) or 0 in images.shape[1:3]:
             shape = getattr(images, "shape", None)
             raise InvalidInput(f"expected uint8 images of shape N x H x W x C with C = 1 or 3, got "
                                f"{type(images).__name__} {getattr(images, 'dtype', '')} {shape}")
-        images = to_channels(images, self.channels)
-        # torch warns about read-only arrays (np.frombuffer, shared memory); .float() copies anyway.
-        images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+        # float32 throughout, each step one IEEE operation per value: the same values torch computed before
+        # (tests/test_preprocess.py checks every pixel value), so stored calibration scores still apply
+        x = to_channels(images, self.channels).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
         if tuple(x.shape[2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode=self.resize, align_corners=False, antialias=True)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        return ((x - mean) / std).contiguous()
+            x = _resized(x, self.size, self.resize)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return np.ascontiguousarray((x - mean) / std)
 
     def to_dict(self) -> dict:
         return {"channels": self.channels, "size": list(self.size), "mean": list(self.mean), "std": list(self.std),
@@ -98,6 +106,13 @@ class Preprocess:
         if int(entry.get("channels", pre.channels)) != pre.channels:
             raise GatiError(f"preprocess entry says {entry['channels']} channels but gives {pre.channels} means")
         return pre
+
+
+def _resized(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """float32 N x C x H x W resized to `size` by torch (imported here, only when an input needs it)."""
+    import torch
+    import torch.nn.functional as F
+    return F.interpolate(torch.from_numpy(x), size=size, mode=mode, align_corners=False, antialias=True).numpy()
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:

@@ -187,7 +187,7 @@ def test_state_survives_sigkill_and_a_restart_resumes_the_latest_certified_versi
 
 def test_the_in_process_front_door_exports_the_live_bound_and_level(bundle, split):
     pytest.importorskip("thrift")
-    from gati.rpc.aggregator import EngineBackend
+    from gati.rpc.engine_backend import EngineBackend
     from gati.rpc.metrics import AggregatorMetrics
     metrics = AggregatorMetrics()
     engine = OnlineEngine(bundle, OnlineConfig(**{**FAST, "learn": False}), on_checked=metrics.sample)
@@ -195,7 +195,7 @@ def test_the_in_process_front_door_exports_the_live_bound_and_level(bundle, spli
     images = Iid(n=60, seed=7).generate(split).images
     try:
         for i in range(len(images)):
-            backend.run(bundle.preprocess(images[i:i + 1]), time.monotonic() + 10, sampled=False)
+            backend.run(bundle.preprocess.array(images[i:i + 1]), time.monotonic() + 10, sampled=False)
         engine.settle()
         counters, gauges = metrics.snapshot()
     finally:

@@ -23,6 +23,21 @@ def test_normalisation_per_channel_for_one_and_three_channels():
         np.testing.assert_allclose(out.numpy(), manual.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
 
 
+def test_numpy_normalises_bit_for_bit_as_torch_did_for_every_pixel_value():
+    """Numpy normalises, so that the front door needs no torch; bundles were calibrated on torch's float32 steps
+    (x / 255, then (x - mean) / std): every pixel value of every channel must come out identical."""
+    values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    rng = np.random.default_rng(1)
+    for mean, std in [((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), ((0.1307,), (0.3081,)),
+                      *[(tuple(rng.uniform(-1, 1, c)), tuple(rng.uniform(0.01, 2, c))) for c in (1, 3, 3, 3)]]:
+        pre = Preprocess(mean, std, (16, 16))
+        images = np.repeat(values, pre.channels, axis=-1)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+        m, s = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))  # as the old code
+        by_torch = (x - m) / s
+        assert torch.equal(pre(images), by_torch) and pre.array(images).dtype == np.float32
+
+
 def test_channels_convert_exactly_as_pil():
     grey = to_channels(RGB, 1)
     for img, g in zip(RGB, grey):

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from gati.bundle.layout import (
     CALIBRATION,
@@ -36,12 +36,17 @@ from gati.bundle.layout import (
     cache_file,
 )
 from gati.bundle.manifest import FORMAT_VERSION, Manifest, read_manifest
-from gati.cache import Cache, load_cache
 from gati.errors import BundleError, CheckpointError, GatiError
-from gati.models import build_model, load_checkpoint, sha256_file
-from gati.models.split import StagedModel, split_model
 from gati.preprocess import Preprocess
 from gati.runtime.plan import Plan
+
+# The model, its stages and the caches are torch modules, imported where they are loaded or written: reading a
+# bundle (`read_bundle`, what the aggregator needs) imports no torch.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from gati.cache import Cache
+    from gati.models.split import StagedModel
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "BundleInfo", "Manifest", "cache_file", "load_bundle",
            "read_bundle", "read_manifest", "revise_bundle", "write_bundle"]
@@ -70,6 +75,7 @@ class BundleInfo:
         return path
 
     def load_cache(self, cut: int, variant: str) -> Cache:
+        from gati.cache import load_cache
         return load_cache(self.path / cache_file(cut, variant))
 
     def plan_caches(self, cut_names: Iterable[str] | None = None) -> dict[int, Cache]:
@@ -125,6 +131,8 @@ class Bundle:
 
 
 def load_bundle(path: str | Path, device: str = "cpu", verify_checkpoint: bool = True) -> Bundle:
+    from gati.models import load_checkpoint, sha256_file
+    from gati.models.split import split_model
     info = read_bundle(path)
     m = info.manifest
     checkpoint = info.checkpoint_path()
@@ -144,6 +152,7 @@ def load_bundle(path: str | Path, device: str = "cpu", verify_checkpoint: bool =
 
 def make_model(manifest: Manifest) -> nn.Module:
     """The base architecture a manifest names: a built-in arch or a user's `pkg.mod:factory`."""
+    from gati.models import build_model
     if manifest.model_module:
         return import_factory(manifest.model_module)(manifest.num_classes)
     return build_model(manifest.arch, manifest.num_classes, manifest.preprocess.channels)
@@ -205,6 +214,7 @@ def revise_bundle(path: Path, manifest: Manifest, out: Path | None = None,
 def _sealed(manifest: Manifest, folder: Path) -> Manifest:
     """The manifest with its certificate bound to the plan's cache files as written (their SHA-256,
     in plan order): the certificate is about exactly these caches."""
+    from gati.models import sha256_file
     digest = hashlib.sha256()
     for e in manifest.plan.entries:
         digest.update(sha256_file(folder / cache_file(e.cut, e.variant)).encode())

@@ -43,7 +43,7 @@ early exits, each later one more aggressive; the bundle serves the last certifie
 requests since the start, so it needs samples to reach the target: with no wrong answer, after roughly
 W_upper(0) / (1 - target) requests, W_upper(0) being about 4.4 / p at alpha = 0.05 (before that it is high only
 while few hits have been served, as W_t <= hits_t). So:
-- The controller is armed once the lower bound stands `headroom` sampled wrong answers (default 3) above the
+- The controller is armed once the lower bound stands `headroom` sampled wrong answers (default `HEADROOM`, 3) above the
   target, with the samples rather than the count of hits setting it (`bound_from_samples`). Arming at the
   target itself would make the first wrong answer after it a fallback, even for a vector that keeps the promise
   easily (`experiments/live_agreement.py` measures false fallbacks and detection against p and headroom).
@@ -76,6 +76,8 @@ LAMBDAS = -np.log((np.arange(1, GRID_SIZE + 1) - 0.5) / GRID_SIZE)  # the |lambd
 LOG_WEIGHTS = np.full(GRID_SIZE, -math.log(GRID_SIZE))
 
 FALLBACK, RECOVERED, RECERTIFIED = "fallback", "recovered", "recertified"
+ALPHA = 0.05  # the live bound's level, unless configured
+HEADROOM = 3  # the controller arms once the lower bound stands this many sampled wrong answers above the target
 
 
 def _check_probability(p: float) -> float:
@@ -216,7 +218,7 @@ class LiveAgreement:
     Not thread-safe: a server with many workers calls it under one lock.
     """
 
-    def __init__(self, p: float = 0.05, alpha: float = 0.05) -> None:
+    def __init__(self, p: float = 0.05, alpha: float = ALPHA) -> None:
         self.alpha = _check_level("alpha", alpha)
         self._threshold = math.log(1.0 / self.alpha)
         self._p = _check_probability(p)
@@ -381,7 +383,7 @@ class FallbackController:
     """
 
     def __init__(self, live: LiveAgreement, target: float, vectors: int, start: int | None = None,
-                 step: int = 1, headroom: int = 3) -> None:
+                 step: int = 1, headroom: int = HEADROOM) -> None:
         self.live = live
         self.target = _check_level("target", target)
         self.vectors = _check_int("vectors (certified vectors, no early exits included)", vectors, 1)

@@ -51,6 +51,8 @@ from gati.cache import Cache
 from gati.errors import GatiError
 from gati.learning.background import BACKGROUND_NICE, as_background
 from gati.learning.guarantee import (
+    ALPHA,
+    HEADROOM,
     AgreementSnapshot,
     FallbackController,
     LiveAgreement,
@@ -85,7 +87,7 @@ MAX_BACKLOG = 256  # unsampled misses waiting to become samples beyond this are 
 @dataclass(frozen=True)
 class OnlineConfig:
     sample_rate: float = 0.1  # p: the share of requests the server's coin samples
-    alpha: float = 0.05  # the live bound's level, and each review's (split between its two tests)
+    alpha: float = ALPHA  # the live bound's level, and each review's (split between its two tests)
     target: float | None = None  # None: the bundle's
     learn: bool = True  # False: the guarantee alone (no tier, no refitting)
     tier: TierConfig | None = field(default_factory=TierConfig)  # None: no neighbour tier
@@ -96,7 +98,7 @@ class OnlineConfig:
     # coin samples of later requests that certify it: at a 0.99 target, 1,000 admit 3 wrong answers (0.3%),
     # 2,000 admit 11; 400 admit none (one-sided Clopper-Pearson at alpha / 2)
     certify_samples: int = 1000
-    headroom: int = 3  # the fallback controller's (gati.learning.guarantee)
+    headroom: int = HEADROOM  # the fallback controller's (gati.learning.guarantee)
     background: bool = True  # False: learning runs in settle(), in order (deterministic)
     # the learning threads' niceness above serving's, with one OpenMP thread each (gati.learning.background): they use
     # the cores serving leaves idle; 0: the same priority (learning keeps pace, and slows serving)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gati.learning.guarantee import FallbackController, LiveAgreement, wrong_bounds
+from gati.learning.guarantee import ALPHA, HEADROOM, FallbackController, LiveAgreement, wrong_bounds
 
 # (sampled wrong D_t, unsampled hits) -> (lower, upper) bounds on the wrong answers W_t
 Bounds = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -115,8 +115,8 @@ def adversarial_errors(rng: np.random.Generator, runs: int, n: int, p: float, al
 
 
 def serve_with_fallback(seed: int, n: int, onset: int, hit_rate: Sequence[float], error_before: Sequence[float],
-                        error_after: Sequence[float], p: float, target: float, alpha: float = 0.05,
-                        step: int = 1, headroom: int = 3) -> FallbackController:
+                        error_after: Sequence[float], p: float, target: float, alpha: float = ALPHA,
+                        step: int = 1, headroom: int = HEADROOM) -> FallbackController:
     """Serve `n` requests with a controller over len(hit_rate) vectors (index 0: no early exits, hit rate 0).
 
     The vector served decides a request's hit rate and the share of its hits that are wrong: `error_before`

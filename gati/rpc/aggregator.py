@@ -14,8 +14,12 @@ decoding: a refused request costs almost nothing), decodes and checks it once a 
   The answers to the sampled requests keep the live guarantee at the front door (gati/rpc/live.py): an
   anytime-valid lower bound on the agreement of every answer given, exported as a metric, and a fallback to no
   early exits, asked of the retrainer, when that bound is about to fall below the target.
-- `EngineBackend` (`--role all`): the in-process engine behind the same Thrift front door, with the live
-  guarantee of `gati.learning.online` when the aggregator has a sample rate.
+- `EngineBackend` (`--role all`, gati/rpc/engine_backend.py): the in-process engine behind the same Thrift front
+  door, with the live guarantee of `gati.learning.online` when the aggregator has a sample rate.
+
+The cluster's aggregator does not import torch: it checks inputs with numpy and forwards them, so it starts in a
+fraction of the time and memory of a service that holds the model (only an input of another size than the model's,
+which must be resized, loads torch: gati.preprocess).
 
 A sampled share of requests is finished by the full model in the background; comparing it with
 the answer given estimates live agreement (a metric), and the (features, base label) samples go
@@ -23,7 +27,6 @@ to the retrainer.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import secrets
@@ -32,10 +35,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
+import numpy as np
 
 from gati.errors import InvalidInput
-from gati.learning.online import OnlineAnswer, OnlineConfig, OnlineEngine
+from gati.learning.guarantee import ALPHA, HEADROOM
 from gati.rpc.admission import Admission, deadline_s
 from gati.rpc.config import AggregatorConfig, Timeouts
 from gati.rpc.gen.gati_idl.ttypes import (
@@ -57,7 +60,6 @@ from gati.rpc.service import ServiceBase
 from gati.rpc.tensors import to_tensor
 from gati.rpc.timing import Stopwatch
 from gati.rpc.transport import Limits, PeerUnavailable, Pool
-from gati.runtime.engine import Engine
 
 log = logging.getLogger("gati.rpc.aggregator")
 SAMPLED_TTL_S = 120.0  # a sampled request whose shadow result never comes is forgotten after this
@@ -79,7 +81,7 @@ class Outcome:
 
 
 class Backend(Protocol):
-    def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome: ...
+    def run(self, x: np.ndarray, deadline: float, sampled: bool) -> Outcome: ...  # x: 1 x C x H x W float32
     def finished(self, result: ExecutionResult) -> None: ...   # the executor's answer
     def shadowed(self, result: ShadowResult) -> None: ...      # a sampled request, run to the end
     def close(self) -> None: ...
@@ -145,16 +147,15 @@ class ClusterBackend:
         self._lock = threading.Lock()
         self.guard: LiveGuard | None = None  # the live bound: needs sampled requests and a target to keep
         if sample_rate > 0 and target is not None:
-            self.guard = LiveGuard(sample_rate, target, OnlineConfig.alpha, OnlineConfig.headroom,
-                                   self._ask_fallback)
+            self.guard = LiveGuard(sample_rate, target, ALPHA, HEADROOM, self._ask_fallback)
             metrics.watch_bound(self.guard.snapshot)
         for r in replicas:
             metrics.replica_in_flight.labels(r.name).set_function(lambda r=r: r.in_flight)
         self.replicas = Replicas(replicas, limits, self._lost, self._replica_state, heartbeat_s).start()
 
-    def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
+    def run(self, x: np.ndarray, deadline: float, sampled: bool) -> Outcome:
         p = Pending(self._next_id(), sampled, self.cut_names)
-        message = RunRequest(p.request_id, to_tensor(x.numpy()), sampled,
+        message = RunRequest(p.request_id, to_tensor(x), sampled,
                              time.time() + (deadline - time.monotonic()))
         self._pending[p.request_id] = p
         answered = False
@@ -291,37 +292,6 @@ def _failure(refusals: list[Exception], deadline: float) -> Exception:
     if time.monotonic() >= deadline:
         return DeadlineExceeded(f"the deadline passed before an executor answered ({why})")
     return Unavailable(why)
-
-
-# ---- the in-process backend (--role all) ----------------------------------------------------
-
-class EngineBackend:
-    """The in-process engine behind the front door. An `OnlineEngine` (learning off) keeps the live guarantee: it
-    draws its own coin (the aggregator's `sampled` is not used), finishes sampled hits in the background, falls back
-    to certified levels, and its live bound, point estimate and level are read at each scrape. A plain `Engine`
-    (no sample rate) only answers."""
-
-    def __init__(self, engine: Engine | OnlineEngine, metrics: AggregatorMetrics):
-        self.engine, self.metrics = engine, metrics
-        self._ids = itertools.count(1)
-        if isinstance(engine, OnlineEngine):
-            metrics.watch_live(engine.status)
-
-    def run(self, x: torch.Tensor, deadline: float, sampled: bool) -> Outcome:
-        served = self.engine.predict(x)
-        a = served.answer if isinstance(served, OnlineAnswer) else served
-        exit_cut = -1 if a.exit_cut is None else a.exit_cut
-        return Outcome(a.label, a.confidence, exit_cut, a.exit_name, a.stages_run, next(self._ids),
-                       compute_ms=a.compute_s * 1000, lookup_ms=a.wait_s * 1000)
-
-    def finished(self, result: ExecutionResult) -> None:
-        pass  # in-process: no executor
-
-    def shadowed(self, result: ShadowResult) -> None:
-        pass
-
-    def close(self) -> None:
-        self.engine.close()
 
 
 # ---- the Thrift handler ---------------------------------------------------------------------

@@ -57,7 +57,7 @@ def _serve(a: argparse.Namespace) -> None:
         print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port}"
               f"{internal}{web}, pid {os.getpid()}", flush=True)
 
-    # gati.rpc.roles imports torch: only now, with the OpenMP environment set
+    # every role but the aggregator imports torch (gati.rpc.model_roles): only now, with the OpenMP environment set
     from gati.rpc.roles import serve
     serve(a.role, cfg, a.name, announce)
     # Drained: every reply is written and the closers saved the state. Tearing the interpreter down (torch, FAISS,

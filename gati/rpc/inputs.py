@@ -6,7 +6,9 @@ A request carries exactly one of:
   mode; greyscale images decode to 1 channel, the others to RGB (see `gati.preprocess.image_pixels`);
 - `tensor` uint8 H x W x C (or 1 x H x W x C), C = 1 or 3, any H x W: raw pixels, preprocessed here;
 - `tensor` float32 C x H x W (or 1 x C x H x W) of exactly the model's input shape: already preprocessed.
-Batch size is 1. An image's declared size is checked against `max_pixels` before its pixels are decoded, so a small
+Batch size is 1. The result is a numpy array: checking and preprocessing need no torch (the aggregator, which only
+checks requests and forwards them, never imports it), except to resize an input of another size than the model's
+(gati.preprocess). An image's declared size is checked against `max_pixels` before its pixels are decoded, so a small
 file that declares a huge image (a decompression bomb) costs nothing. Anything else is `InvalidInput` with a message
 naming what is wrong.
 """
@@ -16,7 +18,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from gati.errors import InvalidInput
@@ -41,20 +42,20 @@ class InputSpec:
         """C x H x W, the model's input."""
         return self.preprocess.input_shape
 
-    def decode(self, request: Request) -> torch.Tensor:
+    def decode(self, request: Request) -> np.ndarray:
         """1 x C x H x W float32, ready for the first stage."""
         if (request.image is None) == (request.tensor is None):
             raise InvalidInput("a request carries exactly one of `image` (encoded bytes) or `tensor`")
         if request.image is not None:
-            return self.preprocess(self._image(request.image))
+            return self.preprocess.array(self._image(request.image))
         array = from_tensor(request.tensor, "request tensor")
         if array.size == 0:
             raise InvalidInput(f"request tensor is empty (shape {array.shape})")
         if array.dtype == np.uint8:
-            return self.preprocess(self._pixels(array))
+            return self.preprocess.array(self._pixels(array))
         if array.dtype == np.float32:
-            x = torch.from_numpy(self._batch_of_one(array, self.shape, "float32 C x H x W").copy())
-            if not torch.isfinite(x).all():
+            x = self._batch_of_one(array, self.shape, "float32 C x H x W").copy()  # writable: the request's is not
+            if not np.isfinite(x).all():
                 raise InvalidInput("request tensor contains NaN or infinite values")
             return x
         raise InvalidInput(f"request tensor dtype must be uint8 (pixels) or float32 (normalised), got {array.dtype}")

@@ -89,6 +89,18 @@ ROLE_METRICS = {
 }
 
 
+def test_the_front_door_runs_without_torch(cluster):
+    """The aggregator checks inputs with numpy and forwards them: no torch in its process (it would load it only to
+    resize an input of another size; so far every request had the model's)."""
+    def mapped(name: str) -> str:
+        return Path(f"/proc/{cluster.procs[name].pid}/maps").read_text()
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("reads /proc")
+    assert "libtorch" in mapped("executor")  # what the check looks for, where torch is
+    assert "libtorch" not in mapped("aggregator")
+
+
 def test_every_service_serves_health_and_prometheus_metrics(cluster, eval_images, cluster_bundle):
     from gati import __version__
     from gati.bundle import read_manifest
