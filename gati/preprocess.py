@@ -6,9 +6,13 @@ Called on uint8 pixels N x H x W x C (C = 1 or 3, any H x W) it returns float32 
 1. channels: greyscale -> RGB repeats the value; RGB -> greyscale is PIL's luma (ITU-R 601-2, in PIL's own
    fixed-point rounding), so an array converts exactly as `Image.convert("L")` would convert the image;
 2. scale: x / 255;
-3. resize, only when the size differs from the model's: bilinear, antialiased when shrinking (torch's
-   `antialias=True`, which follows PIL's BILINEAR filter), on floats so nothing is rounded twice;
+3. resize, only when the size differs from the model's: PIL's BILINEAR filter (antialiased when shrinking) on
+   each channel's float values, so nothing is rounded twice; torch's `antialias=True`, which resized before
+   2026-12-07, follows the same filter and gives the same values to within 2e-6;
 4. normalise: (x - mean) / std per channel.
+
+Numpy and PIL do every step, so the serving front door, which only checks inputs and forwards them, never imports
+torch; `__call__` hands the result to torch for the model.
 
 `image_pixels` turns an opened image file into such pixels (1 channel for greyscale modes, RGB for every other
 mode); data sets and the serving front door both decode through it.
@@ -76,18 +80,18 @@ class Preprocess:
         return torch.from_numpy(self.array(images))
 
     def array(self, images: np.ndarray) -> np.ndarray:
-        """The same as a numpy array. Numpy does the steps torch is not needed for, so that the front door (which
-        only checks inputs and forwards them) never imports torch unless an input must be resized."""
+        """The same as a numpy array, without torch."""
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
                 or images.shape[-1] not in (1, 3) or 0 in images.shape[1:3]:
             shape = getattr(images, "shape", None)
             raise InvalidInput(f"expected uint8 images of shape N x H x W x C with C = 1 or 3, got "
                                f"{type(images).__name__} {getattr(images, 'dtype', '')} {shape}")
-        # float32 throughout, each step one IEEE operation per value: the same values torch computed before
-        # (tests/test_preprocess.py checks every pixel value), so stored calibration scores still apply
+        # float32 throughout, one IEEE operation per value and step: resizing aside, the values torch computed
+        # before 2026-12-07, bit for bit (tests/test_preprocess.py checks every pixel value), so stored
+        # calibration scores still apply
         x = to_channels(images, self.channels).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
         if tuple(x.shape[2:]) != self.size:
-            x = _resized(x, self.size, self.resize)
+            x = _bilinear(x, self.size)  # the only mode in RESIZE_MODES
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
         return np.ascontiguousarray((x - mean) / std)
@@ -108,11 +112,14 @@ class Preprocess:
         return pre
 
 
-def _resized(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """float32 N x C x H x W resized to `size` by torch (imported here, only when an input needs it)."""
-    import torch
-    import torch.nn.functional as F
-    return F.interpolate(torch.from_numpy(x), size=size, mode=mode, align_corners=False, antialias=True).numpy()
+def _bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 N x C x H x W resized to `size` (H x W), one channel at a time as a PIL float image (mode "F")."""
+    out = np.empty((*x.shape[:2], *size), dtype=np.float32)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            channel = Image.fromarray(np.ascontiguousarray(x[n, c]))
+            out[n, c] = np.asarray(channel.resize(size[::-1], Image.BILINEAR))
+    return out
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:

@@ -59,6 +59,17 @@ def test_resize_is_bilinear_like_pil(src, dst):
     assert np.abs(ours - theirs).max() <= 1 and np.abs(ours - theirs).mean() < 0.4
 
 
+@pytest.mark.parametrize("src, dst", [((96, 80), (32, 32)), ((20, 14), (32, 32)), ((40, 98), (98, 40)),
+                                      ((33, 47), (32, 32))])
+def test_resize_gives_what_torch_gave_to_bundles_resized_before_within_float_rounding(src, dst):
+    """Torch's antialiased bilinear resized inputs before 2026-12-07 (it follows the same filter as PIL)."""
+    pixels = RNG.integers(0, 256, (2, *src, 3), dtype=np.uint8)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    by_torch = torch.nn.functional.interpolate(x, size=dst, mode="bilinear", align_corners=False, antialias=True)
+    ours = Preprocess((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), dst)(pixels)
+    assert ours.shape == by_torch.shape and (ours - by_torch).abs().max() < 1e-5
+
+
 def test_inputs_of_the_model_size_are_not_resampled():
     pre = Preprocess((0.0,), (1.0,), (20, 14))
     assert torch.allclose(pre(RGB[..., :1])[:, 0], torch.from_numpy(RGB[..., 0] / 255).float())

@@ -17,9 +17,9 @@ decoding: a refused request costs almost nothing), decodes and checks it once a 
 - `EngineBackend` (`--role all`, gati/rpc/engine_backend.py): the in-process engine behind the same Thrift front
   door, with the live guarantee of `gati.learning.online` when the aggregator has a sample rate.
 
-The cluster's aggregator does not import torch: it checks inputs with numpy and forwards them, so it starts in a
-fraction of the time and memory of a service that holds the model (only an input of another size than the model's,
-which must be resized, loads torch: gati.preprocess).
+The cluster's aggregator does not import torch: it checks and converts inputs with numpy and PIL
+(gati.preprocess) and forwards them, so it starts in a fraction of the time and memory of a service that holds the
+model.
 
 A sampled share of requests is finished by the full model in the background; comparing it with
 the answer given estimates live agreement (a metric), and the (features, base label) samples go

@@ -89,14 +89,17 @@ ROLE_METRICS = {
 }
 
 
-def test_the_front_door_runs_without_torch(cluster):
-    """The aggregator checks inputs with numpy and forwards them: no torch in its process (it would load it only to
-    resize an input of another size; so far every request had the model's)."""
+def test_the_front_door_runs_without_torch(cluster, eval_images, cluster_bundle):
+    """The aggregator checks and converts inputs with numpy and PIL, resizing included, and forwards them: no torch
+    in its process."""
     def mapped(name: str) -> str:
         return Path(f"/proc/{cluster.procs[name].pid}/maps").read_text()
 
     if not Path("/proc/self/maps").exists():
         pytest.skip("reads /proc")
+    other_size = np.asarray(Image.fromarray(eval_images[5]).resize((50, 41), Image.BICUBIC))
+    with cluster.client() as client:
+        assert client.predict_pixels(other_size).label == References.of(cluster_bundle, other_size[None]).labels[0]
     assert "libtorch" in mapped("executor")  # what the check looks for, where torch is
     assert "libtorch" not in mapped("aggregator")
 
