@@ -89,7 +89,8 @@ class Preprocess:
         # float32 throughout, one IEEE operation per value and step: resizing aside, the values torch computed
         # before 2026-12-07, bit for bit (tests/test_preprocess.py checks every pixel value), so stored
         # calibration scores still apply
-        x = to_channels(images, self.channels).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+        x = to_channels(images, self.channels).transpose(0, 3, 1, 2).astype(np.float32, order="C")
+        x /= np.float32(255.0)  # in place: a 4096 x 4096 request holds one float copy of its pixels, not two
         if tuple(x.shape[2:]) != self.size:
             x = _bilinear(x, self.size)  # the only mode in RESIZE_MODES
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
