@@ -98,7 +98,7 @@ class Endpoint:
     host: str
     port: int                         # Thrift
     http_port: int | None = None      # health, metrics (and /v2 on the aggregator); None: no HTTP server
-    threads: int = 1                  # torch intra-op threads of its process; 0: torch's default (every core)
+    threads: int = 1                  # torch threads of its process (the aggregator has none); 0: every core
 
     @property
     def address(self) -> str:
