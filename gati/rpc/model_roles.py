@@ -111,8 +111,8 @@ def _index(cfg: ClusterConfig) -> Service:
     keys = handler.load_bundle_caches(info)
     log.info("index: loaded %s%s", ", ".join(keys) or "no kNN caches (the plan has none)",
              "" if tier is None else f"; the online tier at {tier.cut_name}")
-    return Service("index", handler, internal_server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index",
-                                             "index"), closers=closers)
+    server = internal_server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index", "index")
+    return Service("index", handler, server, closers=closers)
 
 
 def _retrainer(cfg: ClusterConfig) -> Service:
