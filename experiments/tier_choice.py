@@ -22,6 +22,7 @@ from gati.bundle import load_bundle
 from gati.data import load_split
 from gati.learning.neighbours import NeighbourTier
 from gati.learning.tier_config import TierConfig
+from gati.learning.tier_vector import tier_vector
 from gati.measure.workloads import parse_workload
 
 BUDGETS = (0.002, 0.005, 0.01)
@@ -73,7 +74,7 @@ def main() -> None:
                 tier = NeighbourTier(TierConfig(cut, reducer, a.capacity, k), tuple(m.cut_shapes[cut]), m.num_classes)
                 conf, label = np.zeros(len(base)), np.full(len(base), -1)
                 for t in range(len(base)):
-                    v = tier.vector(batch[t:t + 1])
+                    v = tier_vector(tier, batch[t:t + 1])
                     verdict = tier.judge(v, math.inf)
                     conf[t], label[t] = verdict.confidence, verdict.label
                     tier.add(v, int(base[t]))

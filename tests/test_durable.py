@@ -13,7 +13,8 @@ import torch
 from gati.cache import make_cache
 from gati.rpc.cachefile import cache_to_bytes
 from gati.rpc.config import ConfigError, parse_config
-from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
+from gati.rpc.durable import VersionStore, load_samples, save_samples
+from gati.rpc.periodic import Every
 from gati.rpc.samples import CheckedSample, SampleRing
 
 SHAPE, CLASSES = (8, 4, 4), 4

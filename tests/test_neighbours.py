@@ -10,6 +10,7 @@ import torch
 from gati.errors import GatiError, InvalidInput
 from gati.learning.neighbours import NeighbourTier, confidence
 from gati.learning.tier_config import TierConfig
+from gati.learning.tier_vector import tier_vector
 
 pytest.importorskip("faiss")
 
@@ -71,7 +72,7 @@ def test_one_close_neighbour_that_disagrees_pulls_the_confidence_down():
 
 def test_an_empty_tier_never_answers_and_the_features_are_unit_vectors():
     tier = NeighbourTier(TierConfig(capacity=10), SHAPE, 10)
-    v = tier.vector(torch.rand(1, *SHAPE))
+    v = tier_vector(tier, torch.rand(1, *SHAPE))
     assert v.shape == (16,) and math.isclose(float(np.linalg.norm(v)), 1.0, rel_tol=1e-5)
     assert tier.judge(v, 0.0).confidence == 0.0 and tier.judge(v, 0.0).label == -1
 
@@ -101,5 +102,5 @@ def test_bad_input_gets_a_typed_error_and_changes_nothing():
     with pytest.raises(InvalidInput):
         tier.add(np.zeros(16, np.float32), 10)
     with pytest.raises(InvalidInput):
-        tier.vector(torch.zeros(1, 3, 8, 8))
+        tier_vector(tier, torch.zeros(1, 3, 8, 8))
     assert tier.size == 0

@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from gati.cache.reduce import make_reducer, reduced_shape
+from gati.cache.reduce import make_reducer
 from gati.errors import BundleError, GatiError, InvalidInput
+from gati.reducer_names import reduced_shape
 
 FORMAT = "gati-cache/1"
 VARIANTS: dict[str, type[Cache]] = {}

@@ -1,14 +1,13 @@
 """k-nearest-neighbour cache: cosine similarity to stored training features, similarity-weighted vote.
 
-The neighbour search sits behind a small `NeighborIndex` protocol so that a remote index (a Thrift
-service) can replace the local FAISS one without the cache changing.
+The neighbour search sits behind a small `NeighborIndex` protocol (gati/neighbor_index.py) so that a remote
+index (a Thrift service) can replace the local FAISS one without the cache changing.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,73 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gati.cache.base import Cache, Params, check_state, require
-from gati.errors import GatiError, InvalidInput
-
-SMALL_SEARCH = 64  # queries; below this a search runs on one OpenMP thread
-
-
-class _OneThread:
-    """Per-request searches are tiny: an OpenMP thread team per call costs more than it saves.
-
-    FAISS and torch share one OpenMP runtime, and its thread count is per calling thread, so it
-    is lowered only around the search and restored after: setting it once at import would also
-    drop torch's own thread count to 1 for the whole process.
-    """
-
-    def __enter__(self) -> None:
-        faiss = _faiss()
-        self.saved = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        _faiss().omp_set_num_threads(self.saved)
+from gati.errors import GatiError
+from gati.neighbor_index import KNN, FaissIndex, NeighborIndex
 
 LOO_SAMPLE = 1000  # stored vectors whose leave-one-out vote estimates the train agreement
 VOTE_FLOOR = 1e-6  # keeps every neighbour's weight positive, so all-negative similarities still vote
-
-
-@runtime_checkable
-class NeighborIndex(Protocol):
-    """Where a KnnCache keeps its labelled unit vectors and searches them by inner product."""
-
-    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
-        """Store rows of `x` (float32 M x D) with int64 `labels` [M]."""
-
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities float32 N x k', labels int64 N x k') of the k' <= k nearest; label -1 = none."""
-
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """Everything stored: (vectors float32 M x D, labels int64 [M]); used to save or move the data."""
-
-
-class FaissIndex:
-    """The local NeighborIndex: an exact FAISS inner-product index plus a label per stored vector."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self._index = _faiss().IndexFlatIP(dim)
-        self._labels = np.empty(0, dtype=np.int64)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self._index.ntotal)
-
-    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
-        if x.ndim != 2 or x.shape[1] != self.dim or labels.shape != (len(x),):
-            raise InvalidInput(f"index add needs M x {self.dim} vectors and M labels, got {x.shape}, {labels.shape}")
-        self._index.add(np.ascontiguousarray(x, dtype=np.float32))
-        self._labels = np.concatenate((self._labels, labels.astype(np.int64, copy=False)))
-
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.ntotal == 0:
-            raise GatiError("the neighbour index is empty")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        with _OneThread() if len(x) < SMALL_SEARCH else nullcontext():
-            sims, ids = self._index.search(x, min(k, self.ntotal))
-        return sims, np.where(ids >= 0, self._labels[ids], -1)
-
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._index.reconstruct_n(0, self.ntotal), self._labels.copy()
 
 
 @dataclass(frozen=True)
@@ -93,12 +30,6 @@ class KnnParams(Params):
     def check(self) -> None:
         require(self.k >= 1, f"k must be >= 1, got {self.k}")
         require(self.max_items >= 1, f"max_items must be >= 1, got {self.max_items}")
-
-
-def _faiss():
-    """FAISS, imported on first use: a GPU host that serves only dense caches need not install it."""
-    import faiss
-    return faiss
 
 
 def unit_rows(x: Tensor) -> Tensor:
@@ -120,7 +51,7 @@ class KnnCache(Cache):
     features are all non-negative, so without it every pair of vectors looks similar.
     """
 
-    variant = "knn"
+    variant = KNN
     reducer_key = "gap"
     Params = KnnParams
 

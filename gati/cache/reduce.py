@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gati.errors import GatiError, InvalidInput
-from gati.reducer_names import REDUCERS
+from gati.errors import InvalidInput
+from gati.reducer_names import check_reducer
 
 
 def _check_4d(x: Tensor) -> None:
@@ -59,28 +59,11 @@ class ShrinkPool(nn.Module):
         return f"size={self.size}"
 
 
-def _check_key(key: str) -> None:
-    if key not in REDUCERS:
-        raise GatiError(f"unknown reducer {key!r}; known reducers: {', '.join(REDUCERS)}")
-
-
 def make_reducer(key: str) -> nn.Module:
     """The reducer named `key` (one of REDUCERS)."""
-    _check_key(key)
+    check_reducer(key)
     if key == "gap":
         return GlobalAvgPool()
     if key == "gapmax":
         return GlobalAvgMaxPool()
     return ShrinkPool(int(key.removeprefix("pool")))
-
-
-def reduced_shape(key: str, act_shape: tuple[int, int, int]) -> tuple[int, ...]:
-    """Per-sample shape of `make_reducer(key)`'s output for a C x H x W activation."""
-    _check_key(key)
-    c, h, w = act_shape
-    if key == "gap":
-        return (c,)
-    if key == "gapmax":
-        return (2 * c,)
-    size = int(key.removeprefix("pool"))
-    return (c, min(h, size), min(w, size))

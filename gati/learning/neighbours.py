@@ -28,24 +28,22 @@ FAISS searches the slot matrix directly (`faiss.knn`), no index to remove from.
 
 Before a threshold for it is certified (`gati.learning.refit`, on live samples exchangeable by the server's coin),
 the tier does not answer: its threshold is infinite. Thread-safe: searches and inserts take one lock.
+
+The tier holds and searches vectors; it needs no torch, so the service that keeps it in the cluster (the neighbour
+index) starts without it. Making a request's vector from its activation is gati/learning/tier_vector.py's job.
 """
 from __future__ import annotations
 
 import math
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from gati.cache.knn import _faiss, _OneThread
-from gati.cache.reduce import make_reducer, reduced_shape
 from gati.errors import GatiError, InvalidInput
 from gati.learning.tier_config import TierConfig
+from gati.neighbor_index import OneThread, load_faiss
+from gati.reducer_names import reduced_shape
 
 TIER = "tier"  # the tier's name where a cache's variant would stand (costs, scores, records)
 
@@ -69,7 +67,6 @@ class NeighbourTier:
         self.in_shape = tuple(in_shape)
         self.num_classes = num_classes
         self.dim = math.prod(reduced_shape(config.reducer, self.in_shape))
-        self._reduce = make_reducer(config.reducer).forward
         self._vectors = np.zeros((config.capacity, self.dim), dtype=np.float32)
         self._labels = np.full(config.capacity, -1, dtype=np.int64)
         self._used = np.zeros(config.capacity, dtype=np.int64)  # the clock at each slot's last use
@@ -86,21 +83,15 @@ class NeighbourTier:
         """What the tier holds, all preallocated: vectors, labels and recency per slot."""
         return self._vectors.nbytes + self._labels.nbytes + self._used.nbytes
 
-    def vector(self, act: Tensor) -> np.ndarray:
-        """A 1 x C x H x W activation at the tier's cut as the tier's unit vector (float32 [dim])."""
-        if act.dim() != 4 or tuple(act.shape[1:]) != self.in_shape:
-            raise InvalidInput(f"the tier reads activations of shape N x {self.in_shape}, got {tuple(act.shape)}")
-        return unit_vector(self._reduce, act)
-
     def judge(self, vector: np.ndarray, threshold: float) -> TierVerdict:
         """The tier's verdict on a unit vector; the neighbours of a verdict at or above `threshold` count as used."""
         k = self.config.k
         with self._lock:
             if self._size == 0:
                 return EMPTY
-            with _OneThread():  # one query: a thread team costs more than it saves (gati.cache.knn)
-                sims, slots = _faiss().knn(vector[None], self._vectors[:self._size], min(k, self._size),
-                                           metric=_faiss().METRIC_INNER_PRODUCT)
+            with OneThread():  # one query: a thread team costs more than it saves (gati.neighbor_index)
+                sims, slots = load_faiss().knn(vector[None], self._vectors[:self._size], min(k, self._size),
+                                               metric=load_faiss().METRIC_INNER_PRODUCT)
             sims, slots = sims[0], slots[0]
             labels = self._labels[slots]
             verdict = confidence(sims, labels, k)
@@ -144,33 +135,8 @@ class NeighbourTier:
             self._clock, self.inserted = (int(v) for v in saved["clock"])
 
 
-def unit_vector(reduce: Callable[[Tensor], Tensor], act: Tensor) -> np.ndarray:
-    """The first activation of `act`, reduced and L2-normalised: what the tier stores and searches (float32 [dim]).
-    The cluster's executor computes it with the same function and sends only it (gati/rpc/tier.py)."""
-    with torch.inference_mode():
-        flat = reduce(act[:1]).reshape(1, -1).float()
-        return F.normalize(flat, dim=1)[0].cpu().numpy()
-
-
 def confidence(sims: np.ndarray, labels: np.ndarray, k: int) -> TierVerdict:
     """The confidence rule of the module docstring over the nearest neighbours (most similar first)."""
     label = int(labels[0])
     signed = np.where(labels == label, sims, -sims)
     return TierVerdict(label, float(min(1.0, max(0.0, float(signed.sum()) / k))))
-
-
-def time_tier(tier: NeighbourTier, repeats: int = 30) -> float:
-    """Milliseconds of the tier's reduce and search when full, on a scratch copy: its cost in the latency model."""
-    scratch = NeighbourTier(tier.config, tier.in_shape, tier.num_classes)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(tier.config.capacity, tier.dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    for i, v in enumerate(vectors):
-        scratch.add(v, i % tier.num_classes)
-    act = torch.zeros(1, *tier.in_shape)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        scratch.judge(scratch.vector(act), math.inf)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))

@@ -58,8 +58,9 @@ from gati.learning.guarantee import (
     LiveAgreement,
     Transition,
 )
-from gati.learning.neighbours import EMPTY, TIER, NeighbourTier, TierVerdict, time_tier
+from gati.learning.neighbours import EMPTY, TIER, NeighbourTier, TierVerdict
 from gati.learning.tier_config import TierConfig
+from gati.learning.tier_vector import tier_vector, time_tier
 from gati.learning.refit import (
     REFIT,
     Review,
@@ -199,7 +200,7 @@ class _RequestSource:
         verdict = Verdict(cut, -1, 0.0, False)  # nothing answers here at this rung: a miss, never a missing verdict
         # A tier that does not serve at this rung is judged off the request path (`_learn_from`), for the sample
         if tier is not None and cut == tier.config.cut and math.isfinite(threshold):
-            self.tier_vector = tier.vector(act)
+            self.tier_vector = tier_vector(tier, act)
             self.tier_verdict = tier.judge(self.tier_vector, threshold)
             verdict = Verdict.judge(cut, self.tier_verdict.label, self.tier_verdict.confidence, threshold)
             if verdict.hit:
@@ -334,7 +335,7 @@ class OnlineEngine:
         vector = None
         if self.tier is not None:
             vector = source.tier_vector if source.tier_vector is not None else \
-                self.tier.vector(source.acts[self.tier.config.cut])
+                tier_vector(self.tier, source.acts[self.tier.config.cut])
             if coin and source.tier_vector is None:
                 # The tier did not serve this request: what it would have said, from every request before this one
                 # (the queue runs in order), is what a review certifies the tier's rule on

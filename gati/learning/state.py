@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +30,13 @@ from gati.bundle.layout import cache_file
 from gati.bundle.manifest import Certificate
 from gati.cache import Cache, load_cache
 from gati.errors import GatiError
+from gati.learning.atomic import (TEMP_PREFIX, atomic_npz, atomic_write, fsync_dir, load_npz, remove_leftovers,
+                                  write_synced)
 from gati.learning.samples import SampleSet
 from gati.models import sha256_file
 
 LEARNER, SAMPLES, TIER, REVIEWS, VERSIONS, VERSION = (
     "learner.json", "samples.npz", "tier.npz", "reviews.jsonl", "versions", "version.json")
-TEMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -137,10 +138,10 @@ class StateDir:
                 digest.update(sha256_file(tmp / cache_file(cut, cache.variant)).encode())
             record.cache_variants = {cut: cache.variant for cut, cache in caches.items()}
             record.certificate = replace(record.certificate, caches_sha256=digest.hexdigest())
-            _write_synced(tmp / VERSION, record.to_json().encode())
-            _fsync_dir(tmp)
+            write_synced(tmp / VERSION, record.to_json().encode())
+            fsync_dir(tmp)
             os.rename(tmp, out)
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -178,67 +179,6 @@ class StateDir:
             except ValueError:
                 continue
         return out
-
-
-# ---- atomic files (also the cluster services' state directories: gati/rpc/durable.py) ---------------------------
-
-def remove_leftovers(*folders: Path) -> None:
-    """Delete the temporary files and folders a crash mid-write left in `folders` (never read as content)."""
-    for folder in folders:
-        for leftover in folder.glob(TEMP_PREFIX + "*"):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    _atomic(path, lambda f: f.write(data))
-
-
-def atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    _atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write` into a temporary sibling, flushed to disk, then renamed over `path`: readers see old or new."""
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise GatiError(f"{path} is corrupt: {e}") from e
 
 
 def _plain(value: Any) -> Any:

@@ -57,7 +57,7 @@ def _serve(a: argparse.Namespace) -> None:
         print(f"gati serve: {service.name} ({a.role}) listening on {service.server.host}:{service.server.port}"
               f"{internal}{web}, pid {os.getpid()}", flush=True)
 
-    # every role but the aggregator imports torch (gati.rpc.model_roles): only now, with the OpenMP environment set
+    # every role but the aggregator and the index imports torch (gati.rpc.model_roles): only now, with OpenMP set up
     from gati.rpc.roles import serve
     serve(a.role, cfg, a.name, announce)
     # Drained: every reply is written and the closers saved the state. Tearing the interpreter down (torch, FAISS,
@@ -69,7 +69,7 @@ def _serve(a: argparse.Namespace) -> None:
 
 
 def openmp_environment(cfg: ClusterConfig, role: str, name: str | None) -> None:
-    """OpenMP reads its environment once, when torch is imported: set it for this service first.
+    """OpenMP reads its environment once, when torch (or FAISS) is imported: set it for this service first.
 
     Services share the host's cores (six processes on one machine in deploy-local; a predictor
     beside the aggregator on AWS). OpenMP's default lets idle threads spin on every core, so one busy

@@ -29,7 +29,7 @@ is the one public Thrift port (predict, ping, status; no authentication); its `i
 the executor's callbacks. Every other port is internal: callers prove they hold the secret in
 `secret_file` (see gati/rpc/surface.py and auth.py).
 
-Every service's `threads` is its process's torch (OpenMP) thread count, set before torch is
+Every service's `threads` is its process's OpenMP thread count (torch's, and FAISS's), set before either is
 imported together with `omp_wait_policy` (gati/rpc/commands.py): on a shared host the default,
 spinning threads on every core, lets one busy neighbour multiply tail latency. A client's
 `deadline_ms` is capped at `timeouts_ms.max_request`, so no request holds a worker for long.
@@ -98,7 +98,7 @@ class Endpoint:
     host: str
     port: int                         # Thrift
     http_port: int | None = None      # health, metrics (and /v2 on the aggregator); None: no HTTP server
-    threads: int = 1                  # torch threads of its process (the aggregator has none); 0: every core
+    threads: int = 1                  # OpenMP threads (torch's, FAISS's; the aggregator has none); 0: every core
 
     @property
     def address(self) -> str:

@@ -8,7 +8,7 @@ keeps its state in memory only, as before.
                                                            bundle it belongs to, the retrainer gate's scores
     <state_dir>/retrainer/samples/<cut name>.npz           the retrainer's samples at its last snapshot
 
-Every file is written by gati/learning/state.py's atomic writes (a temporary sibling, flushed to disk, renamed
+Every file is written by gati/learning/atomic.py's atomic writes (a temporary sibling, flushed to disk, renamed
 over the old file), so a crash, SIGKILL included, leaves the old or the new file, never a mix; temporary
 leftovers, and cache files whose record a crash never wrote, are deleted when the folder is opened. A version counts once its record is written (after its cache
 file) and the file's sha256 matches the record: a version whose record a crash never wrote is ignored. The last
@@ -25,17 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from gati.cache import Cache
 from gati.errors import GatiError
-from gati.learning.state import atomic_npz, atomic_write, load_npz, remove_leftovers
+from gati.learning.atomic import atomic_npz, atomic_write, load_npz, remove_leftovers
 from gati.rpc.cachefile import cache_from_bytes, mismatch
 from gati.rpc.samples import SampleArrays
 
@@ -162,36 +160,3 @@ def load_samples(path: Path, feat_shape: tuple[int, ...], num_classes: int) -> S
         requests = np.full(len(labels), -1, np.int64)
     return SampleArrays(feats.astype(np.float32), labels.astype(np.int64), logits.astype(np.float32),
                         has.astype(bool), requests.astype(np.int64))
-
-
-# ---- a periodic task --------------------------------------------------------------------------------------------
-
-class Every:
-    """Runs `task` in a daemon thread every `interval_s` seconds (first at once) until `stop()`; the thread
-    sleeps on an event between runs, and a failed run is logged and retried at the next one. `setup` runs once in
-    the thread first (e.g. gati.learning.background.as_background)."""
-
-    def __init__(self, name: str, interval_s: float, task: Callable[[], None],
-                 setup: Callable[[], None] | None = None):
-        self.name, self.interval_s, self.task, self.setup = name, interval_s, task, setup
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> Every:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        if self.setup is not None:
-            self.setup()
-        while not self._stop.is_set():
-            try:
-                self.task()
-            except Exception:  # keep running: the next period may succeed (a peer back, a disk with room)
-                log.exception("%s failed; retrying in %.1f s", self.name, self.interval_s)
-            self._stop.wait(self.interval_s)

@@ -21,8 +21,8 @@ import threading
 import numpy as np
 
 from gati.bundle import BundleInfo
-from gati.cache.knn import FaissIndex, KnnCache
 from gati.errors import GatiError, InvalidInput
+from gati.neighbor_index import KNN, FaissIndex
 from gati.rpc.config import IndexConfig
 from gati.rpc.gen.gati_idl.ttypes import (
     Features,
@@ -150,10 +150,11 @@ class IndexHandler(ServiceBase):
         return Vectors(vectors=to_tensor(vectors.astype(np.float32)), labels=to_tensor(labels))
 
     def load_bundle_caches(self, info: BundleInfo) -> list[str]:
-        """Add the plan's kNN caches (version 0) from the bundle; returns their keys."""
+        """Add the plan's kNN caches (version 0) from the bundle; returns their keys. Their files are torch files: an
+        index whose plan has kNN caches imports torch to read them, one without never does."""
         keys = []
         for e in info.plan.entries:
-            if e.variant != KnnCache.variant:
+            if e.variant != KNN:
                 continue
             vectors, labels = info.load_cache(e.cut, e.variant).index.export()
             key = index_key(e.cut_name, 0)

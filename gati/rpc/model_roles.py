@@ -1,6 +1,6 @@
-"""The roles that hold the model or its caches, and so import torch: the executor, the predictors, the index, the
-retrainer, and `all` (the in-process engine behind the front door). gati/rpc/roles.py builds the aggregator without
-torch and imports this module for every other role."""
+"""The roles that hold the model or its caches, and so import torch: the executor, the predictors, the retrainer,
+and `all` (the in-process engine behind the front door). gati/rpc/roles.py builds the aggregator and the
+neighbour index without torch and imports this module for every other role."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,19 +9,18 @@ import logging
 import torch
 
 from gati.bundle import BundleInfo, load_bundle, read_bundle
-from gati.learning.neighbours import NeighbourTier, time_tier
+from gati.learning.neighbours import NeighbourTier
 from gati.learning.online import OnlineConfig, OnlineEngine
+from gati.learning.tier_vector import time_tier
 from gati.rpc.config import ClusterConfig, ConfigError, ExecutorConfig
-from gati.rpc.durable import Every, VersionStore
+from gati.rpc.durable import VersionStore
 from gati.rpc.engine_backend import EngineBackend
 from gati.rpc.executor import ExecutorHandler, TierRoute, aggregator_pool, make_routes
-from gati.rpc.gen.gati_idl import Executor, NeighborIndex, Predictor, Retrainer
-from gati.rpc.index import IndexHandler
-from gati.rpc.metrics import AggregatorMetrics, ExecutorMetrics, IndexMetrics, PredictorMetrics, RetrainerMetrics
+from gati.rpc.gen.gati_idl import Executor, Predictor, Retrainer
+from gati.rpc.metrics import AggregatorMetrics, ExecutorMetrics, PredictorMetrics, RetrainerMetrics
 from gati.rpc.predictor import PredictorHandler, Slot, index_pool
 from gati.rpc.retrainer import CutState, RetrainerHandler, TierState
 from gati.rpc.roles import Service, build_info, front_door, internal_server, peer_probe, plan_cut_names, tier_cut
-from gati.rpc.tier import TierServer
 from gati.rpc.transport import Limits, Pool
 from gati.runtime.engine import Engine
 from gati.runtime.plan import LOOKAHEAD, Plan
@@ -38,7 +37,7 @@ def build(role: str, cfg: ClusterConfig, name: str | None = None) -> Service:
         return _predictor(cfg, name)
     if role == "executor":
         return _executor(cfg, name)
-    return {"all": _all, "index": _index, "retrainer": _retrainer}[role](cfg)
+    return {"all": _all, "retrainer": _retrainer}[role](cfg)
 
 
 def _all(cfg: ClusterConfig) -> Service:
@@ -91,28 +90,6 @@ def _predictor(cfg: ClusterConfig, name: str) -> Service:
     index = index_pool(cfg.index.host, cfg.index.port, limits) if cfg.index else None
     handler = PredictorHandler(slots, index, PredictorMetrics(name, build_info(info)), version_store(cfg, name, info))
     return Service(name, handler, internal_server(Predictor.Processor(handler), handler, pc, cfg, "predictor", name))
-
-
-def _index(cfg: ClusterConfig) -> Service:
-    if cfg.index is None:
-        raise ConfigError(f"{cfg.path}: services.index is not configured")
-    info = read_bundle(cfg.bundle)
-    metrics = IndexMetrics(build=build_info(info))
-    tier, closers = None, []
-    if cfg.tier is not None:
-        cut, folder = tier_cut(cfg, info), cfg.state_folder("index")
-        m = info.manifest
-        tier = TierServer(cfg.tier, tuple(m.cut_shapes[cut]), m.num_classes, m.cuts[cut], info.sha256, metrics,
-                          None if folder is None else folder / "tier")
-        if folder is not None:
-            snapshots = Every("index-tier-snapshot", cfg.index.snapshot_s, tier.snapshot).start()
-            closers.append(lambda: (snapshots.stop(), tier.snapshot()))
-    handler = IndexHandler(metrics, cfg.index, tier)
-    keys = handler.load_bundle_caches(info)
-    log.info("index: loaded %s%s", ", ".join(keys) or "no kNN caches (the plan has none)",
-             "" if tier is None else f"; the online tier at {tier.cut_name}")
-    server = internal_server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index", "index")
-    return Service("index", handler, server, closers=closers)
 
 
 def _retrainer(cfg: ClusterConfig) -> Service:

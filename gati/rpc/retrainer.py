@@ -47,12 +47,13 @@ from gati.cache import Cache, make_cache
 from gati.errors import GatiError
 from gati.learning.background import as_background
 from gati.learning.neighbours import TIER
-from gati.learning.state import atomic_npz, load_npz
+from gati.learning.atomic import atomic_npz, load_npz
 from gati.learning.tier_config import TierConfig
 from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, plan_layout, step_down
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
-from gati.rpc.durable import Every, VersionStore, load_samples, save_samples
+from gati.rpc.durable import VersionStore, load_samples, save_samples
+from gati.rpc.periodic import Every
 from gati.rpc.gen.gati_idl.ttypes import (
     CacheUpdate,
     InvalidRequest,

@@ -4,9 +4,10 @@ Roles: aggregator, executor (one per replica, `--name` when there are several), 
 per `--name`), index, retrainer, and `all` (the in-process engine behind the aggregator's Thrift
 front door, in one process). Each role loads only what it needs: the executor the model, a
 predictor the caches of its cuts, the aggregator just the manifest. This module builds the
-aggregator and imports no torch, so the front door starts without it; the roles that hold the model
-or its caches are built in gati/rpc/model_roles.py, each with its entry's `threads` torch threads
-(the OpenMP environment was set before torch was imported: see gati/rpc/commands.py).
+aggregator and the neighbour index and imports no torch, so they start without it (the index reads
+torch files only when its plan serves kNN caches); the roles that hold the model or its caches are
+built in gati/rpc/model_roles.py, each with its entry's `threads` torch threads (the OpenMP
+environment, which FAISS reads too, was set before anything was imported: see gati/rpc/commands.py).
 
 A service with an `http_port` serves /health/live, /health/ready and /metrics there (the
 aggregator also the Open Inference Protocol, /v2). It is ready once built, while the peers it
@@ -29,14 +30,17 @@ from gati.rpc.aggregator import AggregatorHandler, Backend, ClusterBackend
 from gati.rpc.auth import Secret
 from gati.rpc.client import ping
 from gati.rpc.config import ClusterConfig, ConfigError, Endpoint
-from gati.rpc.gen.gati_idl import Aggregator, Executor, Retrainer
+from gati.rpc.gen.gati_idl import Aggregator, Executor, NeighborIndex, Retrainer
 from gati.rpc.http import HttpServer, Readiness, Route
+from gati.rpc.index import IndexHandler
 from gati.rpc.inputs import InputSpec
-from gati.rpc.metrics import AggregatorMetrics, BuildInfo
+from gati.rpc.metrics import AggregatorMetrics, BuildInfo, IndexMetrics
 from gati.rpc.oip import OipModel, oip_routes
+from gati.rpc.periodic import Every
 from gati.rpc.replicas import Replica
 from gati.rpc.server import RpcServer, wait_for_signal
 from gati.rpc.service import PeerProbe, ServiceBase
+from gati.rpc.tier import TierServer
 from gati.rpc.transport import Limits, Pool
 
 log = logging.getLogger("gati.rpc.roles")
@@ -81,7 +85,9 @@ def build_service(role: str, cfg: ClusterConfig, name: str | None = None) -> Ser
     cfg.service(role, name)  # a role and name the config knows
     if role == "aggregator":
         return _aggregator(cfg)
-    from gati.rpc import model_roles  # torch, and the model or caches: every role but the front door
+    if role == "index":
+        return _index(cfg)
+    from gati.rpc import model_roles  # torch, and the model or caches: every other role
     return model_roles.build(role, cfg, name)
 
 
@@ -171,6 +177,29 @@ def _aggregator(cfg: ClusterConfig) -> Service:
                              heartbeat_s, cfg.aggregator.sample_rate, info.manifest.target)
     peers = peer_probe(cfg, {ex.name: ex for ex in cfg.executors}, any_of=True)
     return front_door(cfg, info, backend, metrics, peers, callbacks=True)
+
+
+def _index(cfg: ClusterConfig) -> Service:
+    # No torch: the tier and the FAISS indexes are numpy; only a plan's kNN caches are torch files (IndexHandler)
+    if cfg.index is None:
+        raise ConfigError(f"{cfg.path}: services.index is not configured")
+    info = read_bundle(cfg.bundle)
+    metrics = IndexMetrics(build=build_info(info))
+    tier, closers = None, []
+    if cfg.tier is not None:
+        cut, folder = tier_cut(cfg, info), cfg.state_folder("index")
+        m = info.manifest
+        tier = TierServer(cfg.tier, tuple(m.cut_shapes[cut]), m.num_classes, m.cuts[cut], info.sha256, metrics,
+                          None if folder is None else folder / "tier")
+        if folder is not None:
+            snapshots = Every("index-tier-snapshot", cfg.index.snapshot_s, tier.snapshot).start()
+            closers.append(lambda: (snapshots.stop(), tier.snapshot()))
+    handler = IndexHandler(metrics, cfg.index, tier)
+    keys = handler.load_bundle_caches(info)
+    log.info("index: loaded %s%s", ", ".join(keys) or "no kNN caches (the plan has none)",
+             "" if tier is None else f"; the online tier at {tier.cut_name}")
+    server = internal_server(NeighborIndex.Processor(handler), handler, cfg.index, cfg, "index", "index")
+    return Service("index", handler, server, closers=closers)
 
 
 def tier_cut(cfg: ClusterConfig, info: BundleInfo) -> int:

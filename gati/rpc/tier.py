@@ -34,7 +34,7 @@ import numpy as np
 
 from gati.errors import GatiError, InvalidInput
 from gati.learning.neighbours import NeighbourTier
-from gati.learning.state import atomic_npz, atomic_write, load_npz, remove_leftovers
+from gati.learning.atomic import atomic_npz, atomic_write, load_npz, remove_leftovers
 from gati.learning.tier_config import TierConfig
 from gati.rpc.gen.gati_idl.ttypes import Features, InvalidRequest, LookupReply, TierInfo, TierUpdate
 from gati.rpc.metrics import IndexMetrics

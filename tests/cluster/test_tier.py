@@ -18,9 +18,10 @@ from gati.rpc.samples import TierVerdictRing
 from gati.rpc.tensors import to_tensor
 from gati.rpc.tier import TierServer
 from gati.rpc.transport import Limits, Pool
+from gati.reducer_names import reduced_shape
 from gati.runtime.cascade import Done, Verdict
 from gati.measure.workloads import Repeat
-from tests.cluster.conftest import start_cluster
+from tests.cluster.conftest import cluster_ports, free_ports, start_cluster, write_config
 from tests.cluster.helpers import Cluster, Load, References, until
 
 CONFIG = TierConfig(cut=0, reducer="gap", capacity=8, k=2)
@@ -180,3 +181,45 @@ def test_repeated_traffic_certifies_the_tier_which_then_answers_near_duplicates(
     cluster.restart("index")
     resumed = tier_info(cluster)
     assert (resumed.version, resumed.threshold) == (kept.version, kept.threshold) and resumed.size > 0
+
+
+def test_the_index_keeps_the_tier_without_torch_when_its_plan_serves_no_knn_cache(tmp_path, cluster_bundle):
+    """The index holds FAISS indexes and the online tier in numpy; only a plan's kNN caches (torch files) make it
+    import torch. Started alone on the cluster bundle without its kNN exit, it remembers, judges, deploys a
+    threshold and snapshots its vectors with no torch in the process."""
+    from pathlib import Path
+
+    from gati.bundle import read_manifest, revise_bundle
+    from gati.rpc import launch
+    from gati.rpc.auth import Secret
+    from gati.rpc.config import load_config
+    from gati.runtime.plan import Plan
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("reads /proc")
+    m = read_manifest(cluster_bundle)
+    keep = [j for j, e in enumerate(m.plan.entries) if e.variant != "knn"]
+    assert len(keep) < len(m.plan.entries), "the cluster bundle serves a kNN cache: what this test takes away"
+    plan = Plan([m.plan.entries[j] for j in keep], m.plan.mode,
+                [[level[j] for j in keep] for level in m.plan.certified_levels])
+    bundle = tmp_path / "no-knn"
+    revise_bundle(cluster_bundle, m.replace(plan=plan), out=bundle)
+    cfg = load_config(write_config(tmp_path / "cluster.yaml", bundle, free_ports(cluster_ports()), state=True,
+                                   tier=TIER))
+    launch._prepare(cfg)  # the secret, as a cluster start makes it
+    proc = launch.spawn(cfg, "index", "index")
+    try:
+        launch.wait_ready([proc], timeout_s=60, secret=Secret.load(cfg.secret_file))
+        index = Pool(NeighborIndex.Client, cfg.index.host, cfg.index.port, Limits(call_s=10, secret=Secret.load(
+            cfg.secret_file)))
+        a = np.zeros((1, math.prod(reduced_shape(TierConfig(**TIER).reducer, tuple(m.cut_shapes[0])))), np.float32)
+        a[0, 0] = 1.0
+        index.call("remember", to_tensor(np.repeat(a, 4, axis=0)), to_tensor(np.full(4, 2, np.int64)))  # oneway
+        until(lambda: index.call("tier").size == 4, timeout_s=10)
+        index.call("deploy_tier", TierUpdate(1, 0.5))
+        reply = index.call("judge", Features(1, 0, to_tensor(a)))
+        assert (reply.label, reply.hit) == (2, True)
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
+    finally:
+        launch.stop_procs([proc], grace_s=5)
+    assert (cfg.state_folder("index") / "tier" / "tier.npz").is_file()  # its snapshot, written as it drained
