@@ -374,8 +374,8 @@ def format_table(r: EvalResult) -> str:
         f"{'p50 ms':14}{r.p50_ms_base:>10.3f}{r.p50_ms_gati:>10.3f}{r.speedup_p50:>9.2f}x",
         f"{'p99 ms':14}{r.p99_ms_base:>10.3f}{r.p99_ms_gati:>10.3f}",
         accuracy,
-        f"agreement with base {r.agreement:.4f} (target {r.target}; certified: {r.certified} at "
-        f"{r.confidence:.2%}), hit rate {r.hit_rate:.1%}, mean stages run {r.mean_stages_run:.2f}",
+        f"agreement with base {r.agreement:.4f} (target {r.target}; certified: {r.certified}, with "
+        f"{r.confidence:.2%} confidence), hit rate {r.hit_rate:.1%}, mean stages run {r.mean_stages_run:.2f}",
         f"worst {WINDOW}-request window: agreement {r.worst_window_agreement:.4f}",
         "hits per cut: " + ", ".join(f"{k}={v}" for k, v in r.hits_per_layer.items()),
     ]
