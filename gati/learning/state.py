@@ -30,8 +30,15 @@ from gati.bundle.layout import cache_file
 from gati.bundle.manifest import Certificate
 from gati.cache import Cache, load_cache
 from gati.errors import GatiError
-from gati.learning.atomic import (TEMP_PREFIX, atomic_npz, atomic_write, fsync_dir, load_npz, remove_leftovers,
-                                  write_synced)
+from gati.learning.atomic import (
+    TEMP_PREFIX,
+    atomic_npz,
+    atomic_write,
+    fsync_dir,
+    load_npz,
+    remove_leftovers,
+    write_synced,
+)
 from gati.learning.samples import SampleSet
 from gati.models import sha256_file
 

@@ -36,8 +36,8 @@ from gati.cache import Cache
 from gati.cache.base import confidence_and_label
 from gati.cache.reduce import make_reducer
 from gati.errors import Cancelled, InvalidInput
-from gati.learning.tier_vector import unit_vector
 from gati.learning.tier_config import TierConfig
+from gati.learning.tier_vector import unit_vector
 from gati.rpc.gen.gati_idl import Aggregator, Predictor
 from gati.rpc.gen.gati_idl.ttypes import (
     ExecutionResult,

@@ -53,7 +53,6 @@ from gati.rpc.autorefit import AutoRefit, AutoRefitConfig, Decision, Serving, pl
 from gati.rpc.cachefile import cache_from_bytes, cache_to_bytes, mismatch
 from gati.rpc.config import RetrainerConfig
 from gati.rpc.durable import VersionStore, load_samples, save_samples
-from gati.rpc.periodic import Every
 from gati.rpc.gen.gati_idl.ttypes import (
     CacheUpdate,
     InvalidRequest,
@@ -63,6 +62,7 @@ from gati.rpc.gen.gati_idl.ttypes import (
     TierVerdict,
 )
 from gati.rpc.metrics import RetrainerMetrics
+from gati.rpc.periodic import Every
 from gati.rpc.samples import BadSample, CheckedSample, SampleArrays, SampleRing, TierVerdictRing, check_sample
 from gati.rpc.service import ServiceBase
 from gati.rpc.tier import TierRecord

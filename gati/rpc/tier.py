@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from gati.errors import GatiError, InvalidInput
-from gati.learning.neighbours import NeighbourTier
 from gati.learning.atomic import atomic_npz, atomic_write, load_npz, remove_leftovers
+from gati.learning.neighbours import NeighbourTier
 from gati.learning.tier_config import TierConfig
 from gati.rpc.gen.gati_idl.ttypes import Features, InvalidRequest, LookupReply, TierInfo, TierUpdate
 from gati.rpc.metrics import IndexMetrics
