@@ -216,6 +216,28 @@ def test_the_docs_blocks_are_generated_from_the_json(swept):
         assert (root / "docs" / "figures" / "tiny" / f"{name}.png").stat().st_size > 10_000
 
 
+def test_a_clone_without_the_records_keeps_the_figures_drawn_from_them(swept, tmp_path):
+    """Per-request records stay in the work folder, out of git: redrawing in a fresh clone must keep the committed
+    figures 4 and 5 and their links rather than delete them: the figures come out as committed."""
+    clone = tmp_path / "clone"
+    shutil.copytree(swept["root"] / "docs", clone / "docs")
+    shutil.copy(swept["root"] / "README.md", clone / "README.md")
+    committed = {name: (clone / "docs" / "figures" / "tiny" / f"{name}.png").read_bytes()
+                 for name in ("fig4-latency-cdf", "fig5-over-time")}
+
+    def figure_lines() -> list[str]:  # the block's figure links, captions and "not drawn" notes
+        block = (clone / "docs" / "results.md").read_text().split(marker("latency sweep: tiny"))[1]
+        block = block.split("**Figures**")[1].split("**Machine**")[0]
+        return [line for line in block.splitlines() if line.strip()]
+
+    before = figure_lines()
+    argv = ["--preset", swept["argv"][1], "--root", str(clone), "--work", str(clone / "work"), "--quiet"]
+    assert latency_sweep.main(argv + ["--report-only"]) == swept["code"]
+    for name, png in committed.items():
+        assert (clone / "docs" / "figures" / "tiny" / f"{name}.png").read_bytes() == png
+    assert figure_lines() == before and len([line for line in before if line.startswith("![")]) == 7
+
+
 @pytest.fixture(scope="module")
 def figures(swept) -> dict:
     preset = swept["preset"]

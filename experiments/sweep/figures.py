@@ -36,6 +36,12 @@ class Drawn:
     caption: str
     figure: Figure | None            # None: nothing to draw from these rows
     missing: str = ""                # why it is None
+    # The rows to draw it from are finished, but their per-request records are not here (a fresh clone: records stay
+    # in the sweep's work folder, out of git): the figure committed by the run that had them stays.
+    kept: bool = False
+
+
+RECORDS_ABSENT = "its rows' per-request records are not in this checkout"
 
 
 def pick(rows: list[RowResult], **where) -> list[RowResult]:
@@ -73,10 +79,16 @@ def draw_all(rows: list[RowResult], models: dict[str, ModelSpec], target: float,
         ("fig7-hop-delay", "Cluster placement: median latency as the per-hop network delay grows",
          lambda: hop_delay(rows, models), "no cluster rows"),
     ]
+    # figures drawn from per-request records: the rows they would be drawn from, records or not
+    from_records = {"fig4-latency-cdf": lambda: cdf_rows(rows, target),
+                    "fig5-over-time": lambda: locality_rows(rows, target)}
     out = []
     for name, caption, draw, why in specs:
         figure = draw()
-        out.append(Drawn(name, caption, figure, "" if figure is not None else why))
+        if figure is None and name in from_records and from_records[name]():
+            out.append(Drawn(name, caption, None, RECORDS_ABSENT, kept=True))
+        else:
+            out.append(Drawn(name, caption, figure, "" if figure is not None else why))
     return out
 
 
@@ -86,7 +98,7 @@ def write_figures(drawn: list[Drawn], folder: Path) -> None:
         path = folder / f"{d.name}.png"
         if d.figure is not None:
             d.figure.savefig(path, dpi=110)
-        elif path.exists():
+        elif path.exists() and not d.kept:
             path.unlink()  # a figure these rows cannot draw must not survive from another run
 
 
@@ -179,10 +191,14 @@ def exits(rows: list[RowResult], models: dict[str, ModelSpec]) -> Figure | None:
 
 # --- 4 ------------------------------------------------------------------------------------------------------------
 
-def latency_cdf(rows: list[RowResult], models: dict[str, ModelSpec], target: float) -> Figure | None:
-    rows = with_records(rows)
-    chosen = pick(rows, workload_name="iid", online=False, target=target, device="cpu") \
+def cdf_rows(rows: list[RowResult], target: float) -> list[RowResult]:
+    """The rows figure 4 draws from: i.i.d., frozen, at the target, on the CPU where there are such rows."""
+    return pick(rows, workload_name="iid", online=False, target=target, device="cpu") \
         or pick(rows, workload_name="iid", online=False, target=target)
+
+
+def latency_cdf(rows: list[RowResult], models: dict[str, ModelSpec], target: float) -> Figure | None:
+    chosen = cdf_rows(with_records(rows), target)
     names = [m for m in models if pick(chosen, model=m)]
     if not names:
         return None
@@ -211,9 +227,15 @@ def _cdf(ax: Axes, ms: np.ndarray, label: str, color: str) -> None:
 
 # --- 5 ------------------------------------------------------------------------------------------------------------
 
+def locality_rows(rows: list[RowResult], target: float) -> list[RowResult]:
+    """The rows figure 5 draws from: the locality workloads in process at the target (on the CPU where there are
+    such rows)."""
+    chosen = [r for r in pick(rows, deployment=IN_PROCESS, target=target) if r.row.workload_name != "iid"]
+    return pick(chosen, device="cpu") or chosen
+
+
 def over_time(rows: list[RowResult], models: dict[str, ModelSpec], target: float, window: int) -> Figure | None:
-    chosen = [r for r in pick(with_records(rows), deployment=IN_PROCESS, target=target) if r.row.workload_name != "iid"]
-    chosen = pick(chosen, device="cpu") or chosen
+    chosen = locality_rows(with_records(rows), target)
     workloads = sorted({r.row.workload_name for r in chosen})
     if not workloads:
         return None

@@ -85,8 +85,9 @@ def preset_block(preset: Preset, rows: list[RowResult], drawn: list[Drawn], src:
     lines += _not_run(rows, [r.key for r in preset.rows if r.key not in tried], src.command)
     lines += ["", "**Figures**", ""]
     for d in drawn:
-        if d.figure is not None:
-            lines += [f"![{d.caption}]({_link(src.figures / (d.name + '.png'), src.docs)})", f"*{d.caption}.*", ""]
+        png = src.figures / (d.name + ".png")
+        if d.figure is not None or (d.kept and png.is_file()):  # kept: as drawn by the run that had the records
+            lines += [f"![{d.caption}]({_link(png, src.docs)})", f"*{d.caption}.*", ""]
         else:
             lines += [f"- *{d.caption}*: not drawn ({d.missing}).", ""]
     lines += _machines(finished)
