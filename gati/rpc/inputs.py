@@ -8,8 +8,8 @@ A request carries exactly one of:
 - `tensor` float32 C x H x W (or 1 x C x H x W) of exactly the model's input shape: already preprocessed.
 Batch size is 1. The result is a numpy array: checking and preprocessing need no torch (the aggregator, which only
 checks requests and forwards them, never imports it). An image's declared size is checked against `max_pixels`
-before its pixels are decoded, so a small file that declares a huge image (a decompression bomb) costs nothing. Anything else is `InvalidInput` with a message
-naming what is wrong.
+before its pixels are decoded, so a small file that declares a huge image (a decompression bomb) costs nothing.
+Anything else is `InvalidInput` with a message naming what is wrong.
 """
 from __future__ import annotations
 

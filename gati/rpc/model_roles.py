@@ -57,7 +57,8 @@ def _executor(cfg: ClusterConfig, name: str | None) -> Service:
              for cut in cfg.placement(plan_cut_names(bundle.info))[p.name]}
     # A predictor costs a request at most one lookup timeout, a new connection's handshake included.
     lookup_s = cfg.timeouts.lookup_ms / 1000
-    lookups = dataclasses.replace(limits, connect_s=min(limits.connect_s, lookup_s), call_s=min(limits.call_s, lookup_s))
+    lookups = dataclasses.replace(limits, connect_s=min(limits.connect_s, lookup_s),
+                                  call_s=min(limits.call_s, lookup_s))
     routes = make_routes(bundle, where, lookups)
     tier = None
     if cfg.tier is not None:
